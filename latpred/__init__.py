@@ -1,0 +1,1 @@
+"""latpred: predict the inference latency of DNN modules and models on real devices."""
