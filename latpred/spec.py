@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
 
@@ -96,7 +97,7 @@ class ModuleSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModuleSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModuleSpec:
         """Build a spec from :meth:`to_dict` output; unknown keys are an error."""
         allowed = {"op", "params", "batch_size", "dtype", "utilization", "threads", "extra"}
         unknown = set(data) - allowed
@@ -125,13 +126,13 @@ class ModuleSpec:
         return f"ModuleSpec({self.op}: {p} | {cond})"
 
     # -- convenience ------------------------------------------------------------------------
-    def with_conditions(self, **changes: Any) -> "ModuleSpec":
+    def with_conditions(self, **changes: Any) -> ModuleSpec:
         """A copy with other runtime conditions (batch_size, dtype, utilization, threads, extra)."""
         bad = set(changes) - {"batch_size", "dtype", "utilization", "threads", "extra"}
         if bad:
             raise SpecError(f"with_conditions() got non-condition field(s) {sorted(bad)}")
         return replace(self, **changes)
 
-    def with_params(self, **changes: Scalar) -> "ModuleSpec":
+    def with_params(self, **changes: Scalar) -> ModuleSpec:
         """A copy with some hyper-parameters changed."""
         return replace(self, params={**self.params, **changes})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +32,10 @@ class ScaledDotProductAttention(OpType):
     params = (
         Param("heads", "int", minimum=1),
         Param("q_tokens", "int", minimum=1),
-        Param("kv_tokens", "int", default="q_tokens", minimum=1, symbols=("q_tokens",)),
+        Param("kv_tokens", "int", minimum=1, tie="q_tokens", doc="default: q_tokens"),
         Param("head_dim", "int", minimum=1),
         Param("causal", "bool", default=False, feature="linear"),
     )
-
-    def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        if values.get("kv_tokens") == "q_tokens":
-            values["kv_tokens"] = values["q_tokens"]
-        return values
 
     def build(self, spec: ModuleSpec) -> nn.Module:
         return _Sdpa(spec.params["causal"])

@@ -8,8 +8,9 @@ only read these declarations, so adding an op type is adding one class.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,11 +39,12 @@ class Param:
     choices: tuple[Any, ...] = ()
     feature: str = "log"
     symbols: tuple[str, ...] = ()
+    tie: str | None = None
     doc: str = ""
 
     @property
     def required(self) -> bool:
-        return self.default is None
+        return self.default is None and self.tie is None
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,14 @@ class OpType:
             raise SpecError(
                 f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {list(self.param_names)}"
             )
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {p.name: raw.get(p.name, p.default) for p in self.params}
+        for p in self.params:  # concrete values first, so symbols resolve from checked numbers
+            v = values[p.name]
+            if not (v in p.symbols or (v is None and p.tie)):
+                values[p.name] = self._check_type(p, v)
         for p in self.params:
-            if p.name in raw:
-                values[p.name] = raw[p.name]
-            elif p.default is not None:
-                values[p.name] = p.default
-            else:
-                values[p.name] = None  # may be filled by _resolve_symbols (e.g. w = h)
+            if values[p.name] is None and p.tie:
+                values[p.name] = values[p.tie]
         values = self._resolve_symbols(values)
         for p in self.params:
             values[p.name] = self._check_type(p, values[p.name])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,13 +16,8 @@ __all__ = ["Conv2d", "ConvTranspose2d"]
 
 _SPATIAL = (
     Param("h", "int", minimum=1, doc="input height"),
-    Param("w", "int", minimum=1, doc="input width (default: equal to h)"),
+    Param("w", "int", minimum=1, tie="h", doc="input width (default: equal to h)"),
 )
-
-
-def _tie_w(values: dict[str, Any]) -> None:
-    if values.get("w") is None:
-        values["w"] = values.get("h")
 
 
 def _groups(values: dict[str, Any], name: str) -> None:
@@ -50,7 +46,6 @@ class Conv2d(OpType):
     )
 
     def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        _tie_w(values)
         _groups(values, self.name)
         if values.get("padding") == "same":
             values["padding"] = values["dilation"] * (values["kernel_size"] - 1) // 2
@@ -115,7 +110,6 @@ class ConvTranspose2d(OpType):
     )
 
     def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        _tie_w(values)
         _groups(values, self.name)
         return values
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
@@ -15,11 +16,6 @@ __all__ = ["BatchNorm2d", "LayerNorm", "GroupNorm"]
 
 class _Chw(OpType):
     """Shared shape logic of ops over a (batch, channels, h, w) tensor with unchanged output."""
-
-    def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        if values.get("w") is None:
-            values["w"] = values.get("h")
-        return values
 
     def input_shapes(self, spec: ModuleSpec) -> list[tuple[int, ...]]:
         p = spec.params
@@ -36,7 +32,7 @@ class _Chw(OpType):
 CHW = (
     Param("channels", "int", minimum=1),
     Param("h", "int", minimum=1),
-    Param("w", "int", minimum=1, doc="default: equal to h"),
+    Param("w", "int", minimum=1, tie="h", doc="default: equal to h"),
 )
 
 

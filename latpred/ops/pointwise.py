@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -129,9 +129,6 @@ class Cat(OpType):
     doc = "torch.cat of n_inputs (batch, channels, h, w) tensors along the channel dimension"
     torch_targets = (torch.cat, torch.concat)
     params = (Param("n_inputs", "int", default=2, minimum=1), *CHW)
-
-    def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        return _Chw._resolve_symbols(self, values)  # type: ignore[arg-type]
 
     def build(self, spec: ModuleSpec) -> nn.Module:
         return _Cat()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
 from ..errors import SpecError
 from ..spec import ModuleSpec
-from .base import Costs, OpType, Param, conv_out
+from .base import Costs, Param, conv_out
 from .norm import CHW, _Chw
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
@@ -19,16 +20,10 @@ class _Pool(_Chw):
     params = (
         *CHW,
         Param("kernel_size", "int", minimum=1),
-        Param("stride", "int", default="kernel", minimum=1, symbols=("kernel",), doc="'kernel' = kernel_size"),
+        Param("stride", "int", minimum=1, tie="kernel_size", doc="default: kernel_size"),
         Param("padding", "int", default=0, minimum=0),
         Param("ceil_mode", "bool", default=False, feature="linear"),
     )
-
-    def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
-        values = super()._resolve_symbols(values)
-        if values.get("stride") == "kernel":
-            values["stride"] = values["kernel_size"]
-        return values
 
     def check(self, v: Mapping[str, Any]) -> None:
         if 2 * v["padding"] > v["kernel_size"]:

@@ -1,0 +1,235 @@
+"""The ``latpred`` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import LatpredError
+
+DEFAULT_OUT = Path("latpred-out")
+DEFAULT_DB = DEFAULT_OUT / "profiles.sqlite"
+
+EXAMPLES = {
+    "profile": """examples:
+  latpred profile --space quick --db latpred-out/profiles.sqlite
+  latpred profile --space default --ops conv2d,linear --batch-sizes 1,8,32 --utilization 0,0.5
+  latpred profile --space my_space.toml --device cuda --db gpu.sqlite --limit 200""",
+    "ops": "examples:\n  latpred ops\n  latpred ops --json",
+    "db": "examples:\n  latpred db info latpred-out/profiles.sqlite\n  latpred db export latpred-out/profiles.sqlite --csv samples.csv",
+    "space": "examples:\n  latpred space show quick\n  latpred space show my_space.toml --specs 5",
+    "quickstart": "examples:\n  latpred quickstart\n  latpred quickstart --out demo-out",
+}
+
+
+def _csv(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [cast(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad list {text!r}: {e}") from None
+    return parse
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str) if getattr(args, "json", False) else text)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_ops(args: argparse.Namespace) -> int:
+    from .features import feature_names
+    from .ops import REGISTRY
+
+    data = {name: {"doc": op.doc,
+                   "params": [{"name": p.name, "kind": p.kind, "default": p.default, "choices": list(p.choices),
+                               "symbols": list(p.symbols), "doc": p.doc} for p in op.params],
+                   "features": feature_names(name)} for name, op in REGISTRY.items()}
+    lines = []
+    for name, op in REGISTRY.items():
+        ps = ", ".join(p.name + ("" if p.required else f"={p.default}") for p in op.params)
+        lines.append(f"{name:20s} {op.doc}\n{'':20s} params: {ps}")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def _load_space(args: argparse.Namespace) -> Any:
+    from .profiling.space import load_space
+
+    space = load_space(args.space)
+    return space.restricted(ops=args.ops, batch_sizes=args.batch_sizes, utilization=args.utilization,
+                            threads=args.threads, dtypes=args.dtypes, samples=args.samples)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profiling.devices import make_device
+    from .profiling.runner import profile
+    from .profiling.store import ProfileStore
+
+    space = _load_space(args)
+    device = make_device(args.device)
+    try:
+        with ProfileStore(args.db) as store:
+            if not args.json:
+                print(space.describe())
+            report = profile(space, device, store, limit=args.limit, progress=not args.no_progress,
+                             retry_failed=args.retry_failed)
+    finally:
+        device.close()
+    _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)}, report.summary())
+    return 0
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    for dev in summary.get("devices", []):
+        lines.append(f"device {dev.get('id')} [{dev.get('kind')}] {dev.get('fingerprint')} "
+                     f"{dev.get('cpu_model') or dev.get('gpu_name') or ''}".rstrip())
+        ops = dev.get("ops", {})
+        lines.append(f"  {'op':20s} {'ok':>6s} {'failed':>6s} {'median ms':>10s}")
+        for op, row in ops.items():
+            med = row.get("median_latency_ms")
+            lines.append(f"  {op:20s} {row.get('ok', 0):6d} {row.get('failed', 0):6d} "
+                         f"{'' if med is None else format(med, '10.4f')}")
+        for key in ("batch_sizes", "utilization_levels", "threads"):
+            if key in dev:
+                lines.append(f"  {key}: {dev[key]}")
+        for run in dev.get("runs", []):
+            rate = run.get("samples_per_s")
+            lines.append(f"  run {run.get('id')} {run.get('status')} space={run.get('space_name')} "
+                         f"measured={run.get('n_measured')}/{run.get('n_planned')}"
+                         + ("" if rate is None else f" {rate:.2f} samples/s"))
+    return "\n".join(lines) if lines else "empty store"
+
+
+def cmd_db_info(args: argparse.Namespace) -> int:
+    from .profiling.store import ProfileStore
+
+    with ProfileStore(args.db, readonly=True) as store:
+        summary = store.summary()
+    _emit(args, summary, _format_summary(summary))
+    return 0
+
+
+def cmd_db_export(args: argparse.Namespace) -> int:
+    from .profiling.store import ProfileStore
+
+    with ProfileStore(args.db, readonly=True) as store:
+        n = store.export_csv(args.csv, status=None if args.all else "ok")
+    _emit(args, {"rows": n, "csv": str(args.csv)}, f"wrote {n} rows to {args.csv}")
+    return 0
+
+
+def cmd_space_show(args: argparse.Namespace) -> int:
+    from .profiling.space import load_space
+
+    space = load_space(args.space)
+    specs = space.specs()
+    per_op: dict[str, int] = {}
+    for s in specs:
+        per_op[s.op] = per_op.get(s.op, 0) + 1
+    data = {"space": space.to_dict(), "n_specs": len(specs), "per_op": per_op,
+            "examples": [s.to_dict() for s in specs[: args.specs]]}
+    text = [space.describe(), f"{len(specs)} specs: " + ", ".join(f"{k}={v}" for k, v in per_op.items())]
+    text += [repr(s) for s in specs[: args.specs]]
+    _emit(args, data, "\n".join(text))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .profiling.devices import CpuDevice
+    from .profiling.runner import profile
+    from .profiling.space import ParameterSpace
+    from .profiling.store import ProfileStore
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "profiles.sqlite"
+    space = ParameterSpace.builtin("quick")
+    device = CpuDevice()
+    print(f"[1/1] profiling this CPU with the quick space into {db} (resumes if interrupted)")
+    try:
+        with ProfileStore(db) as store:
+            report = profile(space, device, store, progress=not args.no_progress)
+            summary = store.summary()
+    finally:
+        device.close()
+    print(report.summary())
+    print(_format_summary(summary))
+    (out / "profile_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        print(json.dumps({"report": report.__dict__, "summary": summary}, default=str))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="latpred", description="Profile DNN modules on real devices and predict latency.",
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, fn: Callable[[argparse.Namespace], int], epilog_key: str | None = None,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help_, description=help_, epilog=EXAMPLES.get(epilog_key or name),
+                               formatter_class=fmt)
+        sp.set_defaults(func=fn)
+        sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        return sp
+
+    q = add("quickstart", "run the main job on embedded defaults (profile this CPU with the quick space)", cmd_quickstart)
+    q.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    pr = add("profile", "measure the specs of a parameter space on a device into a SQLite store", cmd_profile)
+    pr.add_argument("--space", default="quick", help="built-in space (quick, default) or a TOML file")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
+    pr.add_argument("--db", default=str(DEFAULT_DB), help="SQLite store (default: %(default)s)")
+    pr.add_argument("--ops", type=_csv(str), help="comma-separated op types to keep")
+    pr.add_argument("--batch-sizes", type=_csv(int), help="override runtime batch sizes, e.g. 1,8,32")
+    pr.add_argument("--utilization", type=_csv(float), help="override target utilizations, e.g. 0,0.5")
+    pr.add_argument("--threads", type=_csv(int), help="override CPU thread counts, e.g. 1,2")
+    pr.add_argument("--dtypes", type=_csv(str), help="override dtypes, e.g. float32,float16")
+    pr.add_argument("--samples", type=int, help="override samples per op")
+    pr.add_argument("--limit", type=int, help="measure at most N specs of the space (all ops interleaved)")
+    pr.add_argument("--retry-failed", action="store_true", help="measure specs that failed before again")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    add("ops", "list op types, their parameters and features", cmd_ops)
+
+    db = sub.add_parser("db", help="inspect or export a profile store", epilog=EXAMPLES["db"], formatter_class=fmt)
+    dbs = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    info = add("info", "summarise a store", cmd_db_info, "db", dbs)
+    info.add_argument("db", help="SQLite store")
+    ex = add("export", "export samples to CSV", cmd_db_export, "db", dbs)
+    ex.add_argument("db", help="SQLite store")
+    ex.add_argument("--csv", required=True, help="output CSV path")
+    ex.add_argument("--all", action="store_true", help="include failed samples")
+
+    sp = sub.add_parser("space", help="inspect parameter spaces", epilog=EXAMPLES["space"], formatter_class=fmt)
+    sps = sp.add_subparsers(dest="space_command", required=True, metavar="SPACE_COMMAND")
+    show = add("show", "validate a space and show what it draws", cmd_space_show, "space", sps)
+    show.add_argument("space", help="built-in space name or TOML file")
+    show.add_argument("--specs", type=int, default=5, help="example specs to print")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``latpred`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except LatpredError as e:  # bad input (ValueError/KeyError leaves) -> 2, runtime failure -> 1
+        print(f"latpred: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (ValueError, KeyError)) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Devices that measure specs: the :class:`Device` protocol, CPU, CUDA and a fake for logic tests.
+
+Timing protocol (CPU and CUDA alike, see :class:`TimingProtocol`): build the module and inputs,
+warm up for ``warmup_ms``, calibrate how many calls fill a ``window_ms`` timing window, then time
+``repeats`` windows (fewer for slow specs, never fewer than ``min_repeats``, capped by
+``max_sample_ms``) with the garbage collector paused. The per-call time of every window is
+kept; the reported latency is the ``statistic`` (median by default) over windows. Latency is
+host wall-clock from the call to a finished result (CUDA: synchronised), which is what a request
+sees even under a co-running load; CUDA events additionally give the kernel-time share.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..errors import DeviceError, MeasurementError, SpecError
+from ..ops import get_op
+from ..spec import ModuleSpec
+from .result import Measurement
+
+__all__ = ["Device", "TimingProtocol", "CpuDevice", "CudaDevice", "FakeDevice", "make_device", "robust_stat"]
+
+STATISTICS = ("median", "min", "mean", "trimmed")
+
+
+def robust_stat(values: list[float] | tuple[float, ...], statistic: str = "median") -> float:
+    """Reduce window timings to one figure: median, min, mean or 20%-trimmed mean."""
+    if not values:
+        raise MeasurementError("no timing windows to reduce")
+    if statistic == "median":
+        return float(statistics.median(values))
+    if statistic == "min":
+        return float(min(values))
+    if statistic == "mean":
+        return float(statistics.fmean(values))
+    if statistic == "trimmed":
+        v = sorted(values)
+        k = int(len(v) * 0.2)
+        return float(statistics.fmean(v[k:len(v) - k] or v))
+    raise SpecError(f"unknown statistic {statistic!r}; expected one of {STATISTICS}")
+
+
+@dataclass(frozen=True)
+class TimingProtocol:
+    """How one spec is timed. Defaults were chosen with ``bench/repeatability.py``."""
+
+    warmup_ms: float = 30.0
+    window_ms: float = 10.0
+    repeats: int = 15
+    min_repeats: int = 3
+    max_sample_ms: float = 1500.0
+    statistic: str = "median"
+    settle_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_ms", "window_ms", "max_sample_ms"):
+            if not getattr(self, name) > 0:
+                raise SpecError(f"TimingProtocol.{name} must be positive, got {getattr(self, name)!r}")
+        if self.min_repeats < 1 or self.repeats < self.min_repeats:
+            raise SpecError(f"TimingProtocol needs 1 <= min_repeats <= repeats, got {self.min_repeats}, {self.repeats}")
+        if self.statistic not in STATISTICS:
+            raise SpecError(f"unknown statistic {self.statistic!r}; expected one of {STATISTICS}")
+        if self.settle_s < 0:
+            raise SpecError("TimingProtocol.settle_s must be >= 0")
+
+    def time(self, call: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> tuple[list[float], int]:
+        """Per-call milliseconds of each window, and the calls per window."""
+        clock = time.perf_counter
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            calls, t0 = 0, clock()
+            while True:  # warm-up (also the first-call allocation and any lazy init)
+                call()
+                sync()
+                calls += 1
+                elapsed = clock() - t0
+                if calls >= 2 and elapsed * 1e3 >= self.warmup_ms:
+                    break
+                if calls >= 2 and elapsed * 1e3 >= self.max_sample_ms / 2:
+                    break
+            per_call = self._calibrate(call, sync, clock)
+            n = max(1, int(round(self.window_ms / max(per_call, 1e-6))))
+            window = n * per_call
+            reps = min(self.repeats, max(self.min_repeats, int(self.max_sample_ms // max(window, 1e-6))))
+            out: list[float] = []
+            for _ in range(reps):
+                t = clock()
+                for _ in range(n):
+                    call()
+                sync()
+                out.append((clock() - t) * 1e3 / n)
+            return out, n
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    @staticmethod
+    def _calibrate(call: Callable[[], Any], sync: Callable[[], None], clock: Callable[[], float]) -> float:
+        """Per-call ms, from a short batch of calls (one call when a call is slow)."""
+        t = clock()
+        call()
+        sync()
+        one = (clock() - t) * 1e3
+        if one > 5.0:
+            return one
+        k = max(1, min(1000, int(2.0 / max(one, 1e-4))))
+        t = clock()
+        for _ in range(k):
+            call()
+        sync()
+        return (clock() - t) * 1e3 / k
+
+
+@runtime_checkable
+class Device(Protocol):
+    """What the profiler needs from a device."""
+
+    kind: str
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serialisable facts, including a stable ``fingerprint`` and ``kind``."""
+        ...
+
+    def settings(self) -> dict[str, Any]:
+        """The measurement settings (stored with each run)."""
+        ...
+
+    def measure(self, spec: ModuleSpec) -> Measurement:
+        """Time ``spec``; raise :class:`MeasurementError` when it cannot run."""
+        ...
+
+    def close(self) -> None:
+        """Stop background load and release resources."""
+        ...
+
+
+class _LoadMixin:
+    """Background utilization handling shared by the real devices."""
+
+    kind: str
+    protocol: TimingProtocol
+    _load: Any = None
+    _monitor: Any = None
+    _target: float = 0.0
+
+    def _make_load(self, target: float) -> Any:
+        from .load import make_load
+
+        return make_load(self.kind, target, **self._load_kwargs())
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def set_utilization(self, target: float) -> None:
+        """Hold the device at ``target`` background utilization (0 stops the load)."""
+        if not 0.0 <= target < 1.0:
+            raise SpecError(f"utilization must be in [0, 1), got {target!r}")
+        if target == self._target and (target == 0.0 or self._load is not None):
+            return
+        if target == 0.0:
+            if self._load is not None:
+                self._load.stop()
+                self._load = None
+        elif self._load is None:
+            self._load = self._make_load(target)
+            self._load.start()
+        else:
+            self._load.set_target(target)
+        self._target = target
+        if self.protocol.settle_s:
+            time.sleep(self.protocol.settle_s)
+
+    def _begin_window(self) -> None:
+        if self._load is not None:
+            self._load.reset_window()
+        if self._monitor is not None:
+            self._monitor.reset()
+
+    def _end_window(self) -> tuple[float | None, float | None]:
+        observed = self._load.window_utilization() if self._load is not None else (0.0 if self._target == 0 else None)
+        system = self._monitor.value() if self._monitor is not None else None
+        return observed, system
+
+    def close(self) -> None:
+        if self._load is not None:
+            self._load.stop()
+            self._load = None
+        self._target = 0.0
+
+
+class CpuDevice(_LoadMixin):
+    """The host CPU. ``threads`` is the default intra-op thread count when a spec leaves it open."""
+
+    kind = "cpu"
+
+    def __init__(self, protocol: TimingProtocol | None = None, threads: int | None = None) -> None:
+        import torch
+
+        from .load import SystemMonitor
+
+        self.protocol = protocol or TimingProtocol()
+        self.default_threads = threads or torch.get_num_threads()
+        self._monitor = SystemMonitor()
+        self._meta: dict[str, Any] | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        if self._meta is None:
+            from .metadata import device_metadata
+
+            self._meta = device_metadata("cpu")
+        return self._meta
+
+    def settings(self) -> dict[str, Any]:
+        return {"protocol": asdict(self.protocol), "default_threads": self.default_threads}
+
+    def measure(self, spec: ModuleSpec) -> Measurement:
+        import torch
+
+        op = get_op(spec.op)
+        self.set_utilization(spec.utilization)
+        threads = spec.threads or self.default_threads
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                module, inputs = op.instantiate(spec, "cpu")
+                self._begin_window()
+                timings, n = self.protocol.time(lambda: module(*inputs))
+                observed, system = self._end_window()
+        except (RuntimeError, ValueError, MemoryError) as e:
+            raise MeasurementError(f"{type(e).__name__}: {e}") from e
+        finally:
+            torch.set_num_threads(before)
+        return Measurement(robust_stat(timings, self.protocol.statistic), tuple(timings), n, observed, system,
+                           {"threads": threads})
+
+
+class CudaDevice(_LoadMixin):
+    """One CUDA GPU. Latency is host wall-clock to a synchronised result; ``kernel_ms`` from events."""
+
+    kind = "cuda"
+
+    def __init__(self, index: int = 0, protocol: TimingProtocol | None = None, clock_warmup_s: float = 1.0) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA device requested but torch.cuda.is_available() is False on this machine")
+        if not 0 <= index < torch.cuda.device_count():
+            raise DeviceError(f"CUDA device index {index} out of range (found {torch.cuda.device_count()})")
+        self.index = index
+        self.device = torch.device("cuda", index)
+        self.protocol = protocol or TimingProtocol()
+        self.clock_warmup_s = clock_warmup_s
+        self._warm = False
+        self._meta: dict[str, Any] | None = None
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def metadata(self) -> dict[str, Any]:
+        if self._meta is None:
+            from .metadata import device_metadata
+
+            self._meta = device_metadata("cuda", index=self.index)
+        return self._meta
+
+    def settings(self) -> dict[str, Any]:
+        return {"protocol": asdict(self.protocol), "index": self.index, "clock_warmup_s": self.clock_warmup_s}
+
+    def warm_up(self) -> None:
+        """Run matmuls for ``clock_warmup_s`` so the GPU leaves its idle clocks before timing."""
+        import torch
+
+        a = torch.randn(2048, 2048, device=self.device)
+        t = time.perf_counter()
+        while time.perf_counter() - t < self.clock_warmup_s:
+            a = torch.tanh(a @ a)
+            torch.cuda.synchronize(self.device)
+        self._warm = True
+
+    def measure(self, spec: ModuleSpec) -> Measurement:
+        import torch
+
+        op = get_op(spec.op)
+        self.set_utilization(spec.utilization)
+        if not self._warm:
+            self.warm_up()
+        sync = lambda: torch.cuda.synchronize(self.device)  # noqa: E731
+        try:
+            with torch.inference_mode():
+                module, inputs = op.instantiate(spec, self.device)
+                self._begin_window()
+                timings, n = self.protocol.time(lambda: module(*inputs), sync)
+                observed, system = self._end_window()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    module(*inputs)
+                end.record()
+                sync()
+                kernel_ms = start.elapsed_time(end) / n
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            raise MeasurementError(f"OutOfMemoryError: {e}") from e
+        except (RuntimeError, ValueError) as e:
+            raise MeasurementError(f"{type(e).__name__}: {e}") from e
+        return Measurement(robust_stat(timings, self.protocol.statistic), tuple(timings), n, observed, system,
+                           {"kernel_ms": kernel_ms})
+
+
+class FakeDevice:
+    """A deterministic device for logic tests: latency from analytic costs, seeded noise.
+
+    ``latency = (overhead_us + flops / gflops + bytes / gbps) * (1 + slowdown * utilization)``,
+    times log-normal noise of ``noise`` sigma seeded by the spec. ``fail`` returns an error
+    message for specs that must fail; ``delay_s`` sleeps per measurement.
+    """
+
+    kind = "fake"
+
+    def __init__(self, gflops: float = 50.0, gbps: float = 10.0, overhead_us: float = 5.0, slowdown: float = 1.0,
+                 noise: float = 0.02, delay_s: float = 0.0, fail: Callable[[ModuleSpec], str | None] | None = None,
+                 name: str = "fake") -> None:
+        self.gflops, self.gbps, self.overhead_us = gflops, gbps, overhead_us
+        self.slowdown, self.noise, self.delay_s, self.fail, self.name = slowdown, noise, delay_s, fail, name
+
+    def metadata(self) -> dict[str, Any]:
+        fp = hashlib.sha256(f"fake|{self.name}|{self.gflops}|{self.gbps}|{self.overhead_us}".encode()).hexdigest()[:16]
+        return {"kind": "fake", "name": self.name, "fingerprint": fp, "gflops": self.gflops, "gbps": self.gbps}
+
+    def settings(self) -> dict[str, Any]:
+        return {"noise": self.noise, "slowdown": self.slowdown}
+
+    def true_latency_ms(self, spec: ModuleSpec) -> float:
+        c = get_op(spec.op).costs(spec)
+        base_us = self.overhead_us + c.flops / (self.gflops * 1e3) + c.bytes_moved(spec.dtype) / (self.gbps * 1e3)
+        return base_us / 1e3 * (1.0 + self.slowdown * spec.utilization)
+
+    def measure(self, spec: ModuleSpec) -> Measurement:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail is not None:
+            msg = self.fail(spec)
+            if msg:
+                raise MeasurementError(msg)
+        seed = int.from_bytes(hashlib.sha256(spec.key.encode()).digest()[:8], "little")
+        rng = np.random.default_rng(seed)
+        timings = tuple(float(x) for x in self.true_latency_ms(spec) * np.exp(rng.normal(0, self.noise, 5)))
+        return Measurement(robust_stat(timings), timings, 1, spec.utilization, None, {})
+
+    def close(self) -> None:
+        return None
+
+
+def make_device(kind: str, **kwargs: Any) -> Device:
+    """A device by name: ``cpu``, ``cuda`` (or ``cuda:N``), ``fake``."""
+    if kind == "cpu":
+        return CpuDevice(**kwargs)
+    if kind == "cuda" or kind.startswith("cuda:"):
+        index = int(kind.split(":", 1)[1]) if ":" in kind else 0
+        return CudaDevice(index=index, **kwargs)
+    if kind == "fake":
+        return FakeDevice(**kwargs)
+    raise DeviceError(f"unknown device {kind!r}; expected cpu, cuda, cuda:N or fake")
+
