@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, list[tuple[float, ...]]] = {s.key: [] for s in specs}
     t0 = time.perf_counter()
     try:
-        for p in range(2):
+        for _ in range(2):
             order = sorted(specs, key=lambda s: (s.utilization, rng.random()))
             for s in order:
                 timings[s.key].append(device.measure(s).timings_ms)

@@ -1,0 +1,77 @@
+"""Device metadata recorded with every profile."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+import torch
+
+from latpred.errors import DeviceError
+from latpred.profiling.metadata import device_metadata, fingerprint
+
+CPU_KEYS = {
+    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "memory_bytes",
+    "os", "os_release", "platform", "machine", "python_version", "torch_version", "numpy_version",
+    "torch_num_threads", "torch_num_interop_threads", "mkl_available", "mkldnn_available", "openmp_available",
+    "hostname", "gpu_name", "fingerprint",
+}
+CUDA_KEYS = CPU_KEYS | {
+    "gpu_index", "gpu_count", "gpu_memory_bytes", "gpu_capability", "gpu_multiprocessors",
+    "cuda_runtime_version", "cudnn_version", "driver_version",
+}
+
+
+def test_cpu_metadata_keys_and_values():
+    meta = device_metadata()
+    assert set(meta) == CPU_KEYS
+    assert meta["kind"] == "cpu" and meta["gpu_name"] is None
+    assert isinstance(meta["cpu_model"], str) and meta["cpu_model"]
+    assert meta["cpu_count_logical"] == psutil.cpu_count(logical=True)
+    assert meta["memory_bytes"] == psutil.virtual_memory().total
+    assert meta["torch_version"] == torch.__version__
+    assert meta["torch_num_threads"] == torch.get_num_threads()
+    assert isinstance(meta["mkldnn_available"], bool)
+    assert len(meta["fingerprint"]) == 16 and int(meta["fingerprint"], 16) >= 0
+
+
+def test_metadata_is_json_serialisable():
+    meta = device_metadata("cpu")
+    assert json.loads(json.dumps(meta)) == meta
+
+
+def test_fingerprint_is_stable_and_ignores_hostname():
+    a, b = device_metadata(), device_metadata()
+    assert a["fingerprint"] == b["fingerprint"]
+    assert fingerprint({**a, "hostname": "elsewhere", "memory_bytes": 1}) == a["fingerprint"]
+    assert fingerprint({**a, "torch_version": "0.0.0"}) != a["fingerprint"]
+    assert fingerprint({**a, "kind": "cuda"}) != a["fingerprint"]
+
+
+def test_unknown_kind_raises():
+    with pytest.raises(ValueError):
+        device_metadata("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_raises():
+    with pytest.raises(DeviceError):
+        device_metadata("cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_metadata():
+    meta = device_metadata("cuda")
+    assert set(meta) == CUDA_KEYS
+    assert json.loads(json.dumps(meta)) == meta
+    assert meta["gpu_name"] == torch.cuda.get_device_name(0)
+    assert meta["gpu_memory_bytes"] > 0 and meta["gpu_count"] == torch.cuda.device_count()
+    major, minor = torch.cuda.get_device_capability(0)
+    assert meta["gpu_capability"] == f"{major}.{minor}"
+    assert meta["cuda_runtime_version"] == torch.version.cuda
+    assert meta["fingerprint"] != device_metadata("cpu")["fingerprint"]
+    assert meta["fingerprint"] == device_metadata("cuda")["fingerprint"]
+    with pytest.raises(DeviceError):
+        device_metadata("cuda", index=torch.cuda.device_count())
