@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from latpred.errors import DeviceError
+from latpred.profiling import load as load_module
 from latpred.profiling.load import CpuLoad, CudaLoad, SystemMonitor, make_load, system_utilization
 
 TOL = 0.15  # points of utilization
@@ -92,16 +93,97 @@ def test_stop_leaves_no_child_process():
     load.stop()  # idempotent
     assert load.pids == [] and not load.running
     assert all(_gone(pid) for pid in pids)
-    new = [p for p in me.children(recursive=True) if p.pid not in before]
-    for p in new:  # the multiprocessing resource tracker may stay, for the life of this process
-        try:
-            assert "resource_tracker" in " ".join(p.cmdline()), p
-        except psutil.NoSuchProcess:
-            pass
+    # no multiprocessing, hence no resource tracker or other helper process left behind
+    new = [p for p in me.children(recursive=True) if p.pid not in before and not _gone(p.pid)]
+    assert not new, new
     # a stopped load starts again
     with load:
         assert len(load.pids) == 2 and not set(load.pids) & set(pids)
     assert not load.running
+
+
+def test_workers_run_this_file_as_a_script_and_share_state_through_an_unlinked_file():
+    load = CpuLoad(0.0, workers=1)
+    with load:
+        (pid,) = load.pids
+        cmdline = psutil.Process(pid).cmdline()
+        assert cmdline[0] == sys.executable and os.path.samefile(cmdline[cmdline.index("cpu") - 1], load_module.__file__)
+        assert not any("multiprocessing" in arg for arg in cmdline), cmdline
+        assert load.worker_info == [None]
+        path = load._state.path
+        assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))  # unlinked once mapped
+        load.set_target(0.4)  # an idle worker picks the new target up within its nap
+        time.sleep(0.3)
+        load.reset_window()
+        time.sleep(1.0)
+        assert load.window_utilization() == pytest.approx(0.4 / psutil.cpu_count(logical=True), abs=0.1)
+    assert load.target == 0.4 and load._state is None
+
+
+class _BrokenLoad(CpuLoad):
+    def _worker_specs(self):
+        return [("cpu", (0,)), ("no-such-kind", ())]
+
+
+def test_worker_start_up_failure_is_a_device_error_with_the_workers_message():
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    load = _BrokenLoad(0.2, workers=1)
+    with pytest.raises(DeviceError, match="worker failed to start: unknown worker kind 'no-such-kind'"):
+        load.start()
+    assert not load.running and load.pids == []
+    new = [p for p in me.children(recursive=True) if p.pid not in before and not _gone(p.pid)]
+    assert not new, new  # the worker that did start was stopped
+
+
+class _CudaWorkerLoad(CpuLoad):
+    """Runs the CUDA worker through the CPU load's plumbing, so that its launch is tested without a GPU."""
+
+    _start_timeout_s = 120.0
+
+    def _worker_specs(self):
+        return [("cuda", (0, 64))]
+
+
+def test_cuda_worker_launch_reports_ready_or_the_cuda_error():
+    load = _CudaWorkerLoad(0.0, workers=1)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="worker failed to start: .*"):
+            load.start()
+        assert not load.running
+        return
+    with load:
+        (info,) = load.worker_info
+        assert info["kernel_ms"] > 0 and info["chunk"] >= 1
+    assert not load.running
+
+
+_UNGUARDED_SCRIPT = textwrap.dedent(
+    """
+    import time
+    from latpred.profiling.load import CpuLoad
+
+    # deliberately no `if __name__ == "__main__":` guard
+    load = CpuLoad(0.5).start()
+    time.sleep(0.3)
+    load.reset_window()
+    time.sleep(1.5)
+    print("window_utilization", load.window_utilization(), flush=True)
+    load.stop()
+    """
+)
+
+
+def test_load_works_from_a_script_without_main_guard(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "bootstrapping phase" not in proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("window_utilization")]
+    assert len(lines) == 1, proc.stdout  # the script's top level ran once: workers never re-import it
+    util = float(lines[0].split()[1])
+    assert abs(util - 0.5) <= TOL, (util, proc.stderr)
 
 
 def test_set_target_before_start_applies_at_start():
@@ -138,19 +220,21 @@ def test_make_load_cpu_builds_without_starting():
 
 _ORPHAN_SCRIPT = textwrap.dedent(
     """
+    import sys
     import time
     from latpred.profiling.load import CpuLoad
 
     if __name__ == "__main__":
-        load = CpuLoad(0.5, workers=2).start()
+        load = CpuLoad(float(sys.argv[1]), workers=2).start()
         print(" ".join(map(str, load.pids)), flush=True)
         time.sleep(120)
     """
 )
 
 
-def test_workers_exit_when_parent_is_killed():
-    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("target", [0.5, 0.0])
+def test_workers_exit_when_parent_is_killed(target):
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, str(target)], stdout=subprocess.PIPE, text=True)
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -162,7 +246,8 @@ def test_workers_exit_when_parent_is_killed():
         workers = [psutil.Process(pid) for pid in pids]
         cpu0 = [sum(w.cpu_times()[:2]) for w in workers]
         time.sleep(0.5)
-        assert all(sum(w.cpu_times()[:2]) > c for w, c in zip(workers, cpu0)), "workers were not busy"
+        if target > 0:
+            assert all(sum(w.cpu_times()[:2]) > c for w, c in zip(workers, cpu0)), "workers were not busy"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10.0)

@@ -31,23 +31,36 @@ Utilization figures (all 0..1):
   imports, else ``torch.cuda.utilization()``, else ``nvidia-smi``, else ``None``.
 
 Nothing happens at import time, and torch is imported lazily (only by :class:`CudaLoad` and
-:class:`GpuMonitor`), so CPU workers spawn fast.
+:class:`GpuMonitor`), so CPU workers start fast.
 
-Workers are daemon processes of a ``spawn`` multiprocessing context. They stop when :meth:`stop` is
-called, when the load is garbage collected or the interpreter exits normally (``weakref.finalize``),
-and on their own within about ``_PARENT_CHECK_S`` when the parent process dies (even by SIGKILL):
-every worker compares ``os.getppid()`` with the parent's pid every period, and while idle.
+Worker processes. No multiprocessing: each worker is ``python <this file> KIND ...`` started with
+:class:`subprocess.Popen`, so the parent's ``__main__`` module is never re-imported (a user script
+without an ``if __name__ == "__main__":`` guard works) and a worker imports only the standard library
+and psutil (a CUDA worker also torch), never the ``latpred`` package. The parent shares a few
+float64/int64 slots with its workers through a memory-mapped temp file (the target, a stop flag; see
+:class:`_SharedState`); workers read the target at every period, and nap ``_IDLE_NAP_S`` at a time
+while it is 0 (no busy polling). Each worker reports start-up on its stdout with one JSON line
+(``ready`` or ``error``), which the parent waits for; the file is unlinked once every worker has
+mapped it. Workers stop when :meth:`stop` is called, when the load is garbage collected or the
+interpreter exits normally (``weakref.finalize``), and on their own within about a period or
+``_IDLE_NAP_S`` when the parent process dies (even by SIGKILL): every worker compares
+``os.getppid()`` with the parent's pid every period, and while idle. Linux (POSIX) only.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing as mp
+import mmap
 import os
-import queue
 import random
-import runpy
+import selectors
+import shutil
+import signal
+import struct
 import subprocess
+import sys
+import tempfile
 import time
 import weakref
 from collections import deque
@@ -55,8 +68,9 @@ from typing import Any
 
 import psutil
 
-# Nothing from latpred is imported at module level, on purpose: worker processes run this file on
-# its own (see _worker_launch), so that they do not import the latpred package, which imports torch.
+# Nothing from latpred is imported at module level, on purpose: worker processes run this file as a
+# script (see _worker_command), so that they do not import the latpred package, which imports torch.
+# For the same reason this module imports only the standard library and psutil at module level.
 # DeviceError is imported where it is raised.
 
 __all__ = [
@@ -68,7 +82,7 @@ __all__ = [
     "system_utilization",
 ]
 
-_PARENT_CHECK_S = 0.25  # an idle worker wakes up this often to check that its parent is alive
+_IDLE_NAP_S = 0.05  # an idle worker (target 0) naps this long between checks of target, stop flag, parent
 _WINDOW_S = 0.25  # sliding window over which a CPU worker keeps its CPU time at target x wall time
 _PERIOD_JITTER = 0.25  # each period lasts period_ms x uniform(1 - jitter, 1 + jitter)
 _MAX_LAG_PERIODS = 5  # a worker this far behind its clock (stopped, starved) restarts the clock
@@ -95,7 +109,86 @@ def _check_period(period_ms: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# worker side (runs in the spawned processes; module-level so that spawn can import them)
+# state shared by the parent and its workers
+# ---------------------------------------------------------------------------------------------
+
+_SLOT_TARGET = 0  # float64: the target busy fraction of every worker
+_SLOT_STOP = 1  # int64: 1 tells the workers to exit
+_STATE_SLOTS = 4  # 8-byte slots in the file (the rest are reserved, zero)
+_STATE_SIZE = 8 * _STATE_SLOTS
+
+
+class _SharedState:
+    """A few aligned 8-byte slots in a memory-mapped temp file, shared by the parent and its workers.
+
+    The parent :meth:`create` s the file (mode 0600, in a private ``mkdtemp`` directory) and writes
+    it; a worker :meth:`attach` es to it read-only. Each slot is read and written whole with
+    ``struct`` (one aligned 8-byte copy), so a reader sees either the old or the new value. Once every
+    worker has mapped it the parent :meth:`unlink` s the file (the mappings stay valid), so nothing is
+    left in the temp directory even if the parent is killed later.
+    """
+
+    def __init__(self, mm: mmap.mmap, path: str, directory: str | None) -> None:
+        self._mm = mm
+        self.path = path
+        self._dir = directory  # owned by the parent, which removes it
+
+    @classmethod
+    def create(cls, target: float) -> _SharedState:
+        directory = tempfile.mkdtemp(prefix="latpred-load-")
+        try:
+            path = os.path.join(directory, "state")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, _STATE_SIZE)  # zero-filled: stop flag 0
+                mm = mmap.mmap(fd, _STATE_SIZE)  # MAP_SHARED, read/write
+            finally:
+                os.close(fd)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        state = cls(mm, path, directory)
+        state.set_target(target)
+        return state
+
+    @classmethod
+    def attach(cls, path: str) -> _SharedState:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            mm = mmap.mmap(fd, _STATE_SIZE, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        return cls(mm, path, None)
+
+    # -- slots ---------------------------------------------------------------------------------
+    def target(self) -> float:
+        return struct.unpack_from("d", self._mm, 8 * _SLOT_TARGET)[0]
+
+    def set_target(self, value: float) -> None:
+        struct.pack_into("d", self._mm, 8 * _SLOT_TARGET, value)
+
+    def stop_requested(self) -> bool:
+        return struct.unpack_from("q", self._mm, 8 * _SLOT_STOP)[0] != 0
+
+    def request_stop(self) -> None:
+        if not self._mm.closed:
+            struct.pack_into("q", self._mm, 8 * _SLOT_STOP, 1)
+
+    # -- cleanup -------------------------------------------------------------------------------
+    def unlink(self) -> None:
+        """Remove the file and its directory (parent only; the mappings stay valid). Idempotent."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def close(self) -> None:
+        """Unmap and unlink. Idempotent."""
+        self.unlink()
+        self._mm.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side (runs in the worker processes: ``python <this file> KIND ...``, see _worker_main)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -104,10 +197,11 @@ def _parent_alive(parent_pid: int) -> bool:
     return os.getppid() == parent_pid
 
 
-def _duty_cycle(target, active, stop, parent_pid: int, period_s: float, busy, closed_loop: bool) -> None:
-    """Run the duty cycle until ``stop`` is set or the parent dies.
+def _duty_cycle(state: _SharedState, parent_pid: int, period_s: float, busy, closed_loop: bool) -> None:
+    """Run the duty cycle until the parent requests a stop or dies.
 
-    ``target`` is a shared double, ``active``/``stop`` are events. Periods run on an absolute clock.
+    ``state`` holds the target (read at every period) and the stop flag. Periods run on an absolute
+    clock.
 
     Open loop: ``busy(start + target * period, None)`` occupies the device until that
     ``perf_counter`` deadline.
@@ -125,14 +219,13 @@ def _duty_cycle(target, active, stop, parent_pid: int, period_s: float, busy, cl
     next_start: float | None = None
     last_u = -1.0
     t_prev = c_prev = 0.0  # wall / cpu clock at the end of the previous period (contiguous accounting)
-    while not stop.is_set():
+    while not state.stop_requested():
         if not _parent_alive(parent_pid):
             return
-        u = target.value
+        u = state.target()
         if u <= 0.0:
-            # Blocked, not polling: set_target(>0) and stop() set `active`; the timeout is only
-            # there to notice a dead parent.
-            active.wait(_PARENT_CHECK_S)
+            # Idle: short naps (no busy polling) until the target, the stop flag or the parent changes.
+            time.sleep(_IDLE_NAP_S)
             next_start = None
             continue
         now = time.perf_counter()
@@ -180,12 +273,13 @@ def _spin(deadline: float, cpu_goal: float | None) -> None:
         pass
 
 
-def _cpu_worker(target, active, stop, parent_pid: int, period_s: float, ready, slot: int) -> None:
-    ready.put(("ready", slot, os.getpid(), None))
-    _duty_cycle(target, active, stop, parent_pid, period_s, _spin, closed_loop=True)
+def _cpu_worker(state: _SharedState, parent_pid: int, period_s: float, report, slot: int) -> int:
+    report("ready", info=None)
+    _duty_cycle(state, parent_pid, period_s, _spin, closed_loop=True)
+    return 0
 
 
-def _cuda_worker(target, active, stop, parent_pid: int, period_s: float, ready, index: int, size: int) -> None:
+def _cuda_worker(state: _SharedState, parent_pid: int, period_s: float, report, index: int, size: int) -> int:
     try:
         import torch
 
@@ -207,8 +301,8 @@ def _cuda_worker(target, active, stop, parent_pid: int, period_s: float, ready, 
         end_ev.synchronize()
         kernel_s = max(1e-6, start_ev.elapsed_time(end_ev) / 1000.0 / reps)
     except Exception as exc:  # report any start-up failure to the parent, which raises DeviceError
-        ready.put(("error", index, os.getpid(), f"{type(exc).__name__}: {exc}"))
-        return
+        report("error", message=f"{type(exc).__name__}: {exc}")
+        return 1
     chunk = max(1, int(_CUDA_CHUNK_S / kernel_s))
 
     def busy(deadline: float, _cpu_goal: float | None) -> None:
@@ -221,56 +315,114 @@ def _cuda_worker(target, active, stop, parent_pid: int, period_s: float, ready, 
                 torch.mm(a, b, out=out)
             torch.cuda.synchronize(device)
 
-    ready.put(("ready", index, os.getpid(), {"kernel_ms": kernel_s * 1000.0, "chunk": chunk}))
-    _duty_cycle(target, active, stop, parent_pid, period_s, busy, closed_loop=False)
+    report("ready", info={"kernel_ms": kernel_s * 1000.0, "chunk": chunk})
+    _duty_cycle(state, parent_pid, period_s, busy, closed_loop=False)
+    return 0
+
+
+# KIND -> (worker function, converters of its extra arguments)
+_WORKERS: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    "cpu": (_cpu_worker, (int,)),  # slot
+    "cuda": (_cuda_worker, (int, int)),  # index, size
+}
+
+
+def _worker_main(argv: list[str]) -> int:
+    """Entry point of a worker: ``python load.py KIND STATE_PATH PARENT_PID PERIOD_S EXTRA...``.
+
+    Reports start-up to the parent with exactly one JSON line on the original stdout,
+    ``{"status": "ready", "pid": ..., "info": ...}`` or ``{"status": "error", "pid": ...,
+    "message": ...}``; anything else the worker prints to stdout goes to its stderr (inherited from
+    the parent) so that it cannot corrupt the handshake.
+    """
+    # The parent owns the workers' lifetime: Ctrl-C in a terminal reaches the whole process group,
+    # and the parent's exit or stop() ends the workers without one traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # `python <file>` puts this file's directory first on sys.path (unless -P): drop it, so that the
+    # modules next to this one cannot shadow those imported from here on (torch and its imports).
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    handshake = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+
+    def report(status: str, **fields: Any) -> None:
+        if handshake.closed:
+            return
+        try:
+            handshake.write(json.dumps({"status": status, "pid": os.getpid(), **fields}) + "\n")
+            handshake.flush()
+        except (OSError, ValueError):  # the parent is gone or gave up waiting
+            pass
+        finally:
+            try:
+                handshake.close()
+            except OSError:
+                pass
+
+    try:
+        kind, path, parent_pid, period_s, *extra = argv
+        fn, converters = _WORKERS[kind]
+        if len(extra) != len(converters):
+            raise ValueError(f"{kind} worker takes {len(converters)} extra argument(s), got {extra!r}")
+        args = [conv(value) for conv, value in zip(converters, extra)]
+        ppid, period = int(parent_pid), float(period_s)
+        state = _SharedState.attach(path)
+    except Exception as exc:  # bad command line or state file
+        if isinstance(exc, KeyError):
+            message = f"unknown worker kind {exc.args[0]!r}; expected one of {sorted(_WORKERS)}"
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        report("error", message=message)
+        return 2
+    try:
+        return fn(state, ppid, period, report, *args)
+    except BaseException as exc:  # an unexpected failure before "ready" still reaches the parent
+        report("error", message=f"{type(exc).__name__}: {exc}")
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
 # parent side
 # ---------------------------------------------------------------------------------------------
 
-_WORKER_RUN_NAME = "__latpred_load_worker__"
+
+def _worker_command(kind: str, *args: Any) -> list[str]:
+    """The command line of a worker: this interpreter, with the parent's flags, running this file."""
+    path = os.path.abspath(__file__)
+    flags = subprocess._args_from_interpreter_flags()  # what multiprocessing uses, too
+    if sys.version_info >= (3, 11) and "-P" not in flags and "-I" not in flags:
+        flags.append("-P")  # do not put this file's directory first on sys.path
+    return [sys.executable, *flags, path, kind, *(str(a) for a in args)]
 
 
-def _worker_launch(fn, args: tuple) -> tuple[Any, tuple, dict[str, Any]]:
-    """(target, args, kwargs) for a spawn ``Process`` that runs ``fn(*args)``.
-
-    A spawned child imports the module of its target before running it; for ``fn`` that is
-    ``latpred.profiling.load``, hence the ``latpred`` package and torch (seconds per worker, and
-    memory). Instead the child runs this file by path with ``runpy.run_path``, which imports only the
-    standard library and psutil, and the hook at the end of the file calls ``fn``. Falls back to
-    ``fn`` itself when this file cannot be run by path (e.g. installed inside a zip).
-    """
-    path = __file__
-    if __name__ == _WORKER_RUN_NAME or not path or not os.path.isfile(path):
-        return fn, args, {}
-    return runpy.run_path, (path,), {
-        "init_globals": {"_LATPRED_WORKER_CALL": (fn.__name__, args)},
-        "run_name": _WORKER_RUN_NAME,
-    }
-
-
-def _shutdown(procs: list, stop, active, timeout_s: float = 2.0) -> None:
+def _shutdown(procs: list, state: _SharedState, owner_pid: int, timeout_s: float = 2.0) -> None:
     """Stop worker processes (also the finalizer: must not reference the load object)."""
-    stop.set()
-    active.set()  # wake idle workers so that they see `stop`
+    if os.getpid() != owner_pid:  # a forked copy of the parent: the workers are not its children
+        return
+    state.request_stop()  # workers see it within a period (busy) or _IDLE_NAP_S (idle)
     deadline = time.monotonic() + timeout_s
     for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
     for p in procs:
-        if p.is_alive():
+        if p.poll() is None:
             p.terminate()
     for p in procs:
-        p.join(1.0)
-        if p.is_alive():
-            p.kill()
-            p.join(1.0)
-    for p in procs:
         try:
-            p.close()
-        except ValueError:  # still running after kill: leave it to the OS
-            pass
+            p.wait(1.0)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            try:
+                p.wait(1.0)
+            except subprocess.TimeoutExpired:  # still running after kill: leave it to the OS
+                pass
+    for p in procs:
+        if p.stdout is not None:
+            p.stdout.close()
     procs.clear()
+    state.close()
 
 
 class _BackgroundLoad:
@@ -279,20 +431,17 @@ class _BackgroundLoad:
     _start_timeout_s = _START_TIMEOUT_S
 
     def __init__(self, target: float, period_ms: float) -> None:
-        self._ctx = mp.get_context("spawn")
-        self._initial_target = _check_target(target)
+        self._target = _check_target(target)  # the current target, whether running or not
         self.period_ms = _check_period(period_ms)
-        self._procs: list = []
+        self._procs: list[subprocess.Popen] = []
         self._pids: list[int] = []
-        self._target = None
-        self._active = None
-        self._stop = None
+        self._state: _SharedState | None = None
         self._finalizer: weakref.finalize | None = None
         self.worker_info: list[Any] = []
 
     # -- subclass hooks ------------------------------------------------------------------------
-    def _worker_specs(self) -> list[tuple[Any, tuple]]:
-        """(function, extra args) for each worker process."""
+    def _worker_specs(self) -> list[tuple[str, tuple]]:
+        """(worker kind, extra args) for each worker process (see ``_WORKERS``)."""
         raise NotImplementedError
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -307,66 +456,81 @@ class _BackgroundLoad:
 
     @property
     def target(self) -> float:
-        return self._target.value if self._target is not None else self._initial_target
+        return self._target
 
     def start(self):
         """Start the workers and wait until every one has reported ready. Returns ``self``."""
+        from latpred.errors import DeviceError
+
         if self._procs:
             return self
-        self._target = self._ctx.Value("d", self._initial_target, lock=False)
-        self._active = self._ctx.Event()
-        self._stop = self._ctx.Event()
-        if self._initial_target > 0:
-            self._active.set()
-        ready = self._ctx.Queue()
+        state = _SharedState.create(self._target)
         parent_pid = os.getpid()
         period_s = self.period_ms / 1000.0
-        procs = []
-        self._finalizer = weakref.finalize(self, _shutdown, procs, self._stop, self._active)
+        procs: list[subprocess.Popen] = []
+        names: list[str] = []
+        self._finalizer = weakref.finalize(self, _shutdown, procs, state, parent_pid)
         try:
-            for slot, (fn, extra) in enumerate(self._worker_specs()):
-                args = (self._target, self._active, self._stop, parent_pid, period_s, ready, *extra)
-                target, args, kwargs = _worker_launch(fn, args)
-                p = self._ctx.Process(
-                    target=target,
-                    args=args,
-                    kwargs=kwargs,
-                    name=f"latpred-{type(self).__name__}-{slot}",
-                    daemon=True,
-                )
-                p.start()
+            for slot, (kind, extra) in enumerate(self._worker_specs()):
+                cmd = _worker_command(kind, state.path, parent_pid, repr(period_s), *extra)
+                names.append(f"latpred-{type(self).__name__}-{slot}")
+                try:
+                    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True)
+                except OSError as exc:
+                    raise DeviceError(f"{type(self).__name__}: cannot start worker {names[-1]}: {exc}") from exc
                 procs.append(p)
-            self.worker_info = self._wait_ready(ready, procs)
+            self.worker_info = self._wait_ready(procs, names)
         except BaseException:
             self._finalizer()
+            self._finalizer = None
             raise
-        finally:
-            ready.close()
-            ready.join_thread()
+        for p in procs:  # the handshake is over; the workers closed their end
+            p.stdout.close()
+        state.unlink()  # every worker has mapped the file
+        self._state = state
         self._procs = procs
         self._pids = [p.pid for p in procs]
         return self
 
-    def _wait_ready(self, ready, procs: list) -> list[Any]:
+    def _wait_ready(self, procs: list[subprocess.Popen], names: list[str]) -> list[Any]:
+        """Read each worker's JSON start-up line (with a timeout); their ``info`` in worker order."""
         from latpred.errors import DeviceError
 
+        cls = type(self).__name__
         info: dict[int, Any] = {}
+        buffers = [b""] * len(procs)
         deadline = time.monotonic() + self._start_timeout_s
-        while len(info) < len(procs):
-            try:
-                status, slot, _pid, detail = ready.get(timeout=0.1)
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode is not None]
-                if dead:
-                    raise DeviceError(f"{type(self).__name__}: worker {dead[0].name} exited with code "
-                                      f"{dead[0].exitcode} during start-up") from None
-                if time.monotonic() > deadline:
-                    raise DeviceError(f"{type(self).__name__}: workers not ready after "
-                                      f"{self._start_timeout_s:.0f} s") from None
-                continue
-            if status == "error":
-                raise DeviceError(f"{type(self).__name__}: worker failed to start: {detail}")
-            info[slot] = detail
+        with selectors.DefaultSelector() as sel:
+            for i, p in enumerate(procs):
+                sel.register(p.stdout, selectors.EVENT_READ, i)
+            while len(info) < len(procs):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeviceError(f"{cls}: workers not ready after {self._start_timeout_s:.0f} s")
+                for key, _ in sel.select(min(remaining, 1.0)):
+                    i = key.data
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:  # end of file before a whole line: the worker died
+                        try:
+                            code = procs[i].wait(5.0)
+                        except subprocess.TimeoutExpired:
+                            code = None
+                        raise DeviceError(f"{cls}: worker {names[i]} exited with code {code} during start-up")
+                    buffers[i] += chunk
+                    if b"\n" not in buffers[i]:
+                        continue
+                    sel.unregister(key.fileobj)
+                    line = buffers[i].split(b"\n", 1)[0]
+                    try:
+                        msg = json.loads(line)
+                        status = msg["status"]
+                    except (ValueError, TypeError, KeyError):
+                        raise DeviceError(f"{cls}: worker {names[i]} sent {line[:200]!r} during start-up") from None
+                    if status == "error":
+                        raise DeviceError(f"{cls}: worker failed to start: {msg.get('message')}")
+                    if status != "ready":
+                        raise DeviceError(f"{cls}: worker {names[i]} sent {line[:200]!r} during start-up")
+                    info[i] = msg.get("info")
         return [info[k] for k in sorted(info)]
 
     def stop(self) -> None:
@@ -375,6 +539,7 @@ class _BackgroundLoad:
             self._finalizer()  # runs _shutdown at most once
             self._finalizer = None
         self._procs = []
+        self._state = None
 
     def __enter__(self):
         return self.start()
@@ -385,13 +550,9 @@ class _BackgroundLoad:
     def set_target(self, target: float) -> None:
         """Change the target of the running workers (no restart); before start, of the next start."""
         value = _check_target(target)
-        self._initial_target = value
-        if self._target is not None:
-            self._target.value = value
-            if value > 0:
-                self._active.set()
-            else:
-                self._active.clear()
+        self._target = value
+        if self._state is not None:
+            self._state.set_target(value)  # idle workers see it within _IDLE_NAP_S
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -423,8 +584,8 @@ class CpuLoad(_BackgroundLoad):
         self.workers = n
         self._window_start: tuple[float, dict[int, float]] | None = None
 
-    def _worker_specs(self) -> list[tuple[Any, tuple]]:
-        return [(_cpu_worker, (slot,)) for slot in range(self.workers)]
+    def _worker_specs(self) -> list[tuple[str, tuple]]:
+        return [("cpu", (slot,)) for slot in range(self.workers)]
 
     def start(self) -> CpuLoad:
         super().start()
@@ -605,8 +766,8 @@ class CudaLoad(_BackgroundLoad):
         self.workers = 1
         self._monitor = GpuMonitor(self.index)
 
-    def _worker_specs(self) -> list[tuple[Any, tuple]]:
-        return [(_cuda_worker, (self.index, self.size))]
+    def _worker_specs(self) -> list[tuple[str, tuple]]:
+        return [("cuda", (self.index, self.size))]
 
     def start(self) -> CudaLoad:
         super().start()
@@ -674,6 +835,5 @@ def system_utilization(interval_s: float = 1.0) -> float:
     return monitor.value()
 
 
-if __name__ == _WORKER_RUN_NAME:  # a worker process started through _worker_launch
-    _fn_name, _fn_args = globals()["_LATPRED_WORKER_CALL"]
-    globals()[_fn_name](*_fn_args)
+if __name__ == "__main__":  # a worker process: python load.py KIND ... (see _worker_command)
+    sys.exit(_worker_main(sys.argv[1:]))
