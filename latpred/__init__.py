@@ -1,7 +1,14 @@
 """latpred: predict the inference latency of DNN modules and models on real devices.
 
-The public API in one screen; everything else is internal.
+The public API in one screen; everything else is internal. Attributes load lazily (PEP 562) so
+``import latpred`` stays cheap: the CLI and the load-generator worker processes do not pay for
+importing torch until they need it.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from .errors import (
     DeviceError,
@@ -12,26 +19,40 @@ from .errors import (
     StoreError,
     UnknownOpError,
 )
-from .features import feature_names, featurize, featurize_many
-from .ops import REGISTRY, Costs, OpType, Param, get_op, op_names, resolve_spec
-from .profiling.devices import CpuDevice, CudaDevice, Device, FakeDevice, TimingProtocol, make_device
-from .profiling.result import Measurement
-from .profiling.runner import ProfileReport, profile
-from .profiling.space import ParameterSpace, builtin_spaces, load_space
-from .profiling.store import ProfileStore, Sample
-from .spec import ModuleSpec
 
 __version__ = "0.1.0"
 
-__all__ = [
+_LAZY = {
     # specs and op types
-    "ModuleSpec", "REGISTRY", "OpType", "Param", "Costs", "get_op", "op_names", "resolve_spec",
+    "ModuleSpec": ".spec",
+    "REGISTRY": ".ops", "OpType": ".ops", "Param": ".ops", "Costs": ".ops", "get_op": ".ops", "op_names": ".ops",
+    "resolve_spec": ".ops",
     # features (the one feature function)
-    "featurize", "featurize_many", "feature_names",
+    "featurize": ".features", "featurize_many": ".features", "feature_names": ".features",
     # profiling
-    "ParameterSpace", "builtin_spaces", "load_space", "Device", "CpuDevice", "CudaDevice", "FakeDevice",
-    "TimingProtocol", "make_device", "Measurement", "ProfileStore", "Sample", "profile", "ProfileReport",
-    # errors
+    "ParameterSpace": ".profiling.space", "builtin_spaces": ".profiling.space", "load_space": ".profiling.space",
+    "Device": ".profiling.devices", "CpuDevice": ".profiling.devices", "CudaDevice": ".profiling.devices",
+    "FakeDevice": ".profiling.devices", "TimingProtocol": ".profiling.devices", "make_device": ".profiling.devices",
+    "Measurement": ".profiling.result", "ProfileStore": ".profiling.store", "Sample": ".profiling.store",
+    "profile": ".profiling.runner", "ProfileReport": ".profiling.runner",
+}
+
+__all__ = [
+    *_LAZY,
     "LatpredError", "SpaceError", "SpecError", "UnknownOpError", "StoreError", "DeviceError", "MeasurementError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'latpred' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

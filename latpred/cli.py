@@ -83,20 +83,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_summary(summary: dict[str, Any]) -> str:
+def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> str:
+    names = {d["id"]: d.get("metadata", {}) for d in devices}
     lines = []
     for dev in summary.get("devices", []):
-        lines.append(f"device {dev.get('id')} [{dev.get('kind')}] {dev.get('fingerprint')} "
-                     f"{dev.get('cpu_model') or dev.get('gpu_name') or ''}".rstrip())
-        ops = dev.get("ops", {})
+        meta = names.get(dev.get("id"), {})
+        model = meta.get("gpu_name") or meta.get("cpu_model") or ""
+        lines.append(f"device {dev.get('id')} [{dev.get('kind')}] {model} ({dev.get('fingerprint')}): "
+                     f"{dev.get('n_ok', 0)} ok, {dev.get('n_failed', 0)} failed")
         lines.append(f"  {'op':20s} {'ok':>6s} {'failed':>6s} {'median ms':>10s}")
-        for op, row in ops.items():
+        for op, row in dev.get("ops", {}).items():
             med = row.get("median_latency_ms")
             lines.append(f"  {op:20s} {row.get('ok', 0):6d} {row.get('failed', 0):6d} "
                          f"{'' if med is None else format(med, '10.4f')}")
-        for key in ("batch_sizes", "utilization_levels", "threads"):
-            if key in dev:
-                lines.append(f"  {key}: {dev[key]}")
+        lines.append(f"  batch sizes {dev.get('batch_sizes')}, utilizations {dev.get('utilizations')}")
         for run in dev.get("runs", []):
             rate = run.get("samples_per_s")
             lines.append(f"  run {run.get('id')} {run.get('status')} space={run.get('space_name')} "
@@ -109,8 +109,8 @@ def cmd_db_info(args: argparse.Namespace) -> int:
     from .profiling.store import ProfileStore
 
     with ProfileStore(args.db, readonly=True) as store:
-        summary = store.summary()
-    _emit(args, summary, _format_summary(summary))
+        summary, devices = store.summary(), store.devices()
+    _emit(args, {**summary, "device_metadata": devices}, _format_summary(summary, devices))
     return 0
 
 
@@ -154,11 +154,11 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     try:
         with ProfileStore(db) as store:
             report = profile(space, device, store, progress=not args.no_progress)
-            summary = store.summary()
+            summary, devices = store.summary(), store.devices()
     finally:
         device.close()
     print(report.summary())
-    print(_format_summary(summary))
+    print(_format_summary(summary, devices))
     (out / "profile_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if args.json:
         print(json.dumps({"report": report.__dict__, "summary": summary}, default=str))

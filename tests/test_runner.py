@@ -10,6 +10,7 @@ import time
 import pytest
 
 from latpred.cli import main
+from latpred.errors import SpaceError
 from latpred.profiling.devices import FakeDevice
 from latpred.profiling.runner import profile
 from latpred.profiling.space import ParameterSpace
@@ -31,7 +32,7 @@ def test_profile_stores_everything_and_resume_skips(tmp_path):
     db = tmp_path / "p.sqlite"
     with ProfileStore(db) as store:
         r1 = profile(tiny(), FakeDevice(), store, limit=10, progress=False)
-        assert (r1.measured, r1.already_done, r1.status) == (10, 0, "done")
+        assert (r1.measured, r1.already_done, r1.status, r1.measurements) == (10, 0, "done", 20)
         r2 = profile(tiny(), FakeDevice(), store, progress=False)
         assert (r2.measured, r2.already_done) == (6, 10)
         assert store.count(status="ok") == 16
@@ -59,7 +60,23 @@ def test_measurements_are_grouped_by_utilization(tmp_path):
     seen = []
     with ProfileStore(tmp_path / "p.sqlite") as store:
         profile(tiny(), FakeDevice(), store, progress=False, on_sample=lambda s, _: seen.append(s.utilization))
-    assert seen == sorted(seen) and set(seen) == {0.0, 0.5}
+    first, second = seen[:16], seen[16:]  # two passes, each grouped by utilization
+    assert len(second) == 16 and first == sorted(first) and second == sorted(second) and set(seen) == {0.0, 0.5}
+
+
+def test_passes_pool_windows_and_reduce_with_the_device_statistic(tmp_path):
+    with ProfileStore(tmp_path / "p.sqlite") as store:
+        r = profile(tiny(), FakeDevice(noise=0.2), store, passes=3, progress=False)
+        assert r.measurements == 48 and r.measured == 16
+        for s in store.samples():
+            assert s.passes == 3 and len(s.timings_ms) == 15 and len(s.pass_latency_ms) == 3
+            assert s.latency_ms == pytest.approx(sorted(s.timings_ms)[7])  # FakeDevice reduces with the median
+        again = profile(tiny(), FakeDevice(), store, passes=3, progress=False)
+        assert again.measurements == 0 and again.already_done == 16
+        more = profile(tiny(), FakeDevice(), store, passes=4, progress=False)
+        assert more.measurements == 16 and all(s.passes == 4 for s in store.samples())
+    with pytest.raises(SpaceError, match="passes"):
+        profile(tiny(), FakeDevice(), ProfileStore(tmp_path / "q.sqlite"), passes=0)
 
 
 def test_interrupt_marks_run_and_keeps_samples(tmp_path):
@@ -72,7 +89,7 @@ def test_interrupt_marks_run_and_keeps_samples(tmp_path):
 
     with ProfileStore(tmp_path / "p.sqlite") as store:
         with pytest.raises(KeyboardInterrupt):
-            profile(tiny(), FakeDevice(), store, progress=False, on_sample=stop_after_three)
+            profile(tiny(), FakeDevice(), store, progress=False, passes=1, on_sample=stop_after_three)
         assert store.count() == 3 and store.runs()[0]["status"] == "interrupted"
 
 
@@ -85,7 +102,7 @@ SCRIPT = textwrap.dedent("""
     import json
     space = ParameterSpace.from_dict(json.loads(sys.argv[2]))
     with ProfileStore(sys.argv[1]) as store:
-        profile(space, FakeDevice(delay_s=0.03), store, progress=False,
+        profile(space, FakeDevice(delay_s=0.02), store, progress=False, passes=2,
                 on_sample=lambda s, o: print(s.key, flush=True))
 """)
 
@@ -98,19 +115,23 @@ def test_sigkill_mid_run_loses_nothing_committed_and_resume_completes(tmp_path):
                             text=True)
     printed = []
     deadline = time.time() + 60
-    while len(printed) < 5 and time.time() < deadline:
+    while len(printed) < 21 and time.time() < deadline:  # all of pass 1 and 5 of pass 2
         printed.append(proc.stdout.readline().strip())
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(printed) == 5
+    assert len(printed) == 21
     with ProfileStore(db) as store:
-        stored = {s.spec.key for s in store.samples()}
-        assert set(printed) <= stored and len(stored) <= len(printed) + 1
+        samples = {s.spec.key: s for s in store.samples()}
+        assert set(printed) == set(samples)  # all 16 specs were printed after their first pass
+        twice = [k for k in samples if printed.count(k) == 2]
+        assert len(twice) == 5 and all(samples[k].passes == 2 for k in twice)
+        assert sum(s.passes for s in samples.values()) in (21, 22)  # at most the pass in flight extra
         assert store.runs()[0]["status"] == "running"  # killed: never finished
-        r = profile(tiny(), FakeDevice(), store, progress=False)
-        assert r.already_done == len(stored) and r.measured == 16 - len(stored)
-        keys = [s.spec.key for s in store.samples()]
-    assert len(keys) == len(set(keys)) == 16
+        r = profile(tiny(), FakeDevice(), store, progress=False, passes=2)
+        assert r.measured == 0 and r.measurements == 32 - sum(s.passes for s in samples.values())
+        final = store.samples()
+    keys = [s.spec.key for s in final]
+    assert len(keys) == len(set(keys)) == 16 and all(s.passes == 2 for s in final)
 
 
 def test_cli_profile_and_db_commands(tmp_path, capsys):
@@ -118,7 +139,7 @@ def test_cli_profile_and_db_commands(tmp_path, capsys):
     toml.write_text('samples = 2\n[runtime]\nthreads = 1\n[ops.linear]\nin_features = [8, 16]\nout_features = [4, 8]\n')
     db = tmp_path / "cli.sqlite"
     assert main(["profile", "--space", str(toml), "--db", str(db), "--no-progress"]) == 0
-    assert "2 measured" in capsys.readouterr().out
+    assert "2 new specs measured" in capsys.readouterr().out
     assert main(["db", "info", str(db), "--json"]) == 0
     assert '"linear"' in capsys.readouterr().out
     csv = tmp_path / "o.csv"

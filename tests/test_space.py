@@ -156,3 +156,22 @@ def test_dist_grid_and_rounding():
     assert d.grid() == [1, 10, 100]
     with pytest.raises(SpaceError, match="no multiple of 16"):
         Dist.parse({"range": [1, 8], "multiple_of": 16}, "x", integer=True)
+
+
+def test_runtime_variants_tie_conditions_together():
+    data = {**BASE, "samples": 30, "runtime": {"batch_size": [1, 2], "utilization": 0.0, "threads": [1, 2],
+                                               "variants": {"idle": {"weight": 1},
+                                                            "loaded": {"weight": 1, "utilization": 0.5, "threads": 1}}}}
+    s = ParameterSpace.from_dict(data)
+    specs = s.specs()
+    loaded = [x for x in specs if x.utilization == 0.5]
+    assert loaded and all(x.threads == 1 for x in loaded)
+    assert {x.threads for x in specs if x.utilization == 0.0} == {1, 2}
+    assert ParameterSpace.from_dict(s.to_dict()).specs() == specs
+    grid = ParameterSpace.from_dict({**data, "strategy": "grid", "ops": {"linear": {"in_features": 8, "out_features": 8}}})
+    conds = {(x.batch_size, x.utilization, x.threads) for x in grid.specs()}
+    assert conds == {(b, 0.0, t) for b in (1, 2) for t in (1, 2)} | {(b, 0.5, 1) for b in (1, 2)}
+    with pytest.raises(SpaceError, match=r"runtime.variants.loaded.utilization: 2"):
+        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"loaded": {"utilization": 2}}}})
+    with pytest.raises(SpaceError, match="unknown key"):
+        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"x": {"bandwidth": 1}}}})

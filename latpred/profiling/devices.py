@@ -4,7 +4,11 @@ Timing protocol (CPU and CUDA alike, see :class:`TimingProtocol`): build the mod
 warm up for ``warmup_ms``, calibrate how many calls fill a ``window_ms`` timing window, then time
 ``repeats`` windows (fewer for slow specs, never fewer than ``min_repeats``, capped by
 ``max_sample_ms``) with the garbage collector paused. The per-call time of every window is
-kept; the reported latency is the ``statistic`` (median by default) over windows. Latency is
+kept. The reported latency is a statistic over windows: on an unloaded device the minimum
+(interference on a shared machine only ever adds time, so the minimum estimates the op's own
+cost most repeatably), under a background load the median (the typical latency while the load
+runs; windows span several load periods). The profiler measures each spec in several passes
+spread over the run and reduces the pooled windows the same way. Latency is
 host wall-clock from the call to a finished result (CUDA: synchronised), which is what a request
 sees even under a co-running load; CUDA events additionally give the kernel-time share.
 """
@@ -57,7 +61,8 @@ class TimingProtocol:
     repeats: int = 15
     min_repeats: int = 3
     max_sample_ms: float = 1500.0
-    statistic: str = "median"
+    statistic: str = "min"
+    loaded_statistic: str = "median"
     settle_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -66,10 +71,19 @@ class TimingProtocol:
                 raise SpecError(f"TimingProtocol.{name} must be positive, got {getattr(self, name)!r}")
         if self.min_repeats < 1 or self.repeats < self.min_repeats:
             raise SpecError(f"TimingProtocol needs 1 <= min_repeats <= repeats, got {self.min_repeats}, {self.repeats}")
-        if self.statistic not in STATISTICS:
-            raise SpecError(f"unknown statistic {self.statistic!r}; expected one of {STATISTICS}")
+        for name in ("statistic", "loaded_statistic"):
+            if getattr(self, name) not in STATISTICS:
+                raise SpecError(f"unknown {name} {getattr(self, name)!r}; expected one of {STATISTICS}")
         if self.settle_s < 0:
             raise SpecError("TimingProtocol.settle_s must be >= 0")
+
+    def statistic_for(self, spec: ModuleSpec) -> str:
+        """The statistic that reduces ``spec``'s windows (unloaded vs under background load)."""
+        return self.loaded_statistic if spec.utilization > 0 else self.statistic
+
+    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
+        """Latency of ``spec`` from its window timings (possibly pooled over passes)."""
+        return robust_stat(list(timings), self.statistic_for(spec))
 
     def time(self, call: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> tuple[list[float], int]:
         """Per-call milliseconds of each window, and the calls per window."""
@@ -138,13 +152,17 @@ class Device(Protocol):
         """Time ``spec``; raise :class:`MeasurementError` when it cannot run."""
         ...
 
+    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
+        """Latency from window timings pooled over passes (the same statistic :meth:`measure` uses)."""
+        ...
+
     def close(self) -> None:
         """Stop background load and release resources."""
         ...
 
 
 class _LoadMixin:
-    """Background utilization handling shared by the real devices."""
+    """Background utilization handling and reduction shared by the real devices."""
 
     kind: str
     protocol: TimingProtocol
@@ -159,6 +177,9 @@ class _LoadMixin:
 
     def _load_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
+        return self.protocol.reduce(spec, timings)
 
     def set_utilization(self, target: float) -> None:
         """Hold the device at ``target`` background utilization (0 stops the load)."""
@@ -240,7 +261,7 @@ class CpuDevice(_LoadMixin):
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
         finally:
             torch.set_num_threads(before)
-        return Measurement(robust_stat(timings, self.protocol.statistic), tuple(timings), n, observed, system,
+        return Measurement(self.protocol.reduce(spec, timings), tuple(timings), n, observed, system,
                            {"threads": threads})
 
 
@@ -313,7 +334,7 @@ class CudaDevice(_LoadMixin):
             raise MeasurementError(f"OutOfMemoryError: {e}") from e
         except (RuntimeError, ValueError) as e:
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
-        return Measurement(robust_stat(timings, self.protocol.statistic), tuple(timings), n, observed, system,
+        return Measurement(self.protocol.reduce(spec, timings), tuple(timings), n, observed, system,
                            {"kernel_ms": kernel_ms})
 
 
@@ -356,6 +377,9 @@ class FakeDevice:
         rng = np.random.default_rng(seed)
         timings = tuple(float(x) for x in self.true_latency_ms(spec) * np.exp(rng.normal(0, self.noise, 5)))
         return Measurement(robust_stat(timings), timings, 1, spec.utilization, None, {})
+
+    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
+        return robust_stat(list(timings))
 
     def close(self) -> None:
         return None

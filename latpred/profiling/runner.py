@@ -10,7 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import MeasurementError
+from ..errors import MeasurementError, SpaceError
 from ..spec import ModuleSpec
 from .devices import Device
 from .space import ParameterSpace
@@ -31,15 +31,17 @@ class ProfileReport:
     failed: int
     elapsed_s: float
     status: str
+    measurements: int = 0
 
     @property
     def samples_per_s(self) -> float:
+        """New specs completed per second (all passes of a spec count once)."""
         return (self.measured + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"run {self.run_id}: {self.measured} measured, {self.failed} failed, {self.already_done} already in "
-                f"the store (of {self.planned} planned) in {self.elapsed_s:.1f} s "
-                f"({self.samples_per_s:.2f} samples/s) - {self.status}")
+        return (f"run {self.run_id}: {self.measured} new specs measured, {self.failed} failed, {self.already_done} "
+                f"complete in the store before (of {self.planned} in the space); {self.measurements} measurements "
+                f"in {self.elapsed_s:.1f} s ({self.samples_per_s:.2f} specs/s) - {self.status}")
 
 
 def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
@@ -48,39 +50,58 @@ def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
 
 
 def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit: int | None = None,
-            progress: bool = True, retry_failed: bool = False,
+            passes: int = 2, progress: bool = True, retry_failed: bool = False,
             on_sample: Callable[[ModuleSpec, str], Any] | None = None) -> ProfileReport:
     """Measure the specs of ``space`` on ``device`` into ``store``; resumable.
 
-    Every sample is committed as soon as it is measured. Specs already stored for this device
-    (measured or failed) are skipped, so re-running the same call resumes where it stopped;
-    ``retry_failed`` measures failed ones again. A spec that cannot run is stored as failed with
-    its reason and the run goes on. ``KeyboardInterrupt`` marks the run interrupted and re-raises.
+    Each spec is measured in ``passes`` passes: pass 1 measures every spec, pass 2 every spec
+    again, and so on, so a spec's passes lie minutes apart and a transient disturbance of the
+    machine hits at most one of them. The store pools the windows of all passes and reduces them
+    with the device's statistic. Every pass of every spec is committed as soon as it is measured;
+    re-running the same call resumes where it stopped (specs and passes already stored are
+    skipped). A spec that cannot run is stored as failed with its reason and the run goes on
+    (``retry_failed`` measures failed ones again). ``KeyboardInterrupt`` marks the run
+    interrupted and re-raises.
     """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SpaceError(f"passes must be a positive integer, got {passes!r}")
     specs = space.specs(limit)
     device_id = store.register_device(device.metadata())
     if retry_failed:
         store.delete_failed(device_id)
-    done = store.done_keys(device_id)
-    todo = order_for_measurement([s for s in specs if s.key not in done])
+    stored = store.done_keys(device_id)
+    counts = store.pass_counts(device_id)
+    failed_keys = stored - set(counts)
+    plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
+            if s.key not in failed_keys and counts.get(s.key, 0) <= p]
+    already = sum(1 for s in specs if s.key in stored and s.key in failed_keys or counts.get(s.key, 0) >= passes)
     run_id = store.start_run(device_id, space.name, json.dumps(space.to_dict(), sort_keys=True),
-                             {"device": device.settings(), "limit": limit}, len(todo))
+                             {"device": device.settings(), "limit": limit, "passes": passes}, len(plan))
     measured = failed = 0
     status = "failed"
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc=f"profiling {space.name}", unit="spec", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(plan), desc=f"profiling {space.name}", unit="meas", disable=not progress, dynamic_ncols=True)
+    dead: set[str] = set()
     try:
-        for spec in todo:
-            bar.set_postfix_str(f"{spec.op} util={spec.utilization:g}", refresh=False)
+        for p, spec in plan:
+            if spec.key in dead:
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"pass {p + 1}/{passes} {spec.op} util={spec.utilization:g}", refresh=False)
             try:
                 m = device.measure(spec)
             except MeasurementError as e:
-                store.add_sample(run_id, device_id, spec, error=str(e))
-                failed += 1
+                if p == 0 or counts.get(spec.key, 0) == 0:
+                    store.add_sample(run_id, device_id, spec, error=str(e))
+                    failed += 1
+                dead.add(spec.key)
                 outcome = "failed"
             else:
-                store.add_sample(run_id, device_id, spec, measurement=m)
-                measured += 1
+                if p == 0 and counts.get(spec.key, 0) == 0:
+                    store.add_sample(run_id, device_id, spec, measurement=m)
+                else:
+                    store.add_pass(device_id, spec, m, lambda t, s=spec: device.reduce(s, t), expected_passes=p)
+                measured += p == 0
                 outcome = "ok"
             bar.update(1)
             if on_sample is not None:
@@ -95,5 +116,5 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         if set_util is not None:
             set_util(0.0)
         store.finish_run(run_id, status)
-    return ProfileReport(run_id, device_id, len(specs), len(specs) - len(todo), measured, failed,
-                         time.perf_counter() - t0, status)
+    return ProfileReport(run_id, device_id, len(specs), already, measured, failed,
+                         time.perf_counter() - t0, status, len(plan))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import os
 import zlib
@@ -210,6 +211,8 @@ class ParameterSpace:
     seed: int = 0
     strategy: str = "random"
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: weighted runtime variants (name, weight, overriding dists), e.g. "under load, one thread"
+    runtime_variants: tuple[tuple[str, float, dict[str, Dist]], ...] = ()
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -233,7 +236,7 @@ class ParameterSpace:
         rt_raw = data.get("runtime", {})
         if not isinstance(rt_raw, Mapping):
             raise SpaceError("space.runtime must be a table")
-        bad = set(rt_raw) - set(RUNTIME_KEYS)
+        bad = set(rt_raw) - set(RUNTIME_KEYS) - {"variants"}
         if bad:
             raise SpaceError(f"runtime: unknown key(s) {sorted(bad)}; runtime keys are {list(RUNTIME_KEYS)} "
                              "(put user-defined conditions under [extra])")
@@ -259,7 +262,23 @@ class ParameterSpace:
             if not isinstance(body, Mapping):
                 raise SpaceError(f"ops.{op_name} must be a table")
             ops[op_name] = _parse_op(op_name, body, default_n)
-        space = cls(sname, ops, runtime, extra, seed, strategy, source=data)
+        variants = []
+        vraw = rt_raw.get("variants", {})
+        if not isinstance(vraw, Mapping):
+            raise SpaceError("runtime.variants must be a table of named variants")
+        for vname, vbody in vraw.items():
+            where = f"runtime.variants.{vname}"
+            if not isinstance(vbody, Mapping):
+                raise SpaceError(f"{where} must be a table")
+            bad = set(vbody) - set(RUNTIME_KEYS) - {"weight"}
+            if bad:
+                raise SpaceError(f"{where}: unknown key(s) {sorted(bad)}; allowed: weight, {', '.join(RUNTIME_KEYS)}")
+            weight = vbody.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise SpaceError(f"{where}.weight must be a positive number, got {weight!r}")
+            over = {k: Dist.parse(v, f"{where}.{k}", _RUNTIME_KIND[k] == "int") for k, v in vbody.items() if k != "weight"}
+            variants.append((vname, float(weight), over))
+        space = cls(sname, ops, runtime, extra, seed, strategy, source=data, runtime_variants=tuple(variants))
         space.validate()
         return space
 
@@ -297,7 +316,9 @@ class ParameterSpace:
                                     for vn, w, over in o.variants}
             ops[name] = body
         return {"name": self.name, "seed": self.seed, "strategy": self.strategy,
-                "runtime": {k: d.to_raw() for k, d in self.runtime.items()},
+                "runtime": {**{k: d.to_raw() for k, d in self.runtime.items()},
+                            **({"variants": {n: {"weight": w, **{k: d.to_raw() for k, d in o.items()}}
+                                             for n, w, o in self.runtime_variants}} if self.runtime_variants else {})},
                 "extra": {k: d.to_raw() for k, d in self.extra.items()}, "ops": ops}
 
     # -- restriction (CLI overrides) -------------------------------------------------------
@@ -317,6 +338,8 @@ class ParameterSpace:
                           ("dtype", dtypes)):
             if vals:
                 data["runtime"][key] = list(vals)
+                for body in data["runtime"].get("variants", {}).values():
+                    body.pop(key, None)
         if samples is not None:
             _check_count(samples, "samples")
             for body in data["ops"].values():
@@ -331,10 +354,11 @@ class ParameterSpace:
         (an impossible shape such as a kernel larger than the padded input is reported with the
         op's own message).
         """
-        for key in RUNTIME_KEYS:
-            d = self.runtime[key]
-            for v in _support(d):
-                _check_runtime(key, v)
+        named = [("runtime", self.runtime)] + [(f"runtime.variants.{n}", o) for n, _, o in self.runtime_variants]
+        for prefix, dists in named:
+            for key, d in dists.items():
+                for v in _support(d):
+                    _check_runtime(key, v, prefix)
         for k, d in self.extra.items():
             for v in _support(d):
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -355,10 +379,21 @@ class ParameterSpace:
     def _rng(self, op: str, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, zlib.crc32(op.encode()), salt])
 
+    def _runtime_sets(self) -> list[dict[str, Dist]]:
+        """Runtime dists of each variant (the base alone when there are no variants)."""
+        if not self.runtime_variants:
+            return [self.runtime]
+        return [{**self.runtime, **over} for _, _, over in self.runtime_variants]
+
     def _runtime_grid(self) -> list[dict[str, Any]]:
-        keys = list(self.runtime) + [f"extra.{k}" for k in self.extra]
-        dists = list(self.runtime.values()) + list(self.extra.values())
-        return [dict(zip(keys, combo, strict=False)) for combo in itertools.product(*(d.grid() for d in dists))]
+        grid: dict[str, dict[str, Any]] = {}
+        for rt in self._runtime_sets():
+            keys = list(rt) + [f"extra.{k}" for k in self.extra]
+            dists = list(rt.values()) + list(self.extra.values())
+            for combo in itertools.product(*(d.grid() for d in dists)):
+                cond = dict(zip(keys, combo))
+                grid.setdefault(json.dumps(cond, sort_keys=True), cond)
+        return list(grid.values())
 
     def _make_spec(self, op: str, raw: dict[str, Any], cond: Mapping[str, Any], where: str) -> ModuleSpec:
         params = get_op(op).resolve(_resolve_refs(raw, where))
@@ -392,6 +427,9 @@ class ParameterSpace:
         else:
             rng = self._rng(name)
             vw = np.asarray([w for _, w, _ in variants], dtype=float)
+            rt_sets = self._runtime_sets()
+            rw = np.asarray([w for _, w, _ in self.runtime_variants] or [1.0], dtype=float)
+            rw = rw / rw.sum()
             target = 8 if probe else o.samples
             attempts = 0
             max_attempts = max(200, 50 * target)
@@ -399,7 +437,8 @@ class ParameterSpace:
                 attempts += 1
                 _, _, dists = variants[int(rng.choice(len(variants), p=vw / vw.sum()))]
                 raw = {k: d.sample(rng) for k, d in dists.items()}
-                cond = {k: d.sample(rng) for k, d in self.runtime.items()}
+                rt = rt_sets[int(rng.choice(len(rt_sets), p=rw))] if len(rt_sets) > 1 else rt_sets[0]
+                cond = {k: d.sample(rng) for k, d in rt.items()}
                 cond.update({f"extra.{k}": d.sample(rng) for k, d in self.extra.items()})
                 try:
                     s = self._make_spec(name, raw, cond, where)
@@ -460,8 +499,8 @@ def _support(d: Dist) -> list[Any]:
     return [d._round(d.lo), d._round(d.hi)]
 
 
-def _check_runtime(key: str, v: Any) -> None:
-    where = f"runtime.{key}"
+def _check_runtime(key: str, v: Any, prefix: str = "runtime") -> None:
+    where = f"{prefix}.{key}"
     if key == "batch_size":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise SpaceError(f"{where}: {v!r} is not a positive integer")

@@ -18,7 +18,7 @@ import math
 import os
 import sqlite3
 import statistics
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -83,6 +83,8 @@ CREATE TABLE IF NOT EXISTS samples (
     system_util      REAL,
     extra_json       TEXT,
     measured_at      TEXT NOT NULL,
+    passes           INTEGER NOT NULL DEFAULT 1,
+    pass_latency_json TEXT,
     UNIQUE (device_id, spec_key),
     CHECK ((status = 'ok' AND latency_ms IS NOT NULL AND error IS NULL)
         OR (status = 'failed' AND error IS NOT NULL AND latency_ms IS NULL))
@@ -115,6 +117,8 @@ class Sample:
     system_util: float | None
     extra: dict[str, Any] = field(hash=False)
     measured_at: str
+    passes: int = 1
+    pass_latency_ms: tuple[float, ...] = ()
 
 
 def _now() -> str:
@@ -437,6 +441,7 @@ class ProfileStore:
             "util_observed": None,
             "system_util": None,
             "extra_json": None,
+            "pass_latency_json": None,
         }
         if measurement is not None:
             if not isinstance(measurement, Measurement):
@@ -456,6 +461,7 @@ class ProfileStore:
                 util_observed=measurement.util_observed,
                 system_util=measurement.system_util,
                 extra_json=extra_json,
+                pass_latency_json=json.dumps([float(latency)]),
             )
         else:
             if not isinstance(error, str):
@@ -470,19 +476,61 @@ class ProfileStore:
             cur = conn.execute(
                 "INSERT INTO samples (run_id, device_id, spec_key, op, spec_json, batch_size, dtype, utilization, "
                 "threads, status, error, latency_ms, timings_json, calls_per_window, util_observed, system_util, "
-                "extra_json, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "extra_json, measured_at, pass_latency_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id, spec_key) DO NOTHING",
                 (
                     run_id, device_id, spec.key, spec.op, json.dumps(spec.to_dict(), sort_keys=True),
                     spec.batch_size, spec.dtype, spec.utilization, spec.threads, values["status"], values["error"],
                     values["latency_ms"], values["timings_json"], values["calls_per_window"],
                     values["util_observed"], values["system_util"], values["extra_json"], _now(),
+                    values["pass_latency_json"],
                 ),
             )  # fmt: skip
             inserted = cur.rowcount == 1
             if inserted:
                 conn.execute("UPDATE runs SET n_measured = n_measured + 1 WHERE id = ?", (run_id,))
         return inserted
+
+    def pass_counts(self, device_id: int) -> dict[str, int]:
+        """Measurement passes stored per spec key for the device's successful samples."""
+        rows = self._query("SELECT spec_key, passes FROM samples WHERE device_id = ? AND status = 'ok'", (device_id,))
+        return {r["spec_key"]: int(r["passes"]) for r in rows}
+
+    def add_pass(self, device_id: int, spec: ModuleSpec, measurement: Measurement,
+                 reduce: Callable[[tuple[float, ...]], float], expected_passes: int) -> bool:
+        """Append one more measurement pass to a stored sample and commit.
+
+        The pass's windows are appended to the sample's timings, ``latency_ms`` becomes
+        ``reduce(all windows)``, ``util_observed``/``system_util`` become the mean over passes.
+        Only applies when the sample has exactly ``expected_passes`` passes (so a resumed run never
+        adds a pass twice); returns whether it did.
+        """
+        if not isinstance(measurement, Measurement):
+            raise TypeError(f"measurement must be a Measurement, got {type(measurement).__name__}")
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, timings_json, passes, pass_latency_json, util_observed, system_util FROM samples "
+                "WHERE device_id = ? AND spec_key = ? AND status = 'ok'", (device_id, spec.key)).fetchone()
+            if row is None or int(row[2]) != expected_passes:
+                return False
+            sid, timings, passes, pass_lat, util, system = row
+            pooled = tuple(json.loads(timings or "[]")) + tuple(float(t) for t in measurement.timings_ms)
+            latency = float(reduce(pooled))
+            if not math.isfinite(latency):
+                raise ValueError(f"reduced latency must be finite, got {latency!r}")
+
+            def mean(old: float | None, new: float | None) -> float | None:
+                if old is None or new is None:
+                    return new if old is None else old
+                return (old * passes + new) / (passes + 1)
+
+            conn.execute(
+                "UPDATE samples SET timings_json = ?, latency_ms = ?, passes = ?, pass_latency_json = ?, "
+                "util_observed = ?, system_util = ? WHERE id = ?",
+                (json.dumps(pooled), latency, passes + 1,
+                 json.dumps([*json.loads(pass_lat or "[]"), float(measurement.latency_ms)]),
+                 mean(util, measurement.util_observed), mean(system, measurement.system_util), sid))
+        return True
 
     def delete_failed(self, device_id: int) -> int:
         """Delete the device's failed samples so a later run retries them; returns how many.
@@ -524,6 +572,8 @@ class ProfileStore:
                     system_util=r["system_util"],
                     extra=json.loads(r["extra_json"]) if r["extra_json"] else {},
                     measured_at=r["measured_at"],
+                    passes=int(r["passes"]),
+                    pass_latency_ms=tuple(json.loads(r["pass_latency_json"])) if r["pass_latency_json"] else (),
                 )
             )
         return out
