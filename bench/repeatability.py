@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latpred.profiling.devices import STATISTICS, CpuDevice, TimingProtocol, robust_stat
+from latpred.profiling.devices import STATISTICS, TimingProtocol, make_device, robust_stat
 from latpred.profiling.space import load_space
 
 
@@ -39,6 +39,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default="quick")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--n", type=int, default=80, help="specs to measure (twice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--utilization", type=float, nargs="*", help="keep only these target utilizations")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=TimingProtocol.repeats)
     ap.add_argument("--warmup-ms", type=float, default=TimingProtocol.warmup_ms)
     ap.add_argument("--max-sample-ms", type=float, default=TimingProtocol.max_sample_ms)
-    ap.add_argument("--passes", type=int, default=2, help="passes per measurement, as in `latpred profile`")
+    ap.add_argument("--passes", type=int, default=3, help="passes per measurement, as in `latpred profile`")
     ap.add_argument("--json", default="bench/results/repeatability.json")
     args = ap.parse_args(argv)
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = rng.sample(specs, min(args.n, len(specs)))
     protocol = TimingProtocol(warmup_ms=args.warmup_ms, window_ms=args.window_ms, repeats=args.repeats,
                               max_sample_ms=args.max_sample_ms)
-    device = CpuDevice(protocol)
+    device = make_device(args.device, protocol=protocol)
     timings: dict[str, list[tuple[float, ...]]] = {s.key: [] for s in specs}
     t0 = time.perf_counter()
     try:
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 out[name] = agreement(a[idx], b[idx])
         return out
 
-    result: dict = {"space": space.name, "n_specs": len(specs), "passes": args.passes, "protocol": protocol.__dict__,
+    result: dict = {"device": device.metadata(),
+                    "space": space.name, "n_specs": len(specs), "passes": args.passes, "protocol": protocol.__dict__,
                     "wall_s": wall, "profiler": compare(lambda s, par: protocol.reduce(s, pooled(s, par))),
                     "single_pass": compare(lambda s, par: protocol.reduce(s, timings[s.key][par])),
                     "statistics": {st: compare(lambda s, par, st=st: robust_stat(pooled(s, par), st))
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     m, one = result["profiler"], result["single_pass"]
-    print(f"repeatability: {len(specs)} specs, {2 * args.passes} passes in {wall:.0f}s | window {args.window_ms}ms "
+    print(f"repeatability [{args.device}]: {len(specs)} specs, {2 * args.passes} passes in {wall:.0f}s | window {args.window_ms}ms "
           f"x{args.repeats} | {args.passes}-pass measurements: within10 {m['within10']:.1%}, MAPE {m['mape']:.2f}% "
           f"(unloaded {m.get('unloaded', {}).get('within10', float('nan')):.1%}, loaded "
           f"{m.get('loaded', {}).get('within10', float('nan')):.1%}) | single pass within10 {one['within10']:.1%} "

@@ -75,8 +75,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         with ProfileStore(args.db) as store:
             if not args.json:
                 print(space.describe())
-            report = profile(space, device, store, limit=args.limit, progress=not args.no_progress,
-                             retry_failed=args.retry_failed)
+            report = profile(space, device, store, limit=args.limit, passes=args.passes,
+                             progress=not args.no_progress, retry_failed=args.retry_failed)
     finally:
         device.close()
     _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)}, report.summary())
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtypes", type=_csv(str), help="override dtypes, e.g. float32,float16")
     pr.add_argument("--samples", type=int, help="override samples per op")
     pr.add_argument("--limit", type=int, help="measure at most N specs of the space (all ops interleaved)")
+    pr.add_argument("--passes", type=int, default=3,
+                    help="passes over the specs; each spec is measured once per pass (default: %(default)s)")
     pr.add_argument("--retry-failed", action="store_true", help="measure specs that failed before again")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
 

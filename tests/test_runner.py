@@ -31,12 +31,12 @@ def tiny() -> ParameterSpace:
 def test_profile_stores_everything_and_resume_skips(tmp_path):
     db = tmp_path / "p.sqlite"
     with ProfileStore(db) as store:
-        r1 = profile(tiny(), FakeDevice(), store, limit=10, progress=False)
+        r1 = profile(tiny(), FakeDevice(), store, limit=10, passes=2, progress=False)
         assert (r1.measured, r1.already_done, r1.status, r1.measurements) == (10, 0, "done", 20)
-        r2 = profile(tiny(), FakeDevice(), store, progress=False)
+        r2 = profile(tiny(), FakeDevice(), store, passes=2, progress=False)
         assert (r2.measured, r2.already_done) == (6, 10)
         assert store.count(status="ok") == 16
-        r3 = profile(tiny(), FakeDevice(), store, progress=False)
+        r3 = profile(tiny(), FakeDevice(), store, passes=2, progress=False)
         assert r3.measured == 0 and r3.already_done == 16
         got = {s.spec for s in store.samples()}
     assert got == set(tiny().specs())
@@ -47,19 +47,20 @@ def test_failures_are_stored_and_the_run_goes_on(tmp_path):
         return "OutOfMemoryError: fake" if spec.op == "activation" and spec.params["fn"] == "gelu" else None
 
     with ProfileStore(tmp_path / "p.sqlite") as store:
-        r = profile(tiny(), FakeDevice(fail=fail), store, progress=False)
+        r = profile(tiny(), FakeDevice(fail=fail), store, passes=2, progress=False)
         n_fail = sum(1 for s in tiny().specs() if fail(s))
         assert n_fail > 0 and r.failed == n_fail and r.measured == 16 - n_fail
         failed = store.samples(status="failed")
         assert all("OutOfMemoryError" in s.error for s in failed)
-        r2 = profile(tiny(), FakeDevice(), store, progress=False, retry_failed=True)
+        r2 = profile(tiny(), FakeDevice(), store, passes=2, progress=False, retry_failed=True)
         assert r2.measured == n_fail and store.count(status="failed") == 0
 
 
 def test_measurements_are_grouped_by_utilization(tmp_path):
     seen = []
     with ProfileStore(tmp_path / "p.sqlite") as store:
-        profile(tiny(), FakeDevice(), store, progress=False, on_sample=lambda s, _: seen.append(s.utilization))
+        profile(tiny(), FakeDevice(), store, progress=False, passes=2,
+                on_sample=lambda s, _: seen.append(s.utilization))
     first, second = seen[:16], seen[16:]  # two passes, each grouped by utilization
     assert len(second) == 16 and first == sorted(first) and second == sorted(second) and set(seen) == {0.0, 0.5}
 

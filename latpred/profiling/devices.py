@@ -56,9 +56,9 @@ def robust_stat(values: list[float] | tuple[float, ...], statistic: str = "media
 class TimingProtocol:
     """How one spec is timed. Defaults were chosen with ``bench/repeatability.py``."""
 
-    warmup_ms: float = 30.0
+    warmup_ms: float = 20.0
     window_ms: float = 10.0
-    repeats: int = 15
+    repeats: int = 8
     min_repeats: int = 3
     max_sample_ms: float = 1500.0
     statistic: str = "min"
@@ -223,12 +223,14 @@ class CpuDevice(_LoadMixin):
 
     kind = "cpu"
 
-    def __init__(self, protocol: TimingProtocol | None = None, threads: int | None = None) -> None:
+    def __init__(self, protocol: TimingProtocol | None = None, threads: int | None = None,
+                 load_period_ms: float = 20.0) -> None:
         import torch
 
         from .load import SystemMonitor
 
         self.protocol = protocol or TimingProtocol()
+        self.load_period_ms = load_period_ms
         self.default_threads = threads or torch.get_num_threads()
         self._monitor = SystemMonitor()
         self._meta: dict[str, Any] | None = None
@@ -240,8 +242,12 @@ class CpuDevice(_LoadMixin):
             self._meta = device_metadata("cpu")
         return self._meta
 
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {"period_ms": self.load_period_ms}
+
     def settings(self) -> dict[str, Any]:
-        return {"protocol": asdict(self.protocol), "default_threads": self.default_threads}
+        return {"protocol": asdict(self.protocol), "default_threads": self.default_threads,
+                "load_period_ms": self.load_period_ms}
 
     def measure(self, spec: ModuleSpec) -> Measurement:
         import torch

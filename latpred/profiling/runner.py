@@ -50,7 +50,7 @@ def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
 
 
 def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit: int | None = None,
-            passes: int = 2, progress: bool = True, retry_failed: bool = False,
+            passes: int = 3, progress: bool = True, retry_failed: bool = False,
             on_sample: Callable[[ModuleSpec, str], Any] | None = None) -> ProfileReport:
     """Measure the specs of ``space`` on ``device`` into ``store``; resumable.
 
