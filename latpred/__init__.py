@@ -35,6 +35,11 @@ _LAZY = {
     "FakeDevice": ".profiling.devices", "TimingProtocol": ".profiling.devices", "make_device": ".profiling.devices",
     "Measurement": ".profiling.result", "ProfileStore": ".profiling.store", "Sample": ".profiling.store",
     "profile": ".profiling.runner", "ProfileReport": ".profiling.runner",
+    # regression models, selection, prediction
+    "MEDNRegressor": ".regressors", "make_regressor": ".regressors", "FAMILIES": ".regressors",
+    "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",
+    "SelectionReport": ".selection", "Predictor": ".predictor", "PredictorFormatError": ".predictor",
+    "accuracy_report": ".metrics",
 }
 
 __all__ = [

@@ -23,6 +23,9 @@ EXAMPLES = {
     "db": "examples:\n  latpred db info latpred-out/profiles.sqlite\n  latpred db export latpred-out/profiles.sqlite --csv samples.csv",
     "space": "examples:\n  latpred space show quick\n  latpred space show my_space.toml --specs 5",
     "quickstart": "examples:\n  latpred quickstart\n  latpred quickstart --out demo-out",
+    "train": """examples:
+  latpred train --db latpred-out/profiles.sqlite --out latpred-out/predictor
+  latpred train --db cpu.sqlite --out pred --regressors medn,gbdt,rf --cv 5 --max-predict-us 20 --plot fit.png""",
 }
 
 
@@ -81,6 +84,54 @@ def cmd_profile(args: argparse.Namespace) -> int:
         device.close()
     _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)}, report.summary())
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .profiling.store import ProfileStore
+    from .selection import load_training_data, select
+
+    with ProfileStore(args.db, readonly=True) as store:
+        data = load_training_data(store, device_id=args.device_id, ops=args.ops)
+    say = (lambda m: print(f"  fitting {m}", file=sys.stderr, flush=True)) if not args.json else None
+    predictor, report = select(data, families=args.regressors, cv=args.cv, tolerance=args.tolerance,
+                               max_predict_us=args.max_predict_us, max_bytes=args.max_bytes, seed=args.seed,
+                               progress=say)
+    out = Path(args.out)
+    predictor.save(out)
+    (out / "selection_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    if args.plot:
+        _plot_fit(report, data, predictor, args.plot)
+    _emit(args, {"predictor": str(out), **report.to_dict()},
+          report.table() + f"\n\npredictor written to {out} (report: {out / 'selection_report.json'})")
+    return 0
+
+
+def _plot_fit(report: Any, data: Any, predictor: Any, path: str) -> None:
+    """Predicted (in-sample, chosen models) vs measured latency per op type, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = data.ops
+    cols = 5
+    rows = (len(ops) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, op in zip(axes.flat, ops):
+        y = data.latency_ms[op]
+        p = predictor.predict(data.specs[op])
+        ax.loglog(y, p, ".", ms=3)
+        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
+        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="g", alpha=0.15)
+        ax.set_title(f"{op} ({report.per_op_choice[op]})", fontsize=9)
+    for ax in list(axes.flat)[len(ops):]:
+        ax.axis("off")
+    fig.supxlabel("measured ms")
+    fig.supylabel("predicted ms")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> str:
@@ -201,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("ops", "list op types, their parameters and features", cmd_ops)
+
+    tr = add("train", "train regression models per op type, auto-select, and save a predictor", cmd_train)
+    tr.add_argument("--db", default=str(DEFAULT_DB), help="profile store (default: %(default)s)")
+    tr.add_argument("--out", default=str(DEFAULT_OUT / "predictor"), help="predictor directory (default: %(default)s)")
+    tr.add_argument("--regressors", type=_csv(str), help="families to try (default: all): ridge,poly,knn,svr,rf,gbdt,mlp,medn")
+    tr.add_argument("--ops", type=_csv(str), help="op types to train (default: all in the store)")
+    tr.add_argument("--device-id", type=int, help="device in the store (needed when it holds several)")
+    tr.add_argument("--cv", type=int, default=5, help="cross-validation folds (default: %(default)s)")
+    tr.add_argument("--tolerance", type=float, default=0.01,
+                    help="acc10 within this of the best counts as equally accurate (default: %(default)s)")
+    tr.add_argument("--max-predict-us", type=float, help="budget: prediction time per sample (batched), µs")
+    tr.add_argument("--max-bytes", type=int, help="budget: serialized model size, bytes")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--plot", help="write a predicted-vs-measured PNG per op type")
 
     db = sub.add_parser("db", help="inspect or export a profile store", epilog=EXAMPLES["db"], formatter_class=fmt)
     dbs = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")

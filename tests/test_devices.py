@@ -8,6 +8,7 @@ import torch
 from latpred.errors import DeviceError, MeasurementError, SpecError
 from latpred.ops import get_op
 from latpred.profiling.devices import CpuDevice, CudaDevice, FakeDevice, TimingProtocol, make_device, robust_stat
+from latpred.spec import ModuleSpec
 
 FAST = TimingProtocol(warmup_ms=5, window_ms=5, repeats=5, max_sample_ms=300, settle_s=0.3)
 conv = get_op("conv2d")
@@ -52,13 +53,23 @@ def test_cpu_measures_real_ops_and_bigger_is_slower():
 
 
 def test_cpu_failure_is_a_measurement_error():
-    huge = get_op("linear").spec(in_features=1_000_000, out_features=1_000_000)
-    with pytest.raises(MeasurementError, match="memory|allocate"):
-        CpuDevice(FAST).measure(huge)
+    # a spec that bypassed resolve(): torch itself refuses to build it
+    raw = ModuleSpec("conv2d", {"in_channels": 6, "out_channels": 8, "kernel_size": 3, "stride": 1, "padding": 1,
+                                "dilation": 1, "groups": 4, "bias": False, "h": 8, "w": 8})
+    with pytest.raises(MeasurementError, match="divisible by groups"):
+        CpuDevice(FAST).measure(raw)
+
+
+def test_modules_are_built_directly_on_the_target_device():
+    module, inputs = get_op("linear").instantiate(get_op("linear").spec(in_features=1_000_000, out_features=1_000_000),
+                                                  "meta")  # 4 TB of weights: only possible without a host copy
+    assert next(module.parameters()).device.type == "meta" and inputs[0].device.type == "meta"
 
 
 def test_cpu_utilization_is_held_observed_and_slows_the_op():
-    dev = CpuDevice(FAST)
+    # windows long enough to span several load periods; the mean counts every preemption
+    dev = CpuDevice(TimingProtocol(warmup_ms=5, window_ms=20, repeats=12, max_sample_ms=1000, settle_s=0.5,
+                                   loaded_statistic="mean"))
     spec = conv.spec(in_channels=64, out_channels=64, kernel_size=3, h=28, threads=2)
     try:
         idle = dev.measure(spec)

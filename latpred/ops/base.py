@@ -174,8 +174,14 @@ class OpType:
         raise NotImplementedError
 
     def instantiate(self, spec: ModuleSpec, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
-        """Module (eval mode, on ``device``, in ``spec.dtype``) and its inputs."""
-        module = self.build(spec).eval().to(device=device, dtype=TORCH_DTYPES[spec.dtype])
+        """Module (eval mode, on ``device``, in ``spec.dtype``) and its inputs.
+
+        The module is built directly on ``device`` (weights never pass through host memory), so a
+        spec too large for the device fails there, with the device's own out-of-memory error.
+        """
+        with torch.device(device):
+            module = self.build(spec)
+        module = module.eval().to(device=device, dtype=TORCH_DTYPES[spec.dtype])
         return module, self.make_inputs(spec, device)
 
     def __repr__(self) -> str:

@@ -56,11 +56,11 @@ def robust_stat(values: list[float] | tuple[float, ...], statistic: str = "media
 class TimingProtocol:
     """How one spec is timed. Defaults were chosen with ``bench/repeatability.py``."""
 
-    warmup_ms: float = 20.0
+    warmup_ms: float = 10.0
     window_ms: float = 10.0
-    repeats: int = 8
+    repeats: int = 6
     min_repeats: int = 3
-    max_sample_ms: float = 1500.0
+    max_sample_ms: float = 600.0
     statistic: str = "min"
     loaded_statistic: str = "median"
     settle_s: float = 1.0

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import os
+import tomllib
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
 from ..errors import SpaceError, SpecError
 from ..ops import REGISTRY, get_op

@@ -1,0 +1,201 @@
+"""Predictor: one chosen regression model per op type, vectorised prediction, safe persistence.
+
+Files (a directory): ``predictor.json`` (format name and version, metadata, per-op entries with
+each model file's SHA-256), ``rm_<op>.skops`` for scikit-learn models (skops: no pickle; only
+scikit-learn/numpy types are trusted on load) and ``medn.safetensors`` for the shared MEDN
+network (tensors only). Loading checks the format version and every hash before reading a
+model, so a tampered or foreign file fails with a clear error and never executes code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import LatpredError, SpecError, UnknownOpError
+from .features import feature_names, featurize
+from .spec import ModuleSpec
+
+__all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "latpred-predictor"
+FORMAT_VERSION = 1
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.")
+
+
+class PredictorFormatError(LatpredError, ValueError):
+    """A predictor directory is missing, foreign, tampered with, or of an unknown version."""
+
+
+@dataclass
+class Predictor:
+    """Per-op latency models. ``models[op]`` predicts log(latency ms) from ``featurize(spec)``.
+
+    ``medn`` (optional) is a shared multi-task network; ops whose ``families[op] == "medn"`` use
+    it, with task index ``medn_tasks.index(op)`` and features NaN-padded to its width.
+    """
+
+    families: dict[str, str]
+    models: dict[str, Any] = field(default_factory=dict)
+    medn: Any = None
+    medn_tasks: list[str] = field(default_factory=list)
+    extra_names: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ops(self) -> list[str]:
+        return list(self.families)
+
+    def covers(self, op: str) -> bool:
+        return op in self.families
+
+    # -- prediction ---------------------------------------------------------------------------
+    def _features(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
+        return np.vstack([featurize(s, self.extra_names) for s in specs])
+
+    def predict_log(self, op: str, X: np.ndarray) -> np.ndarray:
+        """log(latency ms) for feature rows ``X`` of op type ``op``."""
+        family = self.families.get(op)
+        if family is None:
+            raise UnknownOpError(f"predictor has no model for op type {op!r}; it covers {', '.join(self.families)}")
+        if family == "medn":
+            width = self.medn.n_features_in_
+            if X.shape[1] > width:
+                raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
+            padded = np.full((X.shape[0], width), np.nan)
+            padded[:, :X.shape[1]] = X
+            return self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op)))
+        return np.asarray(self.models[op].predict(X), dtype=float)
+
+    def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
+        """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""
+        specs = list(specs)
+        out = np.empty(len(specs))
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(specs):
+            groups.setdefault(s.op, []).append(i)
+        for op, idx in groups.items():
+            out[idx] = np.exp(self.predict_log(op, self._features([specs[i] for i in idx])))
+        return out
+
+    def predict_one(self, spec: ModuleSpec) -> float:
+        return float(self.predict([spec])[0])
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the predictor directory (created if needed); returns its path."""
+        import skops.io as sio
+        from safetensors.numpy import save_file
+
+        d = Path(path)
+        d.mkdir(parents=True, exist_ok=True)
+        entries: dict[str, Any] = {}
+        for op, family in self.families.items():
+            entry: dict[str, Any] = {"family": family, "feature_names": feature_names(op, self.extra_names)}
+            if family != "medn":
+                name = f"rm_{op}.skops"
+                (d / name).write_bytes(sio.dumps(self.models[op]))
+                entry.update(file=name, sha256=_sha(d / name))
+            entries[op] = entry
+        medn_entry = None
+        if self.medn is not None:
+            config, arrays = self.medn.to_state()
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(d / "medn.safetensors"))
+            medn_entry = {"file": "medn.safetensors", "sha256": _sha(d / "medn.safetensors"), "config": config,
+                          "tasks": self.medn_tasks}
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "environment": _environment(),
+               "extra_names": self.extra_names, "metadata": self.metadata, "ops": entries, "medn": medn_entry}
+        (d / "predictor.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        """Read a predictor directory written by :meth:`save`; refuses anything it cannot trust."""
+        import skops.io as sio
+
+        d = Path(path)
+        index = d / "predictor.json" if d.is_dir() else d
+        d = index.parent
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PredictorFormatError(f"no predictor at {str(d)!r} (missing predictor.json)") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PredictorFormatError(f"{index} is not a predictor index (invalid JSON: {e})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise PredictorFormatError(f"{index} is not a latpred predictor (format {doc.get('format')!r})"
+                                       if isinstance(doc, dict) else f"{index} is not a latpred predictor")
+        version = doc.get("version")
+        if version != FORMAT_VERSION:
+            raise PredictorFormatError(f"{index}: predictor format version {version!r} is not supported by this "
+                                       f"latpred (reads version {FORMAT_VERSION}); retrain with `latpred train`")
+        families: dict[str, str] = {}
+        models: dict[str, Any] = {}
+        extra_names = list(doc.get("extra_names", []))
+        for op, entry in doc.get("ops", {}).items():
+            family = entry.get("family")
+            families[op] = family
+            if entry.get("feature_names") != feature_names(op, extra_names):
+                raise PredictorFormatError(f"{index}: the feature schema of {op!r} differs from this latpred's; "
+                                           "retrain the predictor")
+            if family == "medn":
+                continue
+            f = _checked(d, entry)
+            untrusted = sio.get_untrusted_types(file=str(f))
+            bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+            if bad:
+                raise PredictorFormatError(f"{f}: refusing to load untrusted type(s) {bad}")
+            try:
+                models[op] = sio.load(str(f), trusted=untrusted)
+            except Exception as e:  # skops raises many kinds for a corrupt file
+                raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
+        medn = None
+        medn_tasks: list[str] = []
+        if doc.get("medn"):
+            from safetensors import SafetensorError
+            from safetensors.numpy import load_file
+
+            from .regressors.medn import MEDNRegressor
+
+            entry = doc["medn"]
+            f = _checked(d, entry)
+            try:
+                arrays = load_file(str(f))
+                medn = MEDNRegressor.from_state(entry["config"], arrays)
+            except (SafetensorError, KeyError, RuntimeError, ValueError) as e:
+                raise PredictorFormatError(f"{f}: not a valid MEDN weight file ({type(e).__name__}: {e})") from None
+            medn_tasks = list(entry["tasks"])
+        return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checked(d: Path, entry: Mapping[str, Any]) -> Path:
+    name = entry.get("file", "")
+    f = d / name
+    if not name or Path(name).name != name:
+        raise PredictorFormatError(f"{d}: bad model file name {name!r}")
+    if not f.is_file():
+        raise PredictorFormatError(f"{d}: model file {name!r} is missing")
+    if _sha(f) != entry.get("sha256"):
+        raise PredictorFormatError(f"{f}: SHA-256 does not match predictor.json (file changed or tampered with)")
+    return f
+
+
+def _environment() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    from . import __version__
+
+    return {"latpred": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "torch": torch.__version__}

@@ -1,0 +1,238 @@
+"""MEDN: Multi-task Encoder-Decoder Network for module latency regression.
+
+The reference paper (Shen et al., IIP 2024) names MEDN but gives no architecture; this is ours:
+
+* input: the op's feature vector, standardised per task (op type) and zero-padded to the widest
+  op's width, concatenated with a learned op-type embedding;
+* a shared **encoder** (two SiLU layers) to a latent code;
+* a **decoder** that reconstructs the standardised input features from the latent code (an
+  autoencoder regulariser: the latent code must keep the module's description, not only what
+  one batch of latencies needs);
+* one small **latency head per task** (latent -> 32 -> 1) predicting the standardised
+  log-latency of that op type.
+
+Loss = MSE of the standardised log-latency + ``recon_weight`` x masked MSE of the reconstruction.
+Adam, mini-batches, early stopping on a per-task validation split, best weights restored. Seeds
+make training deterministic. One network serves every op type (multi-task: pass ``tasks``); it can
+also be trained on one type alone (``tasks=None``). About 50k parameters for 19 op types.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ..errors import SpecError
+
+__all__ = ["MEDNRegressor"]
+
+_HEAD = 32
+
+
+def _tasks(tasks: Any, n: int) -> np.ndarray:
+    if tasks is None:
+        return np.zeros(n, dtype=np.int64)
+    t = np.asarray(tasks)
+    if t.shape != (n,) or not np.issubdtype(t.dtype, np.integer) or (n and t.min() < 0):
+        raise SpecError(f"tasks must be {n} non-negative integers (one op-type index per row)")
+    return t.astype(np.int64)
+
+
+class MEDNRegressor(RegressorMixin, BaseEstimator):
+    """Multi-task encoder-decoder latency regressor (scikit-learn compatible).
+
+    ``X`` rows may be NaN-padded (multi-task: each op type uses its own leading columns).
+    ``fit(X, y, tasks=None)`` / ``predict(X, tasks=None)``: ``tasks`` gives each row's op-type index.
+    """
+
+    def __init__(self, latent_dim: int = 48, hidden_dim: int = 128, embed_dim: int = 8, recon_weight: float = 0.1,
+                 lr: float = 3e-3, batch_size: int = 256, max_epochs: int = 600, patience: int = 60,
+                 val_fraction: float = 0.1, weight_decay: float = 1e-5, random_state: int = 0) -> None:
+        self.latent_dim = latent_dim
+        self.hidden_dim = hidden_dim
+        self.embed_dim = embed_dim
+        self.recon_weight = recon_weight
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+
+    # -- network ------------------------------------------------------------------------------
+    def _build(self, n_features: int, n_tasks: int) -> Any:
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(s) -> None:
+                super().__init__()
+                s.embed = nn.Embedding(n_tasks, self.embed_dim)
+                s.encoder = nn.Sequential(nn.Linear(n_features + self.embed_dim, self.hidden_dim), nn.SiLU(),
+                                          nn.Linear(self.hidden_dim, self.latent_dim), nn.SiLU())
+                s.decoder = nn.Sequential(nn.Linear(self.latent_dim, self.hidden_dim), nn.SiLU(),
+                                          nn.Linear(self.hidden_dim, n_features))
+                s.w1 = nn.Parameter(torch.randn(n_tasks, self.latent_dim, _HEAD) / self.latent_dim ** 0.5)
+                s.b1 = nn.Parameter(torch.zeros(n_tasks, _HEAD))
+                s.w2 = nn.Parameter(torch.randn(n_tasks, _HEAD) / _HEAD ** 0.5)
+                s.b2 = nn.Parameter(torch.zeros(n_tasks))
+
+            def forward(s, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                z = s.encoder(torch.cat([x, s.embed(t)], dim=1))
+                out = torch.empty(x.shape[0], dtype=x.dtype)
+                for k in torch.unique(t).tolist():  # one small matmul per task present
+                    idx = (t == k).nonzero(as_tuple=True)[0]
+                    h = torch.nn.functional.silu(z[idx] @ s.w1[k] + s.b1[k])
+                    out[idx] = h @ s.w2[k] + s.b2[k]
+                return out, s.decoder(z)
+
+        return Net()
+
+    # -- data ---------------------------------------------------------------------------------
+    def _normalise(self, X: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mask = ~np.isnan(X)
+        Z = (np.nan_to_num(X) - self.x_mean_[t]) / self.x_std_[t]
+        Z[~mask] = 0.0
+        return Z.astype(np.float32), mask
+
+    def fit(self, X: Any, y: Any, tasks: Any = None) -> MEDNRegressor:
+        import torch
+
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64).ravel()
+        if X.ndim != 2 or X.shape[0] != y.shape[0] or X.shape[0] < 2:
+            raise SpecError(f"MEDN needs X of shape (n>=2, d) and y of length n; got {X.shape} and {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise SpecError("MEDN: y has non-finite values")
+        t = _tasks(tasks, X.shape[0])
+        n_tasks = int(t.max()) + 1
+        d = X.shape[1]
+        self.n_features_in_ = d
+        self.n_tasks_ = n_tasks
+        self.x_mean_ = np.zeros((n_tasks, d))
+        self.x_std_ = np.ones((n_tasks, d))
+        self.y_mean_ = np.zeros(n_tasks)
+        self.y_std_ = np.ones(n_tasks)
+        for k in range(n_tasks):
+            rows = X[t == k]
+            if not len(rows):
+                continue
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # padding columns are all-NaN for this task
+                m = np.nanmean(rows, axis=0)
+                s = np.nanstd(rows, axis=0)
+            self.x_mean_[k] = np.nan_to_num(m)
+            self.x_std_[k] = np.where(np.isfinite(s) & (s > 1e-9), s, 1.0)
+            self.y_mean_[k] = y[t == k].mean()
+            self.y_std_[k] = max(y[t == k].std(), 1e-6)
+        Z, mask = self._normalise(X, t)
+        ys = ((y - self.y_mean_[t]) / self.y_std_[t]).astype(np.float32)
+
+        rng = np.random.default_rng(self.random_state)
+        val = np.zeros(len(y), dtype=bool)
+        for k in range(n_tasks):  # per-task validation split
+            idx = np.flatnonzero(t == k)
+            n_val = int(round(len(idx) * self.val_fraction)) if len(idx) >= 10 else 0
+            val[rng.choice(idx, n_val, replace=False)] = True
+        tr = np.flatnonzero(~val)
+        va = np.flatnonzero(val)
+
+        torch.manual_seed(self.random_state)
+        net = self._build(d, n_tasks)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        Zt, Mt, Yt, Tt = (torch.from_numpy(Z), torch.from_numpy(mask.astype(np.float32)), torch.from_numpy(ys),
+                          torch.from_numpy(t))
+
+        def loss_of(idx: np.ndarray) -> torch.Tensor:
+            i = torch.from_numpy(idx)
+            pred, recon = net(Zt[i], Tt[i])
+            m = Mt[i]
+            rec = (((recon - Zt[i]) ** 2) * m).sum() / m.sum().clamp(min=1.0)
+            return ((pred - Yt[i]) ** 2).mean() + self.recon_weight * rec
+
+        best, best_state, waited = float("inf"), None, 0
+        self.n_epochs_ = 0
+        for epoch in range(self.max_epochs):
+            net.train()
+            order = rng.permutation(tr)
+            for start in range(0, len(order), self.batch_size):
+                opt.zero_grad()
+                loss_of(order[start:start + self.batch_size]).backward()
+                opt.step()
+            net.eval()
+            with torch.no_grad():
+                score = float(loss_of(va if len(va) else tr))
+            self.n_epochs_ = epoch + 1
+            if score < best - 1e-5:
+                best, waited = score, 0
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                waited += 1
+                if waited >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        net.eval()
+        self.state_ = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+        self.module_ = net
+        self.best_val_loss_ = best
+        return self
+
+    def _net(self) -> Any:
+        module = getattr(self, "module_", None)
+        if module is None:
+            import torch
+
+            module = self._build(self.n_features_in_, self.n_tasks_)
+            module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.state_.items()})
+            module.eval()
+            self.module_ = module
+        return module
+
+    def predict(self, X: Any, tasks: Any = None) -> np.ndarray:
+        import torch
+
+        check_is_fitted(self, "state_")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise SpecError(f"MEDN expects {self.n_features_in_} features, got shape {X.shape}")
+        t = _tasks(tasks, X.shape[0])
+        if len(t) and t.max() >= self.n_tasks_:
+            raise SpecError(f"MEDN was trained on {self.n_tasks_} task(s); got task index {int(t.max())}")
+        Z, _ = self._normalise(X, t)
+        with torch.no_grad():
+            out, _ = self._net()(torch.from_numpy(Z), torch.from_numpy(t))
+        return out.numpy().astype(np.float64) * self.y_std_[t] + self.y_mean_[t]
+
+    # -- persistence (no pickle) -------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able config, named float arrays) — saved with safetensors by the Predictor."""
+        check_is_fitted(self, "state_")
+        arrays = {f"net.{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state_.items()}
+        arrays.update(x_mean=self.x_mean_, x_std=self.x_std_, y_mean=self.y_mean_, y_std=self.y_std_)
+        config = {"params": self.get_params(), "n_features_in": int(self.n_features_in_),
+                  "n_tasks": int(self.n_tasks_), "n_epochs": int(self.n_epochs_)}
+        return config, {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> MEDNRegressor:
+        """Rebuild a fitted regressor from :meth:`to_state` output."""
+        m = cls(**config["params"])
+        m.n_features_in_ = int(config["n_features_in"])
+        m.n_tasks_ = int(config["n_tasks"])
+        m.n_epochs_ = int(config.get("n_epochs", 0))
+        m.x_mean_, m.x_std_ = np.asarray(arrays["x_mean"], float), np.asarray(arrays["x_std"], float)
+        m.y_mean_, m.y_std_ = np.asarray(arrays["y_mean"], float), np.asarray(arrays["y_std"], float)
+        m.state_ = {k[4:]: np.asarray(v) for k, v in arrays.items() if k.startswith("net.")}
+        m.module_ = None
+        m._net()  # validates shapes now rather than at first predict
+        return m
+
+    def n_parameters(self) -> int:
+        check_is_fitted(self, "state_")
+        return int(sum(np.asarray(v).size for v in self.state_.values()))

@@ -1,0 +1,304 @@
+"""Time/space-efficient auto-selection of one regression model per op type.
+
+For every op type and every candidate family, k-fold cross-validation (grouped, so repeats of
+one spec never straddle folds) gives out-of-fold predictions; the family is then refitted on all
+data to measure its prediction time (µs/sample, batched and single) and serialized size. Per op,
+among the candidates whose acc10 is within ``tolerance`` of the best, the one with the lowest
+cost ``log(µs/sample) + log(bytes)`` is chosen; hard budgets (``max_predict_us``, ``max_bytes``)
+exclude candidates first. MEDN is trained once over all op types (multi-task) with the same folds.
+The report also gives every single-family baseline (that family for all op types).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from .errors import SpecError
+from .features import featurize
+from .metrics import accuracy_report
+from .predictor import Predictor
+from .regressors import FAMILIES, candidate_table, make_regressor
+from .regressors.medn import MEDNRegressor
+from .spec import ModuleSpec
+
+__all__ = ["TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "DEFAULT_TOLERANCE"]
+
+#: candidates whose acc10 is within this of the best are considered equally accurate
+DEFAULT_TOLERANCE = 0.01
+
+
+@dataclass
+class TrainingData:
+    """Specs and measured latencies (ms) per op type, with the feature matrix of each."""
+
+    specs: dict[str, list[ModuleSpec]]
+    latency_ms: dict[str, np.ndarray]
+    extra_names: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def X(self, op: str) -> np.ndarray:
+        return np.vstack([featurize(s, self.extra_names) for s in self.specs[op]])
+
+    @property
+    def ops(self) -> list[str]:
+        return list(self.specs)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for op in sorted(self.specs):
+            for s, y in zip(self.specs[op], self.latency_ms[op]):
+                h.update(f"{s.key}={y:.6g};".encode())
+        return h.hexdigest()[:16]
+
+    def subset(self, keep: Mapping[str, np.ndarray]) -> TrainingData:
+        """The rows ``keep[op]`` (index arrays) of each op in ``keep``; ops left with no row are dropped."""
+        idx = {op: np.asarray(rows, dtype=int) for op, rows in keep.items() if len(rows)}
+        return TrainingData({op: [self.specs[op][i] for i in rows] for op, rows in idx.items()},
+                            {op: self.latency_ms[op][rows] for op, rows in idx.items()}, self.extra_names,
+                            self.metadata)
+
+
+def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[str] | None = None,
+                       min_samples: int = 10) -> TrainingData:
+    """Successful samples of one device from a :class:`~latpred.ProfileStore`, grouped by op type."""
+    devices = store.devices()
+    if not devices:
+        raise SpecError(f"profile store {store.path} holds no device; profile first")
+    if device_id is None:
+        if len(devices) > 1:
+            listing = ", ".join(f"{d['id']} ({d['kind']} {d['fingerprint']})" for d in devices)
+            raise SpecError(f"profile store {store.path} holds several devices ({listing}); choose one with device_id")
+        device_id = devices[0]["id"]
+    device = store.device(device_id)
+    specs: dict[str, list[ModuleSpec]] = {}
+    lat: dict[str, list[float]] = {}
+    extras: set[str] = set()
+    for s in store.samples(device_id=device_id):
+        if ops and s.spec.op not in ops:
+            continue
+        specs.setdefault(s.spec.op, []).append(s.spec)
+        lat.setdefault(s.spec.op, []).append(s.latency_ms)
+        extras |= set(s.spec.extra)
+    too_few = [op for op, v in specs.items() if len(v) < min_samples]
+    for op in too_few:
+        del specs[op], lat[op]
+    if not specs:
+        raise SpecError(f"no op type has at least {min_samples} successful samples for device {device_id}")
+    meta = {"device": device.get("metadata", {}), "device_fingerprint": device.get("fingerprint"),
+            "store": str(store.path), "skipped_ops_too_few_samples": too_few}
+    return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta)
+
+
+@dataclass
+class Candidate:
+    """One op x family cell of the selection table."""
+
+    op: str
+    family: str
+    metrics: dict[str, float]
+    predict_us_batch: float
+    predict_us_single: float
+    size_bytes: int
+    train_s: float
+    selected: bool = False
+    excluded: str | None = None
+
+
+@dataclass
+class SelectionReport:
+    candidates: list[Candidate]
+    overall: dict[str, dict[str, float]]
+    per_op_choice: dict[str, str]
+    settings: dict[str, Any]
+    #: every fitted (op, family) model and the shared MEDN (not serialized): for baselines
+    models: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    medn: Any = field(default=None, repr=False)
+
+    def family_predictor(self, family: str, base: Predictor) -> Predictor:
+        """A predictor that uses ``family`` for every op type (a single-family baseline)."""
+        ops = list(self.per_op_choice)
+        if family == "medn":
+            return Predictor({op: "medn" for op in ops}, {}, self.medn, ops, base.extra_names, base.metadata)
+        return Predictor({op: family for op in ops}, {op: self.models[op, family] for op in ops}, None, [],
+                         base.extra_names, base.metadata)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidates": [asdict(c) for c in self.candidates], "overall": self.overall,
+                "per_op_choice": self.per_op_choice, "settings": self.settings}
+
+    def table(self) -> str:
+        """Plain-text table: op x family with acc10, R², µs/sample, bytes; '*' marks the choice."""
+        lines = [f"{'op':20s} {'family':6s} {'acc10':>6s} {'MAPE%':>7s} {'R2log':>6s} {'us/smp':>8s} {'bytes':>9s}"]
+        for c in sorted(self.candidates, key=lambda c: (c.op, -c.metrics['acc10'])):
+            mark = "*" if c.selected else ("x" if c.excluded else " ")
+            lines.append(f"{c.op:20s} {c.family:6s} {c.metrics['acc10']:6.1%} {c.metrics['mape']:7.2f} "
+                         f"{c.metrics['r2_log']:6.3f} {c.predict_us_batch:8.2f} {c.size_bytes:9d} {mark}")
+        lines.append("")
+        lines.append(f"{'overall (sample-weighted)':32s} {'acc10':>6s} {'MAPE%':>7s} {'R2log':>6s}")
+        for name, m in self.overall.items():
+            lines.append(f"{name:32s} {m['acc10']:6.1%} {m['mape']:7.2f} {m['r2_log']:6.3f}")
+        return "\n".join(lines)
+
+
+def _folds(n: int, k: int, seed: int, groups: Sequence[str]) -> np.ndarray:
+    """Fold index per row; rows sharing a group share a fold."""
+    uniq = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(uniq))
+    fold_of = {g: int(perm[i] % k) for i, g in enumerate(uniq)}
+    return np.array([fold_of[g] for g in groups])
+
+
+def _group_key(spec: ModuleSpec, group_by: str) -> str:
+    if group_by == "spec":
+        return spec.key
+    return f"{spec.op}|{sorted(spec.params.items())}"  # "module": the module across runtime conditions
+
+
+def _size_bytes(model: Any) -> int:
+    if isinstance(model, MEDNRegressor):
+        config, arrays = model.to_state()
+        return int(sum(a.nbytes for a in arrays.values())) + len(str(config))
+    import skops.io as sio
+
+    return len(sio.dumps(model))
+
+
+def _time_predict(fn: Callable[[np.ndarray], Any], X: np.ndarray) -> tuple[float, float]:
+    """µs per sample for a batch of 1000 rows, and for one row at a time."""
+    batch = X[np.arange(1000) % len(X)]
+    fn(batch)
+    t = time.perf_counter()
+    fn(batch)
+    per_batch = (time.perf_counter() - t) / 1000 * 1e6
+    one = X[:1]
+    t = time.perf_counter()
+    for _ in range(20):
+        fn(one)
+    return per_batch, (time.perf_counter() - t) / 20 * 1e6
+
+
+def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int = 5,
+           tolerance: float = DEFAULT_TOLERANCE, max_predict_us: float | None = None, max_bytes: int | None = None,
+           seed: int = 0, group_by: str = "spec", table: Mapping[str, Any] | None = None,
+           progress: Callable[[str], None] | None = None) -> tuple[Predictor, SelectionReport]:
+    """Cross-validate every family on every op type, pick per op, fit the :class:`Predictor`."""
+    families = list(families or FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise SpecError(f"unknown regressor famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; "
+                        f"known: {', '.join(FAMILIES)}")
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise SpecError(f"cv must be an integer >= 2, got {cv!r}")
+    if group_by not in ("spec", "module"):
+        raise SpecError(f"group_by must be 'spec' or 'module', got {group_by!r}")
+    for name, v in (("max_predict_us", max_predict_us), ("max_bytes", max_bytes)):
+        if v is not None and not v > 0:
+            raise SpecError(f"{name} must be positive, got {v!r}")
+    table = candidate_table() if table is None else table
+    say = progress or (lambda _msg: None)
+    ops = data.ops
+    X = {op: data.X(op) for op in ops}
+    ylog = {op: np.log(data.latency_ms[op]) for op in ops}
+    folds = {op: _folds(len(ylog[op]), cv, seed, [_group_key(s, group_by) for s in data.specs[op]]) for op in ops}
+    oof: dict[tuple[str, str], np.ndarray] = {}
+    fitted: dict[tuple[str, str], Any] = {}
+    cands: list[Candidate] = []
+
+    for family in [f for f in families if f != "medn"]:
+        for op in ops:
+            say(f"{family} / {op}")
+            est = make_regressor(family, op, seed=seed, table=table)
+            pred = np.empty(len(ylog[op]))
+            t0 = time.perf_counter()
+            for k in range(cv):
+                tr, te = folds[op] != k, folds[op] == k
+                if te.any():
+                    pred[te] = clone(est).fit(X[op][tr], ylog[op][tr]).predict(X[op][te])
+            model = clone(est).fit(X[op], ylog[op])
+            train_s = (time.perf_counter() - t0) / (cv + 1)
+            oof[op, family], fitted[op, family] = pred, model
+            batch_us, single_us = _time_predict(model.predict, X[op])
+            cands.append(Candidate(op, family, accuracy_report(np.exp(pred), data.latency_ms[op]), batch_us, single_us,
+                                   _size_bytes(model), train_s))
+
+    medn_model = None
+    if "medn" in families:
+        say("medn (all op types, multi-task)")
+        width = max(x.shape[1] for x in X.values())
+        Xp = np.full((sum(len(v) for v in ylog.values()), width), np.nan)
+        rows, tasks, ys, fs = 0, [], [], []
+        for i, op in enumerate(ops):
+            n = len(ylog[op])
+            Xp[rows:rows + n, :X[op].shape[1]] = X[op]
+            rows += n
+            tasks.append(np.full(n, i))
+            ys.append(ylog[op])
+            fs.append(folds[op])
+        T, Y, F = np.concatenate(tasks), np.concatenate(ys), np.concatenate(fs)
+        est = make_regressor("medn", None, seed=seed, table=table)
+        pred = np.empty(len(Y))
+        t0 = time.perf_counter()
+        for k in range(cv):
+            tr, te = F != k, F == k
+            if te.any():
+                pred[te] = clone(est).fit(Xp[tr], Y[tr], tasks=T[tr]).predict(Xp[te], tasks=T[te])
+        medn_model = clone(est).fit(Xp, Y, tasks=T)
+        train_s = (time.perf_counter() - t0) / (cv + 1)
+        size = _size_bytes(medn_model)
+        for i, op in enumerate(ops):
+            m = T == i
+            oof[op, "medn"] = pred[m]
+            batch_us, single_us = _time_predict(lambda x, i=i: medn_model.predict(x, np.full(len(x), i)), Xp[m])
+            cands.append(Candidate(op, "medn", accuracy_report(np.exp(pred[m]), data.latency_ms[op]), batch_us,
+                                   single_us, size, train_s))
+
+    choice: dict[str, str] = {}
+    for op in ops:
+        mine = [c for c in cands if c.op == op]
+        for c in mine:
+            if max_predict_us is not None and c.predict_us_batch > max_predict_us:
+                c.excluded = f"predict {c.predict_us_batch:.1f} us/sample > max_predict_us {max_predict_us:g}"
+            elif max_bytes is not None and c.size_bytes > max_bytes:
+                c.excluded = f"size {c.size_bytes} bytes > max_bytes {max_bytes}"
+        ok = [c for c in mine if c.excluded is None]
+        if not ok:
+            raise SpecError(f"{op}: no candidate meets the budgets (max_predict_us={max_predict_us}, "
+                            f"max_bytes={max_bytes}); the cheapest needs "
+                            f"{min(c.predict_us_batch for c in mine):.1f} us/sample and "
+                            f"{min(c.size_bytes for c in mine)} bytes")
+        best = max(c.metrics["acc10"] for c in ok)
+        near = [c for c in ok if c.metrics["acc10"] >= best - tolerance]
+        pick = min(near, key=lambda c: (math.log(max(c.predict_us_batch, 1e-3)) + math.log(max(c.size_bytes, 1)),
+                                        -c.metrics["acc10"]))
+        pick.selected = True
+        choice[op] = pick.family
+
+    true = np.concatenate([data.latency_ms[op] for op in ops])
+    overall = {"auto-selection": accuracy_report(np.exp(np.concatenate([oof[op, choice[op]] for op in ops])), true)}
+    for family in families:
+        overall[f"{family}-only"] = accuracy_report(np.exp(np.concatenate([oof[op, family] for op in ops])), true)
+
+    uses_medn = "medn" in choice.values()
+    predictor = Predictor(
+        families=dict(choice),
+        models={op: fitted[op, fam] for op, fam in choice.items() if fam != "medn"},
+        medn=medn_model if uses_medn else None,
+        medn_tasks=list(ops) if uses_medn else [],
+        extra_names=list(data.extra_names),
+        metadata={**data.metadata, "dataset_fingerprint": data.fingerprint(),
+                  "n_samples": {op: len(ylog[op]) for op in ops}, "cv": cv, "tolerance": tolerance,
+                  "cv_acc10": {op: next(c.metrics["acc10"] for c in cands if c.selected and c.op == op)
+                               for op in ops}},
+    )
+    settings = {"families": families, "cv": cv, "tolerance": tolerance, "max_predict_us": max_predict_us,
+                "max_bytes": max_bytes, "seed": seed, "group_by": group_by}
+    return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model)

@@ -1,0 +1,80 @@
+"""One shared battery over every regression model family (scikit-learn conventions)."""
+
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from latpred.errors import SpecError
+from latpred.regressors import FAMILIES, MEDNRegressor, candidate_params, make_regressor
+
+from .helpers_data import synthetic_data
+
+DATA = synthetic_data()
+X = DATA.X("conv2d")
+Y = np.log(DATA.latency_ms["conv2d"])
+FAST = {"mlp": {"max_iter": 300}, "medn": {"max_epochs": 60, "patience": 20}, "rf": {"n_estimators": 30},
+        "gbdt": {"max_iter": 60}}
+
+
+def model(family, seed=0):
+    return make_regressor(family, "conv2d", seed=seed, **FAST.get(family, {}))
+
+
+def roundtrip(m):
+    if isinstance(m, MEDNRegressor):
+        config, arrays = m.to_state()
+        return MEDNRegressor.from_state(config, arrays)
+    blob = sio.dumps(m)
+    return sio.loads(blob, trusted=sio.get_untrusted_types(data=blob))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_battery(family):
+    m = model(family)
+    params = m.get_params()
+    assert clone(m).get_params().keys() == params.keys()
+    with pytest.raises(NotFittedError):
+        m.predict(X[:3])
+    m.fit(X, Y)
+    p = m.predict(X)
+    assert p.shape == Y.shape and np.all(np.isfinite(p))
+    assert np.corrcoef(p, Y)[0, 1] > 0.9  # it learned something real
+    assert np.allclose(roundtrip(m).predict(X), p)
+    again = model(family).fit(X, Y).predict(X)
+    assert np.allclose(again, p)  # deterministic under a seed
+
+
+def test_candidate_table_is_data_with_per_op_overrides():
+    table = {"knn": {"params": {"n_neighbors": 5}, "ops": {"linear": {"n_neighbors": 9}}}}
+    assert candidate_params("knn", "conv2d", table) == {"n_neighbors": 5}
+    assert candidate_params("knn", "linear", table) == {"n_neighbors": 9}
+    assert make_regressor("knn", "linear", table=table).get_params()["knn__n_neighbors"] == 9
+    with pytest.raises(SpecError, match="unknown regressor family"):
+        make_regressor("xgb")
+    with pytest.raises(SpecError, match="bad hyper-parameters"):
+        make_regressor("ridge", bogus=1)
+
+
+def test_medn_multitask_is_small_and_learns_every_task():
+    ops = DATA.ops
+    width = max(DATA.X(op).shape[1] for op in ops)
+    rows, tasks, ys = [], [], []
+    for i, op in enumerate(ops):
+        x = DATA.X(op)
+        pad = np.full((len(x), width), np.nan)
+        pad[:, :x.shape[1]] = x
+        rows.append(pad)
+        tasks.append(np.full(len(x), i))
+        ys.append(np.log(DATA.latency_ms[op]))
+    Xp, T, Yl = np.vstack(rows), np.concatenate(tasks), np.concatenate(ys)
+    m = MEDNRegressor(max_epochs=150, patience=30).fit(Xp, Yl, tasks=T)
+    assert m.n_parameters() <= 100_000
+    p = m.predict(Xp, tasks=T)
+    for i in range(len(ops)):
+        assert np.corrcoef(p[T == i], Yl[T == i])[0, 1] > 0.9
+    with pytest.raises(SpecError, match="task index"):
+        m.predict(Xp[:2], tasks=np.array([0, 7]))
+    with pytest.raises(SpecError, match="features"):
+        m.predict(Xp[:, :3], tasks=T)
