@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         a = np.array([select(s, 0) for s in specs])
         b = np.array([select(s, 1) for s in specs])
         out = agreement(a, b)
-        for name, keep in (("unloaded", lambda s: s.utilization == 0), ("loaded", lambda s: s.utilization > 0)):
+        for name, keep in (("unloaded", lambda s: s.utilization == 0), ("loaded", lambda s: s.utilization > 0),
+                           ("one_thread", lambda s: s.threads == 1), ("multi_thread", lambda s: (s.threads or 0) > 1)):
             idx = [i for i, s in enumerate(specs) if keep(s)]
             if idx:
                 out[name] = agreement(a[idx], b[idx])
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = [i for i, s in enumerate(specs) if s.op == op]
         result["per_op"][op] = agreement(a[idx], b[idx])
     result["median_latency_ms"] = float(statistics.median(a))
+    result["raw"] = {s.key: [protocol.reduce(s, w) for w in timings[s.key]] for s in specs}  # per-pass latencies
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -148,7 +148,10 @@ class Predictor:
             if family == "medn":
                 continue
             f = _checked(d, entry)
-            untrusted = sio.get_untrusted_types(file=str(f))
+            try:
+                untrusted = sio.get_untrusted_types(file=str(f))
+            except Exception as e:  # not a skops archive (a pickle, garbage, ...): never unpickled
+                raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
             bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
             if bad:
                 raise PredictorFormatError(f"{f}: refusing to load untrusted type(s) {bad}")

@@ -1,5 +1,6 @@
 """Selection (budgets, baselines) and Predictor persistence (round trip, refusal of unsafe files)."""
 
+import hashlib
 import json
 import pickle
 
@@ -80,13 +81,12 @@ def test_malicious_pickle_is_refused_without_executing(trained, tmp_path):
     marker = "/tmp/latpred_pwned_marker"
     if os.path.exists(marker):
         os.remove(marker)
-    predictor, _ = trained
-    d = predictor.save(tmp_path / "p")
+    predictor, report = trained
+    d = report.family_predictor("gbdt", predictor).save(tmp_path / "p")  # skops files for every op
     doc = json.loads((d / "predictor.json").read_text())
     op = next(op for op, e in doc["ops"].items() if e["family"] != "medn")
     target = d / doc["ops"][op]["file"]
     target.write_bytes(pickle.dumps(_Evil()))  # an attacker who can also rewrite the index's hash
-    import hashlib
     doc["ops"][op]["sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
     (d / "predictor.json").write_text(json.dumps(doc))
     with pytest.raises(PredictorFormatError, match="cannot be read as a skops model|untrusted"):
@@ -106,8 +106,8 @@ class Gadget:
 
 
 def test_tampered_foreign_and_future_files_fail_clearly(trained, tmp_path):
-    predictor, _ = trained
-    d = predictor.save(tmp_path / "p")
+    predictor, report = trained
+    d = report.family_predictor("ridge", predictor).save(tmp_path / "p")
     doc = json.loads((d / "predictor.json").read_text())
     op = next(op for op, e in doc["ops"].items() if e["family"] != "medn")
     f = d / doc["ops"][op]["file"]
@@ -125,13 +125,11 @@ def test_tampered_foreign_and_future_files_fail_clearly(trained, tmp_path):
         Predictor.load(d)
     with pytest.raises(PredictorFormatError, match="missing predictor.json"):
         Predictor.load(tmp_path / "nowhere")
-    if predictor.medn is not None:
-        d2 = predictor.save(tmp_path / "q")
-        m = d2 / "medn.safetensors"
-        m.write_bytes(b"\x00" * 16)
-        doc2 = json.loads((d2 / "predictor.json").read_text())
-        import hashlib
-        doc2["medn"]["sha256"] = hashlib.sha256(m.read_bytes()).hexdigest()
-        (d2 / "predictor.json").write_text(json.dumps(doc2))
-        with pytest.raises(PredictorFormatError, match="not a valid MEDN weight file"):
-            Predictor.load(d2)
+    d2 = report.family_predictor("medn", predictor).save(tmp_path / "q")
+    m = d2 / "medn.safetensors"
+    m.write_bytes(b"\x00" * 16)
+    doc2 = json.loads((d2 / "predictor.json").read_text())
+    doc2["medn"]["sha256"] = hashlib.sha256(m.read_bytes()).hexdigest()
+    (d2 / "predictor.json").write_text(json.dumps(doc2))
+    with pytest.raises(PredictorFormatError, match="not a valid MEDN weight file"):
+        Predictor.load(d2)

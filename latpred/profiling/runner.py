@@ -74,9 +74,10 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     failed_keys = stored - set(counts)
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
-    already = sum(1 for s in specs if s.key in stored and s.key in failed_keys or counts.get(s.key, 0) >= passes)
+    already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)
     run_id = store.start_run(device_id, space.name, json.dumps(space.to_dict(), sort_keys=True),
-                             {"device": device.settings(), "limit": limit, "passes": passes}, len(plan))
+                             {"device": device.settings(), "limit": limit, "passes": passes, "measurements": len(plan)},
+                             sum(1 for p, s in plan if p == 0 and s.key not in counts))
     measured = failed = 0
     status = "failed"
     t0 = time.perf_counter()
