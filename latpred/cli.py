@@ -293,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` & co.: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except LatpredError as e:  # bad input (ValueError/KeyError leaves) -> 2, runtime failure -> 1
         print(f"latpred: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ValueError, KeyError)) else 1
