@@ -82,14 +82,14 @@ class MEDNRegressor(RegressorMixin, BaseEstimator):
                 s.w2 = nn.Parameter(torch.randn(n_tasks, _HEAD) / _HEAD ** 0.5)
                 s.b2 = nn.Parameter(torch.zeros(n_tasks))
 
-            def forward(s, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def forward(s, x: torch.Tensor, t: torch.Tensor, decode: bool = True) -> tuple[torch.Tensor, Any]:
                 z = s.encoder(torch.cat([x, s.embed(t)], dim=1))
                 out = torch.empty(x.shape[0], dtype=x.dtype)
                 for k in torch.unique(t).tolist():  # one small matmul per task present
                     idx = (t == k).nonzero(as_tuple=True)[0]
                     h = torch.nn.functional.silu(z[idx] @ s.w1[k] + s.b1[k])
                     out[idx] = h @ s.w2[k] + s.b2[k]
-                return out, s.decoder(z)
+                return out, (s.decoder(z) if decode else None)  # the decoder only regularises training
 
         return Net()
 
@@ -205,8 +205,8 @@ class MEDNRegressor(RegressorMixin, BaseEstimator):
         if len(t) and t.max() >= self.n_tasks_:
             raise SpecError(f"MEDN was trained on {self.n_tasks_} task(s); got task index {int(t.max())}")
         Z, _ = self._normalise(X, t)
-        with torch.no_grad():
-            out, _ = self._net()(torch.from_numpy(Z), torch.from_numpy(t))
+        with torch.inference_mode():
+            out, _ = self._net()(torch.from_numpy(Z), torch.from_numpy(t), decode=False)
         return out.numpy().astype(np.float64) * self.y_std_[t] + self.y_mean_[t]
 
     # -- persistence (no pickle) -------------------------------------------------------------
