@@ -104,7 +104,7 @@ class TimingProtocol:
                 if calls >= 2 and elapsed * 1e3 >= self.max_sample_ms / 2:
                     break
             # a slow call is its own calibration; fast ones are calibrated over a short batch
-            per_call = last if last > 5.0 else self._calibrate(call, sync, clock)
+            per_call = last if last > 5.0 else self._calibrate(call, sync, clock, last)
             n = max(1, int(round(self.window_ms / max(per_call, 1e-6))))
             window = n * per_call
             reps = min(self.repeats, max(self.min_repeats, int(self.max_sample_ms // max(window, 1e-6))))
@@ -121,15 +121,10 @@ class TimingProtocol:
                 gc.enable()
 
     @staticmethod
-    def _calibrate(call: Callable[[], Any], sync: Callable[[], None], clock: Callable[[], float]) -> float:
-        """Per-call ms, from a short batch of calls (one call when a call is slow)."""
-        t = clock()
-        call()
-        sync()
-        one = (clock() - t) * 1e3
-        if one > 5.0:
-            return one
-        k = max(1, min(1000, int(2.0 / max(one, 1e-4))))
+    def _calibrate(call: Callable[[], Any], sync: Callable[[], None], clock: Callable[[], float],
+                   estimate_ms: float) -> float:
+        """Per-call ms of a fast call, over a batch of about 2 ms (sized from the warm-up's estimate)."""
+        k = max(1, min(1000, int(2.0 / max(estimate_ms, 1e-4))))
         t = clock()
         for _ in range(k):
             call()
