@@ -40,6 +40,10 @@ _LAZY = {
     "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",
     "SelectionReport": ".selection", "Predictor": ".predictor", "PredictorFormatError": ".predictor",
     "accuracy_report": ".metrics",
+    # whole models
+    "trace": ".graph.trace", "from_onnx": ".graph.onnx", "ModelGraph": ".graph.model_graph",
+    "GraphNode": ".graph.model_graph", "GraphLatency": ".graph.predict", "Composition": ".graph.compose",
+    "calibrate": ".graph.calibrate", "random_network": ".graph.calibrate", "validate_models": ".graph.validate",
 }
 
 __all__ = [

@@ -276,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--csv", required=True, help="output CSV path")
     ex.add_argument("--all", action="store_true", help="include failed samples")
 
+    from .cli_graph import register
+
+    register(sub, fmt)
+
     sp = sub.add_parser("space", help="inspect parameter spaces", epilog=EXAMPLES["space"], formatter_class=fmt)
     sps = sp.add_subparsers(dest="space_command", required=True, metavar="SPACE_COMMAND")
     show = add("show", "validate a space and show what it draws", cmd_space_show, "space", sps)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +25,14 @@ from .ops import get_op
 from .ops.base import OpType
 from .spec import ModuleSpec, dtype_bytes
 
-__all__ = ["featurize", "featurize_many", "feature_names"]
+__all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "cost_features", "prepare_specs",
+           "StaticFeatures", "GENERIC_FEATURES"]
+
 
 DERIVED = ("log_flops", "log_bytes", "log_weights", "log_in_elems", "log_out_elems", "log2_intensity")
 RUNTIME = ("log2_batch_size", "dtype_bytes", "utilization", "threads")
+#: the op-agnostic columns (derived costs and runtime conditions) the generic fallback model reads
+GENERIC_FEATURES = (*DERIVED, *RUNTIME)
 
 
 def _param_names(op: OpType) -> list[str]:
@@ -90,3 +96,111 @@ def featurize_many(specs: Sequence[ModuleSpec], extra_names: Sequence[str] | Non
         raise SpecError(f"featurize_many needs one op type, got {sorted(ops)}; group the specs by op first")
     names = extra_names if extra_names is not None else sorted(specs[0].extra)
     return np.vstack([featurize(s, names) for s in specs])
+
+
+@dataclass(frozen=True)
+class StaticFeatures:
+    """The condition-independent part of :func:`featurize` for specs of one op type (see :func:`prepare_specs`)."""
+
+    op: str
+    params: np.ndarray  # (specs, hyper-parameter columns)
+    costs: np.ndarray   # (specs, 9): fixed/per-sample flops, in elems, out elems, touched weights; weights
+    dtype_bytes: np.ndarray  # (specs,)
+
+
+def prepare_specs(specs: Sequence[ModuleSpec]) -> StaticFeatures:
+    """Hyper-parameter columns and affine costs (cost(b) = fixed + b * per-sample) of specs sharing one op."""
+    if not specs:
+        raise SpecError("prepare_specs needs at least one spec")
+    ops = {s.op for s in specs}
+    if len(ops) > 1:
+        raise SpecError(f"prepare_specs needs one op type, got {sorted(ops)}")
+    op = get_op(specs[0].op)
+    n_param = len(_param_names(op))
+    params = np.empty((len(specs), n_param))
+    costs = np.empty((len(specs), 9))
+    for i, s in enumerate(specs):
+        params[i] = featurize(s.with_conditions(batch_size=1, extra={}), ())[:n_param]
+        costs[i] = _affine_row(op.costs(s.with_conditions(batch_size=1)), op.costs(s.with_conditions(batch_size=2)))
+    return StaticFeatures(op.name, params, costs, np.array([float(dtype_bytes(s.dtype)) for s in specs]))
+
+
+def _affine_row(c1: Any, c2: Any) -> tuple[float, ...]:
+    t1 = c1.weights if c1.weights_touched is None else c1.weights_touched
+    t2 = c2.weights if c2.weights_touched is None else c2.weights_touched
+    return (2 * c1.flops - c2.flops, c2.flops - c1.flops, 2 * c1.in_elems - c2.in_elems, c2.in_elems - c1.in_elems,
+            2 * c1.out_elems - c2.out_elems, c2.out_elems - c1.out_elems, 2 * t1 - t2, t2 - t1, float(c1.weights))
+
+
+def _condition_columns(costs: np.ndarray, dtype_b: np.ndarray, b: np.ndarray, u: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Derived-cost and runtime columns (nodes, conditions, 10) from affine cost rows."""
+    B = b[None, :]
+    flops = costs[:, 0:1] + B * costs[:, 1:2]
+    in_e = costs[:, 2:3] + B * costs[:, 3:4]
+    out_e = costs[:, 4:5] + B * costs[:, 5:6]
+    nbytes = (in_e + out_e + costs[:, 6:7] + B * costs[:, 7:8]) * dtype_b[:, None]
+    out = np.empty((len(costs), len(b), len(DERIVED) + len(RUNTIME)))
+    out[:, :, 0] = np.log1p(flops)
+    out[:, :, 1] = np.log1p(nbytes)
+    out[:, :, 2] = np.log1p(costs[:, 8:9])
+    out[:, :, 3] = np.log1p(in_e)
+    out[:, :, 4] = np.log1p(out_e)
+    out[:, :, 5] = np.log2((flops + 1.0) / (nbytes + 1.0))
+    out[:, :, 6] = np.log2(B)
+    out[:, :, 7] = dtype_b[:, None]
+    out[:, :, 8] = u[None, :]
+    out[:, :, 9] = t[None, :]
+    return out
+
+
+def _conditions(batch_size: Any, utilization: Any, threads: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    b = np.asarray(batch_size, dtype=np.float64).reshape(-1)
+    u = np.broadcast_to(np.asarray(utilization, dtype=np.float64).reshape(-1), b.shape)
+    t = np.broadcast_to(np.asarray(threads, dtype=np.float64).reshape(-1), b.shape)
+    return b, u, t
+
+
+def featurize_conditions(specs: Sequence[ModuleSpec] | StaticFeatures, batch_size: Any, utilization: Any, threads: Any,
+                         extra: dict[str, Any] | None = None, extra_names: Sequence[str] = ()) -> np.ndarray:
+    """:func:`featurize` of every spec under every condition, vectorised: shape (specs, conditions, features).
+
+    Row ``[i, j]`` equals ``featurize(specs[i].with_conditions(batch_size=batch_size[j],
+    utilization=utilization[j], threads=threads[j] or None, extra=...), extra_names)``. The specs
+    share one op type; pass :func:`prepare_specs`' result instead of specs to skip the per-spec
+    work (hyper-parameter columns and affine costs) when the same specs are featurized again.
+    """
+    static = specs if isinstance(specs, StaticFeatures) else prepare_specs(specs)
+    b, u, t = _conditions(batch_size, utilization, threads)
+    names = sorted(extra_names)
+    extra = extra or {}
+    missing = [n for n in names if n not in extra]
+    if missing:
+        raise SpecError(f"featurize_conditions lacks extra condition(s) {missing} required by the feature schema")
+    S, C, P = len(static.params), len(b), static.params.shape[1]
+    out = np.empty((S, C, P + len(DERIVED) + len(RUNTIME) + len(names)))
+    out[:, :, :P] = static.params[:, None, :]
+    out[:, :, P:P + 10] = _condition_columns(static.costs, static.dtype_bytes, b, u, t)
+    for j, n in enumerate(names):
+        out[:, :, P + 10 + j] = np.broadcast_to(np.asarray(extra[n], dtype=np.float64).reshape(-1), b.shape)[None, :]
+    return out
+
+
+def cost_features(costs: Sequence[Any], dtype: str, batch_size: Any, utilization: Any, threads: Any) -> np.ndarray:
+    """Op-agnostic features (the derived-cost and runtime columns of :func:`featurize`, in
+    :data:`GENERIC_FEATURES` order) of nodes given as ``(fixed, per_sample)`` :class:`~latpred.ops.Costs`
+    pairs, under every condition: shape (nodes, conditions, 10). The generic fallback model reads these
+    for nodes no op type covers.
+    """
+    rows = np.array([_affine_row(_add(f, p), _add(f, p, 2)) for f, p in costs], dtype=np.float64).reshape(-1, 9)
+    b, u, t = _conditions(batch_size, utilization, threads)
+    return _condition_columns(rows, np.full(len(rows), float(dtype_bytes(dtype))), b, u, t)
+
+
+def _add(fixed: Any, per: Any, b: int = 1) -> Any:
+    from .ops.base import Costs
+
+    def f(k: str) -> float | None:
+        x, y = getattr(fixed, k), getattr(per, k)
+        return None if x is None else x + b * (y or 0.0)
+    return Costs(flops=f("flops"), weights=fixed.weights, in_elems=f("in_elems"), out_elems=f("out_elems"),
+                 weights_touched=f("weights_touched"))

@@ -48,6 +48,16 @@ class Predictor:
     medn_tasks: list[str] = field(default_factory=list)
     extra_names: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: op-agnostic model over :data:`~latpred.features.GENERIC_FEATURES` for graph nodes no op type covers
+    generic: Any = None
+    #: how isolated node latencies compose into a model latency (identity until calibrated)
+    composition: Any = None
+
+    def __post_init__(self) -> None:
+        if self.composition is None:
+            from .graph.compose import Composition
+
+            self.composition = Composition()
 
     @property
     def ops(self) -> list[str]:
@@ -88,6 +98,30 @@ class Predictor:
     def predict_one(self, spec: ModuleSpec) -> float:
         return float(self.predict([spec])[0])
 
+    def predict_generic(self, X: np.ndarray) -> np.ndarray:
+        """log(latency ms) of op-agnostic feature rows (:func:`~latpred.features.cost_features`)."""
+        if self.generic is None:
+            raise UnknownOpError("this predictor has no generic fallback model; retrain it with `latpred train`")
+        return np.asarray(self.generic.predict(X), dtype=float)
+
+    @property
+    def default_threads(self) -> int:
+        """Thread count that ``threads=None`` means: the profiled device's default (0 when unknown)."""
+        if "default_threads" in self.metadata:
+            return int(self.metadata["default_threads"])
+        dev = self.metadata.get("device", {})
+        if isinstance(dev, dict) and dev.get("kind") == "cpu":
+            return int(dev.get("cpu_affinity") or dev.get("cpu_count_logical") or 0)
+        return 0
+
+    def predict_graph(self, graph: Any, batch_size: Any = None, utilization: Any = 0.0, threads: Any = None,
+                      **extra: Any) -> Any:
+        """Per-node and total latency of a :class:`~latpred.graph.ModelGraph` under one or many conditions;
+        see :func:`latpred.graph.predict.predict_graph`."""
+        from .graph.predict import predict_graph
+
+        return predict_graph(self, graph, batch_size, utilization, threads, **extra)
+
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the predictor directory (created if needed); returns its path."""
@@ -104,6 +138,10 @@ class Predictor:
                 (d / name).write_bytes(sio.dumps(self.models[op]))
                 entry.update(file=name, sha256=_sha(d / name))
             entries[op] = entry
+        generic_entry = None
+        if self.generic is not None:
+            (d / "rm__generic.skops").write_bytes(sio.dumps(self.generic))
+            generic_entry = {"file": "rm__generic.skops", "sha256": _sha(d / "rm__generic.skops")}
         medn_entry = None
         if self.medn is not None:
             config, arrays = self.medn.to_state()
@@ -111,14 +149,14 @@ class Predictor:
             medn_entry = {"file": "medn.safetensors", "sha256": _sha(d / "medn.safetensors"), "config": config,
                           "tasks": self.medn_tasks}
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "environment": _environment(),
-               "extra_names": self.extra_names, "metadata": self.metadata, "ops": entries, "medn": medn_entry}
+               "extra_names": self.extra_names, "metadata": self.metadata, "ops": entries, "medn": medn_entry,
+               "generic": generic_entry, "composition": self.composition.to_dict()}
         (d / "predictor.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return d
 
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         """Read a predictor directory written by :meth:`save`; refuses anything it cannot trust."""
-        import skops.io as sio
 
         d = Path(path)
         index = d / "predictor.json" if d.is_dir() else d
@@ -147,18 +185,7 @@ class Predictor:
                                            "retrain the predictor")
             if family == "medn":
                 continue
-            f = _checked(d, entry)
-            try:
-                untrusted = sio.get_untrusted_types(file=str(f))
-            except Exception as e:  # not a skops archive (a pickle, garbage, ...): never unpickled
-                raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
-            bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
-            if bad:
-                raise PredictorFormatError(f"{f}: refusing to load untrusted type(s) {bad}")
-            try:
-                models[op] = sio.load(str(f), trusted=untrusted)
-            except Exception as e:  # skops raises many kinds for a corrupt file
-                raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
+            models[op] = _load_skops(_checked(d, entry))
         medn = None
         medn_tasks: list[str] = []
         if doc.get("medn"):
@@ -175,7 +202,31 @@ class Predictor:
             except (SafetensorError, KeyError, RuntimeError, ValueError) as e:
                 raise PredictorFormatError(f"{f}: not a valid MEDN weight file ({type(e).__name__}: {e})") from None
             medn_tasks = list(entry["tasks"])
-        return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})))
+        generic = _load_skops(_checked(d, doc["generic"])) if doc.get("generic") else None
+        from .graph.compose import Composition
+
+        try:
+            composition = Composition.from_dict(doc["composition"]) if doc.get("composition") else Composition()
+        except (SpecError, KeyError, TypeError, ValueError) as e:
+            raise PredictorFormatError(f"{index}: invalid composition entry ({e})") from None
+        return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition)
+
+
+def _load_skops(f: Path) -> Any:
+    """A scikit-learn model from a skops file, refusing any type outside :data:`_TRUSTED_PREFIXES`."""
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=str(f))
+    except Exception as e:  # not a skops archive (a pickle, garbage, ...): never unpickled
+        raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
+    bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    if bad:
+        raise PredictorFormatError(f"{f}: refusing to load untrusted type(s) {bad}")
+    try:
+        return sio.load(str(f), trusted=untrusted)
+    except Exception as e:  # skops raises many kinds for a corrupt file
+        raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
 
 
 def _sha(path: Path) -> str:

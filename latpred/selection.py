@@ -22,14 +22,14 @@ import numpy as np
 from sklearn.base import clone
 
 from .errors import SpecError
-from .features import featurize
+from .features import GENERIC_FEATURES, featurize
 from .metrics import accuracy_report
 from .predictor import Predictor
 from .regressors import FAMILIES, candidate_table, make_regressor
 from .regressors.medn import MEDNRegressor
 from .spec import ModuleSpec
 
-__all__ = ["TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "DEFAULT_TOLERANCE"]
+__all__ = ["fit_generic", "TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "DEFAULT_TOLERANCE"]
 
 #: candidates whose acc10 is within this of the best are considered equally accurate
 DEFAULT_TOLERANCE = 0.01
@@ -186,6 +186,16 @@ def _time_predict(fn: Callable[[np.ndarray], Any], X: np.ndarray) -> tuple[float
     return per_batch, (time.perf_counter() - t) / 20 * 1e6
 
 
+def fit_generic(X: Mapping[str, np.ndarray], ylog: Mapping[str, np.ndarray], n_extra: int, seed: int = 0,
+                table: Mapping[str, Any] | None = None) -> Any:
+    """The generic fallback: one gradient-boosting model over the op-agnostic columns
+    (:data:`~latpred.features.GENERIC_FEATURES`) of every op type's rows, for graph nodes no op type covers."""
+    width = len(GENERIC_FEATURES)
+    cols = [x[:, x.shape[1] - n_extra - width: x.shape[1] - n_extra] for x in X.values()]
+    est = make_regressor("gbdt", None, seed=seed, table=table)
+    return est.fit(np.vstack(cols), np.concatenate(list(ylog.values())))
+
+
 def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int = 5,
            tolerance: float = DEFAULT_TOLERANCE, max_predict_us: float | None = None, max_bytes: int | None = None,
            seed: int = 0, group_by: str = "spec", table: Mapping[str, Any] | None = None,
@@ -287,6 +297,8 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     for family in families:
         overall[f"{family}-only"] = accuracy_report(np.exp(np.concatenate([oof[op, family] for op in ops])), true)
 
+    say("generic fallback (all op types, op-agnostic features)")
+    generic = fit_generic(X, ylog, len(data.extra_names), seed=seed, table=table)
     uses_medn = "medn" in choice.values()
     predictor = Predictor(
         families=dict(choice),
@@ -294,6 +306,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         medn=medn_model if uses_medn else None,
         medn_tasks=list(ops) if uses_medn else [],
         extra_names=list(data.extra_names),
+        generic=generic,
         metadata={**data.metadata, "dataset_fingerprint": data.fingerprint(),
                   "n_samples": {op: len(ylog[op]) for op in ops}, "cv": cv, "tolerance": tolerance,
                   "cv_acc10": {op: next(c.metrics["acc10"] for c in cands if c.selected and c.op == op)

@@ -248,16 +248,27 @@ class CpuDevice(_LoadMixin):
                 "load_period_ms": self.load_period_ms}
 
     def measure(self, spec: ModuleSpec) -> Measurement:
+        op = get_op(spec.op)
+        return self._measure(lambda: op.instantiate(spec, "cpu"), spec.utilization, spec.threads,
+                             self.protocol.statistic_for(spec))
+
+    def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
+                      threads: int | None = None) -> Measurement:
+        """Time a whole model (eval mode, inference mode) under the same protocol and background load as specs."""
+        return self._measure(lambda: (module.eval(), inputs), utilization, threads,
+                             self.protocol.loaded_statistic if utilization > 0 else self.protocol.statistic)
+
+    def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float, threads: int | None,
+                 statistic: str) -> Measurement:
         import torch
 
-        op = get_op(spec.op)
-        self.set_utilization(spec.utilization)
-        threads = spec.threads or self.default_threads
+        self.set_utilization(utilization)
+        threads = threads or self.default_threads
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                module, inputs = op.instantiate(spec, "cpu")
+                module, inputs = build()
                 self._begin_window()
                 timings, n = self.protocol.time(lambda: module(*inputs))
                 observed, system = self._end_window()
@@ -265,8 +276,7 @@ class CpuDevice(_LoadMixin):
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
         finally:
             torch.set_num_threads(before)
-        return Measurement(self.protocol.reduce(spec, timings), tuple(timings), n, observed, system,
-                           {"threads": threads})
+        return Measurement(robust_stat(timings, statistic), tuple(timings), n, observed, system, {"threads": threads})
 
 
 class CudaDevice(_LoadMixin):
@@ -313,16 +323,28 @@ class CudaDevice(_LoadMixin):
         self._warm = True
 
     def measure(self, spec: ModuleSpec) -> Measurement:
+        op = get_op(spec.op)
+        return self._measure(lambda: op.instantiate(spec, self.device), spec.utilization, self.protocol.statistic_for(spec))
+
+    def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
+                      threads: int | None = None) -> Measurement:
+        """Time a whole model moved to this GPU (host wall clock to a synchronised result)."""
+        del threads  # host threads do not apply to GPU kernels
+
+        def build() -> tuple[Any, tuple[Any, ...]]:
+            return module.eval().to(self.device), tuple(x.to(self.device) for x in inputs)
+        return self._measure(build, utilization, self.protocol.loaded_statistic if utilization > 0 else self.protocol.statistic)
+
+    def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float, statistic: str) -> Measurement:
         import torch
 
-        op = get_op(spec.op)
-        self.set_utilization(spec.utilization)
+        self.set_utilization(utilization)
         if not self._warm:
             self.warm_up()
         sync = lambda: torch.cuda.synchronize(self.device)  # noqa: E731
         try:
             with torch.inference_mode():
-                module, inputs = op.instantiate(spec, self.device)
+                module, inputs = build()
                 self._begin_window()
                 timings, n = self.protocol.time(lambda: module(*inputs), sync)
                 observed, system = self._end_window()
@@ -338,8 +360,7 @@ class CudaDevice(_LoadMixin):
             raise MeasurementError(f"OutOfMemoryError: {e}") from e
         except (RuntimeError, ValueError) as e:
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
-        return Measurement(self.protocol.reduce(spec, timings), tuple(timings), n, observed, system,
-                           {"kernel_ms": kernel_ms})
+        return Measurement(robust_stat(timings, statistic), tuple(timings), n, observed, system, {"kernel_ms": kernel_ms})
 
 
 class FakeDevice:

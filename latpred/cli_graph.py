@@ -1,0 +1,207 @@
+"""Whole-model commands of the ``latpred`` CLI: trace, predict, calibrate, validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXAMPLES = {
+    "trace": """examples:
+  latpred trace torchvision:resnet18
+  latpred trace model.onnx --nodes
+  latpred trace mypkg.models:build --predictor latpred-out/predictor --json""",
+    "predict": """examples:
+  latpred predict --predictor latpred-out/predictor --model torchvision:resnet50
+  latpred predict --predictor P --model torchvision:vit_b_16 --batch-size 1,8,32 --utilization 0,0.5 --threads 1""",
+    "calibrate": """examples:
+  latpred calibrate --predictor latpred-out/predictor
+  latpred calibrate --predictor P --networks 60 --cases calibration.json""",
+    "validate": """examples:
+  latpred validate --predictor P --models torchvision:resnet18,torchvision:mobilenet_v2 --batch-sizes 1,8
+  latpred validate --predictor P --models torchvision:zoo --batch-sizes 1,8,32 --utilization 0,0.5 \\
+      --json report.json --plot report.png""",
+}
+
+
+def _say(args: argparse.Namespace) -> Any:
+    quiet = getattr(args, "json", None) == "-" or getattr(args, "quiet", False)
+    return None if quiet else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+
+
+def _graph(ref_text: str, batch_size: int = 1) -> Any:
+    from .graph.models import load_model
+    from .graph.trace import trace
+
+    ref = load_model(ref_text)
+    if ref.onnx_path is not None:
+        from .graph.onnx import from_onnx
+
+        return from_onnx(ref.onnx_path, batch_size=batch_size)
+    return trace(ref.module, ref.example_input(batch_size), name=ref.name)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    g = _graph(args.model, args.batch_size)
+    covered = None
+    if args.predictor:
+        from .predictor import Predictor
+
+        covered = Predictor.load(args.predictor).ops
+    cov = g.coverage(covered)
+    data = {"summary": g.summary(), "coverage": cov.to_dict(), "leaves": g.metadata.get("leaves", []),
+            **({"nodes": g.table()} if args.nodes else {})}
+    lines = [g.summary(), cov.summary()]
+    for name, target, reason in cov.fallback[:20]:
+        lines.append(f"  fallback: {name} ({target}): {reason}")
+    if args.nodes:
+        for r in g.table():
+            lines.append(f"  {r['name']:<28} {r['kind']:<8} {r['op'] or r['target']:<22} {r['flops'] / 1e6:10.2f} MFLOPs "
+                         f"{r['params'] or ''}")
+    print(json.dumps(data, indent=2, default=str) if args.json else "\n".join(lines))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .predictor import Predictor
+
+    pred = Predictor.load(args.predictor)
+    g = _graph(args.model)
+    b = np.array(args.batch_size)[:, None, None]
+    u = np.array(args.utilization)[None, :, None]
+    t = np.array(args.threads if args.threads else [pred.default_threads])[None, None, :]
+    lat = pred.predict_graph(g, batch_size=b, utilization=u, threads=t)
+    rows = []
+    for i, bb in enumerate(args.batch_size):
+        for j, uu in enumerate(args.utilization):
+            for k, tt in enumerate(args.threads or [pred.default_threads]):
+                order = np.argsort(-lat.node_ms[i, j, k])[:args.top]
+                rows.append({"batch_size": bb, "utilization": uu, "threads": tt, "total_ms": float(lat.total_ms[i, j, k]),
+                             "isolated_sum_ms": float(lat.isolated_ms[i, j, k].sum()),
+                             "top_nodes": [(lat.node_names[n], float(lat.node_ms[i, j, k, n])) for n in order]})
+    cov = g.coverage(pred.ops)
+    lines = [g.summary(), cov.summary(), pred.composition.describe()]
+    for r in rows:
+        lines.append(f"batch {r['batch_size']:>3}, utilization {r['utilization']:.2f}, threads {r['threads']}: "
+                     f"{r['total_ms']:.2f} ms (isolated sum {r['isolated_sum_ms']:.2f} ms)")
+    if rows:
+        lines.append(f"slowest nodes at batch {rows[0]['batch_size']}, utilization {rows[0]['utilization']:.2f}:")
+        lines += [f"  {n:<32} {ms:8.3f} ms" for n, ms in rows[0]["top_nodes"]]
+    print(json.dumps({"model": g.name, "coverage": cov.to_dict(), "predictions": rows}, indent=2) if args.json
+          else "\n".join(lines))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .graph.calibrate import calibrate
+    from .predictor import Predictor
+    from .profiling.devices import make_device
+
+    pred = Predictor.load(args.predictor)
+    device = make_device(args.device)
+    try:
+        comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, progress=_say(args))
+    finally:
+        device.close()
+    pred.composition = comp
+    pred.save(args.predictor)
+    if args.cases:
+        Path(args.cases).write_text(json.dumps([c.to_dict() for c in cases], indent=2))
+    info = comp.info
+    text = (f"{comp.describe()}\nfitted on {info['rows']} cases of {info['networks']} random networks in "
+            f"{info['calibration_s']:.0f} s: fit MAPE {info['fit_mape']:.1f}%, acc10 {100 * info['fit_acc10']:.0f}% "
+            f"(plain sum: median ratio {info['sum_ratio_median']:.2f}); saved to {args.predictor}")
+    print(json.dumps(comp.to_dict(), indent=2) if args.json else text)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .graph.models import parse_model_refs
+    from .graph.validate import validate_models
+    from .predictor import Predictor
+    from .profiling.devices import make_device
+
+    pred = Predictor.load(args.predictor)
+    refs = parse_model_refs(args.models)
+    device = make_device(args.device) if not args.no_measure else None
+    try:
+        report = validate_models(pred, device, refs, args.batch_sizes, args.utilization, threads=args.threads,
+                                 loaded_threads=args.loaded_threads, measure=not args.no_measure, progress=_say(args))
+    finally:
+        if device is not None:
+            device.close()
+    doc = report.to_dict()
+    if args.json and args.json != "-":
+        Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
+    if args.plot and report.measured():
+        report.plot(args.plot)
+    if args.json == "-":
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    m = report.metrics()
+    lines = [report.table(), ""]
+    for name, mm in report.per_model().items():
+        if mm.get("n"):
+            lines.append(f"{name:<20} acc10 {100 * mm['acc10']:5.1f}%  MAPE {mm['mape']:5.1f}%  (n={mm['n']})")
+    if m.get("n"):
+        lines.append(f"overall: acc10 {100 * m['acc10']:.1f}%, MAPE {m['mape']:.1f}%, Spearman {m['spearman']:.3f} "
+                     f"over {m['n']} cases; plain sum of isolated nodes: acc10 {100 * m['sum_acc10']:.1f}%, "
+                     f"median ratio {m['sum_ratio_median']:.2f}")
+    print("\n".join(lines))
+    return 0
+
+
+def register(sub: Any, fmt: Any) -> None:
+    """Add the whole-model commands to the ``latpred`` parser."""
+    from .cli import _csv
+
+    def add(name: str, help_: str, fn: Any, json_file: bool = False) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name], formatter_class=fmt)
+        sp.set_defaults(func=fn)
+        if json_file:
+            sp.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                            help="write the JSON report to FILE (no FILE: print JSON instead of the table)")
+        else:
+            sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        return sp
+
+    t = add("trace", "trace a model (torch.fx or ONNX) and show its graph and op coverage", cmd_trace)
+    t.add_argument("model", help="torchvision:NAME, a .onnx file, or package.module:factory")
+    t.add_argument("--batch-size", type=int, default=1)
+    t.add_argument("--predictor", help="report coverage against this predictor's op types")
+    t.add_argument("--nodes", action="store_true", help="list every node")
+
+    p = add("predict", "predict a whole model's latency (per node and total) under one or many conditions", cmd_predict)
+    p.add_argument("--predictor", required=True, help="predictor directory")
+    p.add_argument("--model", required=True, help="torchvision:NAME, a .onnx file, or package.module:factory")
+    p.add_argument("--batch-size", type=_csv(int), default=[1], help="comma-separated batch sizes (default: 1)")
+    p.add_argument("--utilization", type=_csv(float), default=[0.0], help="comma-separated utilizations (default: 0)")
+    p.add_argument("--threads", type=_csv(int), help="comma-separated thread counts (default: the device default)")
+    p.add_argument("--top", type=int, default=10, help="slowest nodes to list (default: %(default)s)")
+
+    c = add("calibrate", "fit the composition model on random networks measured on a device; updates the predictor",
+            cmd_calibrate)
+    c.add_argument("--predictor", required=True, help="predictor directory (updated in place)")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
+    c.add_argument("--networks", type=int, default=30, help="random networks to measure (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--cases", help="also write the measured cases to this JSON file")
+
+    v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
+            json_file=True)
+    v.add_argument("--predictor", required=True, help="predictor directory")
+    v.add_argument("--models", required=True,
+                   help="comma-separated: torchvision:NAME (torchvision:zoo = the 14-model zoo), .onnx, package.module:factory")
+    v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
+    v.add_argument("--batch-sizes", type=_csv(int), default=[1, 8, 32], help="default: 1,8,32")
+    v.add_argument("--utilization", type=_csv(float), default=[0.0, 0.5], help="default: 0,0.5")
+    v.add_argument("--threads", type=int, help="threads of unloaded cases (default: the device default)")
+    v.add_argument("--loaded-threads", type=int, default=1, help="threads of loaded cases (default: %(default)s)")
+    v.add_argument("--no-measure", action="store_true", help="predict only")
+    v.add_argument("--plot", help="predicted-vs-measured PNG")
+
+

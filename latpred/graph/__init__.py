@@ -1,0 +1,35 @@
+"""Whole models as graphs of op specs: torch.fx / ONNX import, vectorised prediction, composition, validation.
+
+Submodules import torch; ``latpred.graph`` itself stays light, attributes load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "ModelGraph": ".model_graph", "GraphNode": ".model_graph", "Coverage": ".model_graph",
+    "trace": ".trace", "from_onnx": ".onnx",
+    "GraphLatency": ".predict", "predict_graph": ".predict",
+    "Composition": ".compose",
+    "random_network": ".calibrate", "calibrate": ".calibrate",
+    "validate_models": ".validate", "ValidationReport": ".validate",
+    "load_model": ".models", "TORCHVISION_ZOO": ".models",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'latpred.graph' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

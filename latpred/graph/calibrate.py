@@ -1,0 +1,279 @@
+"""Calibrate the composition model on generated random networks (never on the evaluation models).
+
+:func:`random_network` draws a CNN (plain, residual, inverted-residual with squeeze-excitation,
+dense-concatenation and channel-shuffle blocks) or a small vision transformer (patch embedding,
+``nn.MultiheadAttention`` or hand-written matmul/softmax attention or SDPA, GELU MLPs) with random
+widths, depths, kernels, activations and resolutions, so the calibration set spans the structures
+real models are made of without being any of them. :func:`calibrate` measures each network on a
+device under several conditions, predicts the same cases with the predictor's isolated node
+models, and fits :class:`~latpred.graph.compose.Composition` on the pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MeasurementError, SpecError
+from .compose import Composition, class_index
+from .trace import trace
+
+__all__ = ["random_network", "calibrate", "CalibrationCase", "DEFAULT_CONDITIONS"]
+
+#: (batch size, utilization, threads) measured per network; threads None = the device default
+DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = ((1, 0.0, None), (8, 0.0, None), (1, 0.5, 1), (8, 0.5, 1))
+_ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
+
+
+def _act(rng: np.random.Generator) -> nn.Module:
+    return _ACTS[str(rng.choice(list(_ACTS)))]()
+
+
+def _cbr(cin: int, cout: int, k: int, stride: int, groups: int, act: nn.Module | None) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act)
+    return nn.Sequential(*layers)
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_cbr(c, c, 3, 1, 1, _act(rng)), _cbr(c, c, 3, 1, 1, None))
+        self.act = _act(rng)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + x)
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        mid = max(8, c // 4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, mid, 1), nn.Conv2d(mid, c, 1)
+        self.act = _act(rng)
+        self.gate = nn.Sigmoid() if rng.random() < 0.5 else nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
+
+
+class _Inverted(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        mid = cin * int(rng.choice([1, 3, 4, 6]))
+        k = int(rng.choice([3, 5]))
+        layers: list[nn.Module] = [] if mid == cin else [_cbr(cin, mid, 1, 1, 1, _act(rng))]
+        layers.append(_cbr(mid, mid, k, stride, mid, _act(rng)))
+        if rng.random() < 0.5:
+            layers.append(_SE(mid, rng))
+        layers.append(_cbr(mid, cout, 1, 1, 1, None))
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return y + x if self.skip else y
+
+
+class _Dense(nn.Module):
+    def __init__(self, c: int, growth: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(c), _act(rng), nn.Conv2d(c, growth, 3, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1)
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, c: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(_cbr(h, h, 1, 1, 1, _act(rng)), _cbr(h, h, 3, 1, h, None), _cbr(h, h, 1, 1, 1, _act(rng)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], 1)
+        n, c, hh, ww = y.size()
+        return y.view(n, 2, c // 2, hh, ww).transpose(1, 2).contiguous().view(n, c, hh, ww)
+
+
+class _CNN(nn.Module):
+    def __init__(self, rng: np.random.Generator) -> None:
+        super().__init__()
+        c = int(rng.choice([16, 24, 32, 48, 64]))
+        layers: list[nn.Module] = [_cbr(3, c, int(rng.choice([3, 5, 7])), 2, 1, _act(rng))]
+        if rng.random() < 0.5:
+            layers.append(nn.MaxPool2d(3, 2, 1) if rng.random() < 0.7 else nn.AvgPool2d(2))
+        for _ in range(int(rng.integers(2, 5))):
+            cout = min(512, int(c * rng.choice([1.5, 2.0])) // 8 * 8)
+            kind = str(rng.choice(["plain", "residual", "inverted", "dense", "shuffle"]))
+            layers.append(_cbr(c, cout, 3, 2, 1, _act(rng)) if kind != "inverted" else _Inverted(c, cout, 2, rng))
+            c = cout
+            for _ in range(int(rng.integers(1, 4))):
+                if kind == "plain":
+                    layers.append(_cbr(c, c, int(rng.choice([1, 3, 5])), 1, 1, _act(rng)))
+                elif kind == "residual":
+                    layers.append(_Residual(c, rng))
+                elif kind == "inverted":
+                    layers.append(_Inverted(c, c, 1, rng))
+                elif kind == "dense":
+                    g = int(rng.choice([16, 32]))
+                    layers.append(_Dense(c, g, rng))
+                    c += g
+                else:
+                    layers.append(_Shuffle(c, rng))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        hidden = int(rng.choice([0, 256, 512]))
+        head: list[nn.Module] = [nn.Dropout(0.2)]
+        if hidden:
+            head += [nn.Linear(c, hidden), _act(rng)]
+        head.append(nn.Linear(hidden or c, int(rng.choice([10, 100, 1000]))))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class _Attention(nn.Module):
+    def __init__(self, d: int, heads: int, mode: str) -> None:
+        super().__init__()
+        self.heads, self.mode = heads, mode
+        if mode == "mha":
+            self.mha = nn.MultiheadAttention(d, heads, batch_first=True)
+        else:
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mha":
+            return self.mha(x, x, x, need_weights=False)[0]
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.mode == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int, heads: int, mode: str, rng: np.random.Generator) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = _Attention(d, heads, mode)
+        m = int(rng.choice([2, 4]))
+        self.mlp = nn.Sequential(nn.Linear(d, m * d), nn.GELU(), nn.Dropout(0.1), nn.Linear(m * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class _ViT(nn.Module):
+    def __init__(self, res: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        patch = int(rng.choice([p for p in (4, 8, 16) if res // p >= 4]))
+        d = int(rng.choice([64, 128, 192, 256, 384]))
+        heads = int(rng.choice([h for h in (2, 4, 8) if d % h == 0]))
+        self.embed = nn.Conv2d(3, d, patch, patch)
+        tokens = (res // patch) ** 2 + 1
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, tokens, d))
+        mode = str(rng.choice(["mha", "manual", "sdpa"]))
+        self.blocks = nn.Sequential(*[_Block(d, heads, mode, rng) for _ in range(int(rng.integers(1, 5)))])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, int(rng.choice([10, 1000])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.ln(self.blocks(x))[:, 0])
+
+
+def random_network(seed: int) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A random CNN (70%) or vision transformer (30%) and its per-sample input shape (3, res, res)."""
+    rng = np.random.default_rng([seed, 7919])
+    res = int(rng.choice([32, 64, 96, 128, 160, 224]))
+    with torch.no_grad():
+        model: nn.Module = _CNN(rng) if rng.random() < 0.7 else _ViT(res, rng)
+    return model.eval(), (3, res, res)
+
+
+@dataclass
+class CalibrationCase:
+    """One measured network under one condition, with its predicted isolated node latencies' features."""
+
+    network: int
+    batch_size: int
+    utilization: float
+    threads: int | None
+    measured_ms: float
+    features: list[float]
+    gflops: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
+              conditions: Sequence[tuple[int, float, int | None]] = DEFAULT_CONDITIONS,
+              max_gflops: float = 30.0, progress: Callable[[str], None] | None = None) -> tuple[Composition, list[CalibrationCase]]:
+    """Measure ``n_networks`` random networks on ``device`` under ``conditions`` and fit the composition.
+
+    Each case costs about ``max(0.1 s, 8 × model latency)``; conditions whose batch would exceed
+    ``max_gflops`` of work per call are skipped for that network. Returns the fitted composition
+    (not yet set on the predictor) and the cases (keep them to refit or to report).
+    """
+    if n_networks < 2:
+        raise SpecError(f"n_networks must be at least 2, got {n_networks}")
+    say = progress or (lambda _m: None)
+    cases: list[CalibrationCase] = []
+    t0 = time.perf_counter()
+    for k in range(n_networks):
+        model, shape = random_network(seed * 100_003 + k)
+        graph = trace(model, torch.randn(1, *shape), name=f"random{k}")
+        for b, u, t in conditions:
+            if graph.total_flops * b / 1e9 > max_gflops:
+                continue
+            try:
+                m = device.measure_model(model, (torch.randn(b, *shape),), utilization=u, threads=t)
+            except MeasurementError as e:
+                say(f"network {k} batch {b}: measurement failed ({e}); skipped")
+                continue
+            lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
+            ops = [None if (n.op is not None and not predictor.covers(n.op)) else n.op for n in graph.nodes]
+            kinds = [n.kind for n in graph.nodes]
+            cls = class_index(ops, kinds)
+            view = np.array([kk == "view" for kk in kinds])
+            feats = Composition.features(lat.isolated_ms[None, :], cls, cls >= 0, view)[0]
+            cases.append(CalibrationCase(k, b, u, t, m.latency_ms, feats.tolist(), graph.total_flops * b / 1e9))
+            say(f"network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: measured {m.latency_ms:.2f} ms, "
+                f"sum of isolated {float(feats[:4].sum()):.2f} ms")
+    device_close = getattr(device, "set_utilization", None)
+    if device_close is not None:
+        device_close(0.0)
+    comp = composition_from_cases(cases, {"networks": n_networks, "seed": seed, "conditions": [list(c) for c in conditions],
+                                          "calibration_s": round(time.perf_counter() - t0, 1),
+                                          "source": "generated random networks (latpred.graph.calibrate.random_network)"})
+    return comp, cases
+
+
+def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None) -> Composition:
+    """Fit a :class:`Composition` from calibration cases."""
+    if not cases:
+        raise SpecError("no calibration case was measured")
+    F_ = np.array([c.features for c in cases])
+    y = np.array([c.measured_ms for c in cases])
+    u = np.array([c.utilization for c in cases])
+    return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)))
+
+

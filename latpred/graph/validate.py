@@ -1,0 +1,174 @@
+"""Validation harness: predicted vs measured whole-model latency under the same conditions.
+
+For every model × batch size × utilization the model is traced once (batch 1), predicted under all
+conditions in one vectorised call, then measured on the device with the same protocol and background
+load as profiling. The report gives per-case errors, acc10 / MAPE / Spearman overall and per model,
+and (optionally) a predicted-vs-measured plot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import MeasurementError, SpecError
+from .models import ModelRef, load_model
+from .trace import trace
+
+__all__ = ["ValidationCase", "ValidationReport", "validate_models"]
+
+
+@dataclass
+class ValidationCase:
+    model: str
+    batch_size: int
+    utilization: float
+    threads: int | None
+    predicted_ms: float
+    measured_ms: float | None
+    isolated_sum_ms: float
+    coverage: float
+    error: str = ""
+
+    @property
+    def rel_error(self) -> float | None:
+        return None if not self.measured_ms else self.predicted_ms / self.measured_ms - 1
+
+
+@dataclass
+class ValidationReport:
+    cases: list[ValidationCase]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def measured(self) -> list[ValidationCase]:
+        return [c for c in self.cases if c.measured_ms]
+
+    @staticmethod
+    def _metrics(cases: Sequence[ValidationCase]) -> dict[str, float]:
+        from scipy.stats import spearmanr
+
+        if not cases:
+            return {"n": 0}
+        p = np.array([c.predicted_ms for c in cases])
+        m = np.array([c.measured_ms for c in cases])
+        s = np.array([c.isolated_sum_ms for c in cases])
+        rel = np.abs(p / m - 1)
+        out = {"n": len(cases), "acc5": float(np.mean(rel <= 0.05)), "acc10": float(np.mean(rel <= 0.10)),
+               "acc15": float(np.mean(rel <= 0.15)), "mape": float(np.mean(rel) * 100),
+               "max_ape": float(rel.max() * 100), "sum_ratio_median": float(np.median(s / m)),
+               "sum_acc10": float(np.mean(np.abs(s / m - 1) <= 0.10))}
+        out["spearman"] = float(spearmanr(p, m).statistic) if len(cases) > 2 else float("nan")
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return self._metrics(self.measured())
+
+    def per_model(self) -> dict[str, dict[str, float]]:
+        names = list(dict.fromkeys(c.model for c in self.cases))
+        return {n: self._metrics([c for c in self.measured() if c.model == n]) for n in names}
+
+    def table(self) -> str:
+        lines = [f"{'model':<20} {'batch':>5} {'util':>5} {'thr':>4} {'predicted':>11} {'measured':>11} {'error':>8}"]
+        for c in self.cases:
+            meas = f"{c.measured_ms:9.2f}ms" if c.measured_ms else "   failed  "
+            err = f"{100 * c.rel_error:+7.1f}%" if c.rel_error is not None else c.error[:20]
+            lines.append(f"{c.model:<20} {c.batch_size:>5} {c.utilization:>5.2f} {c.threads or '-':>4} "
+                         f"{c.predicted_ms:9.2f}ms {meas} {err}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "metrics": self.metrics(), "per_model": self.per_model(),
+                "cases": [{**asdict(c), "rel_error": c.rel_error} for c in self.cases]}
+
+    def plot(self, path: str) -> None:
+        """Predicted vs measured scatter (log-log) with the ±10% band, one colour per model."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cases = self.measured()
+        if not cases:
+            raise SpecError("nothing measured to plot")
+        fig, ax = plt.subplots(figsize=(7, 6))
+        names = list(dict.fromkeys(c.model for c in cases))
+        cmap = plt.get_cmap("tab20")
+        for i, n in enumerate(names):
+            cs = [c for c in cases if c.model == n]
+            ax.scatter([c.measured_ms for c in cs], [c.predicted_ms for c in cs], s=22, color=cmap(i % 20), label=n,
+                       marker="o" if i < 20 else "x")
+        lo = min(min(c.measured_ms, c.predicted_ms) for c in cases) * 0.8
+        hi = max(max(c.measured_ms, c.predicted_ms) for c in cases) * 1.25
+        xs = np.geomspace(lo, hi, 50)
+        ax.plot(xs, xs, "k-", lw=1)
+        ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="±10%")
+        ax.set(xscale="log", yscale="log", xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+               xlim=(lo, hi), ylim=(lo, hi))
+        m = self.metrics()
+        ax.set_title(f"whole-model latency: acc10 {100 * m['acc10']:.0f}%, MAPE {m['mape']:.1f}%, "
+                     f"Spearman {m['spearman']:.3f} (n={m['n']})", fontsize=10)
+        ax.legend(fontsize=7, ncol=2, loc="upper left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_sizes: Sequence[int] = (1, 8, 32),
+                    utilizations: Sequence[float] = (0.0, 0.5), threads: int | None = None, loaded_threads: int | None = 1,
+                    measure: bool = True, progress: Callable[[str], None] | None = None) -> ValidationReport:
+    """Predict and measure each model under every (batch size, utilization); see :class:`ValidationReport`.
+
+    Unloaded cases run with ``threads`` (None: the device default), loaded ones (utilization > 0)
+    with ``loaded_threads`` — as the built-in spaces profile them.
+    """
+    import torch
+
+    say = progress or (lambda _m: None)
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise SpecError(f"batch sizes must be positive, got {list(batch_sizes)}")
+    if not utilizations or any(not 0 <= u < 1 for u in utilizations):
+        raise SpecError(f"utilizations must be in [0, 1), got {list(utilizations)}")
+    models = [load_model(r) for r in refs]  # resolve every reference before measuring anything
+    cases: list[ValidationCase] = []
+    t0 = time.perf_counter()
+    for ref in models:
+        graph = _graph(ref)
+        cov = graph.coverage(predictor.ops).node_share
+        conds = [(b, u, threads if u == 0 else loaded_threads) for u in utilizations for b in batch_sizes]
+        b = np.array([c[0] for c in conds])
+        u = np.array([c[1] for c in conds])
+        t = np.array([predictor.default_threads if c[2] is None else c[2] for c in conds])
+        lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
+        for i, (bb, uu, tt) in enumerate(conds):
+            case = ValidationCase(ref.name, bb, uu, tt, float(lat.total_ms[i]), None, float(lat.isolated_ms[i].sum()), cov)
+            if measure and ref.module is not None:
+                try:
+                    with torch.inference_mode():
+                        m = device.measure_model(ref.module, (ref.example_input(bb),), utilization=uu, threads=tt)
+                    case.measured_ms = m.latency_ms
+                except MeasurementError as e:
+                    case.error = str(e)
+            elif measure:
+                case.error = "ONNX file: predicted only (measure the PyTorch model instead)"
+            cases.append(case)
+            err = f"{100 * case.rel_error:+.1f}%" if case.rel_error is not None else case.error
+            say(f"{ref.name} batch {bb} util {uu:g}: predicted {case.predicted_ms:.2f} ms, measured "
+                f"{case.measured_ms if case.measured_ms else float('nan'):.2f} ms ({err})")
+    if hasattr(device, "set_utilization"):
+        device.set_utilization(0.0)
+    settings = {"models": [m.name for m in models], "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
+                "threads": threads, "loaded_threads": loaded_threads, "elapsed_s": round(time.perf_counter() - t0, 1),
+                "composition": predictor.composition.describe()}
+    return ValidationReport(cases, settings)
+
+
+def _graph(ref: ModelRef) -> Any:
+    if ref.onnx_path is not None:
+        from .onnx import from_onnx
+
+        return from_onnx(ref.onnx_path)
+    return trace(ref.module, ref.example_input(1), name=ref.name)
