@@ -84,6 +84,31 @@ class Predictor:
             return self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op)))
         return np.asarray(self.models[op].predict(X), dtype=float)
 
+    def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        """:meth:`predict_log` of several (op, X) groups; every MEDN group goes through one network call."""
+        out: list[np.ndarray | None] = [None] * len(groups)
+        medn = [i for i, (op, _) in enumerate(groups) if self.families.get(op) == "medn"]
+        for i, (op, X) in enumerate(groups):
+            if i not in medn:
+                out[i] = self.predict_log(op, X)
+        if medn:
+            width = self.medn.n_features_in_
+            sizes = [len(groups[i][1]) for i in medn]
+            padded = np.full((sum(sizes), width), np.nan)
+            tasks = np.empty(sum(sizes), dtype=np.int64)
+            row = 0
+            for i in medn:
+                op, X = groups[i]
+                if X.shape[1] > width:
+                    raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
+                padded[row:row + len(X), :X.shape[1]] = X
+                tasks[row:row + len(X)] = self.medn_tasks.index(op)
+                row += len(X)
+            pred = self.medn.predict(padded, tasks)
+            for i, part in zip(medn, np.split(pred, np.cumsum(sizes)[:-1])):
+                out[i] = part
+        return out  # type: ignore[return-value]
+
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""
         specs = list(specs)

@@ -21,8 +21,9 @@ from torch import nn
 
 from ..ops import REGISTRY
 from ..ops.pointwise import ACTIVATIONS
+from .model_graph import fold_chw
 
-__all__ = ["NoFit", "Call", "map_call", "leaf_module_types", "fold_chw"]
+__all__ = ["NoFit", "Call", "map_call", "leaf_module_types"]
 
 
 class NoFit(Exception):
@@ -58,17 +59,10 @@ class Call:
         return self.ins[0]
 
 
-def fold_chw(sample_shape: Sequence[int]) -> dict[str, int]:
-    """(channels, h, w) of a per-sample shape: (C, H, W) as is; (T, D) -> (T, D, 1); (D,) -> (D, 1, 1);
-    more dimensions fold into h, keeping the element count."""
-    s = [int(d) for d in sample_shape]
-    if not s:
-        return {"channels": 1, "h": 1, "w": 1}
-    if len(s) == 1:
-        return {"channels": s[0], "h": 1, "w": 1}
-    if len(s) == 2:
-        return {"channels": s[0], "h": s[1], "w": 1}
-    return {"channels": s[0], "h": math.prod(s[1:-1]), "w": s[-1]}
+def _fold(sample_shape: Sequence[int]) -> dict[str, int]:
+    """``channels``/``h``/``w`` of a per-sample shape, by :func:`~latpred.graph.model_graph.fold_chw`."""
+    c, h, w = fold_chw((1, *sample_shape))
+    return {"channels": c, "h": h, "w": w}
 
 
 def _square(v: Any, what: str) -> int:
@@ -115,7 +109,7 @@ def _act_fn(c: Call) -> str:
 
 
 def _activation(c: Call) -> dict[str, Any]:
-    return {"fn": _act_fn(c), **fold_chw(c.x())}
+    return {"fn": _act_fn(c), **_fold(c.x())}
 
 
 def _elementwise(c: Call) -> dict[str, Any]:
@@ -127,7 +121,7 @@ def _elementwise(c: Call) -> dict[str, Any]:
         raise NoFit("neither operand depends on the model input")
     out = c.outs[0]
     sizes = [math.prod(s) for s in c.ins[:2]]
-    return {"fn": fn, **fold_chw(out), "broadcast": min(sizes) < math.prod(out)}
+    return {"fn": fn, **_fold(out), "broadcast": min(sizes) < math.prod(out)}
 
 
 def _norm_tokens(c: Call, dim_shape: Any) -> dict[str, Any]:
@@ -224,23 +218,23 @@ def _mha(c: Call) -> dict[str, Any]:
 
 def _flatten(c: Call) -> dict[str, Any]:
     contiguous = c.in_contiguous[0] if c.in_contiguous else True
-    return {**fold_chw(c.x()), "copy": not contiguous}
+    return {**_fold(c.x()), "copy": not contiguous}
 
 
 def _copy(c: Call) -> dict[str, Any]:
-    return {**fold_chw(c.x()), "copy": True}
+    return {**_fold(c.x()), "copy": True}
 
 
 def _cat(c: Call) -> dict[str, Any]:
     tensors = c.arg(0, "tensors")
     n = len(tensors) if isinstance(tensors, (list, tuple)) else 1
-    f = fold_chw(c.outs[0])
+    f = _fold(c.outs[0])
     return {"n_inputs": n, "channels": max(1, round(f["channels"] / n)), "h": f["h"], "w": f["w"]}
 
 
 def _dropout(c: Call) -> dict[str, Any]:
     p = c.module.p if c.kind == "call_module" else c.arg(1, "p", 0.5)
-    return {**fold_chw(c.x()), "p": float(p)}
+    return {**_fold(c.x()), "p": float(p)}
 
 
 def _chw(c: Call) -> dict[str, Any]:

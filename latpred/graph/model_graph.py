@@ -364,8 +364,8 @@ def fold_chw(shape: Sequence[int]) -> tuple[int, int, int]:
 
     ``(N, C, H, W)`` gives ``(C, H, W)``; ``(N, T, D)`` gives ``(T, D, 1)``; ``(N, D)`` gives
     ``(D, 1, 1)``; ``(N,)`` and scalars give ``(1, 1, 1)``; 5-D and more fold the dimensions between
-    ``channels`` (axis 1) and the last one into ``h``, keeping the element count. Shared by the fx tracer and the ONNX importer so
-    both map the same tensor to the same spec.
+    ``channels`` (axis 1) and the last one into ``h``, keeping the element count. Shared by the fx
+    tracer and the ONNX importer so both map the same tensor to the same spec.
     """
     s = tuple(int(d) for d in shape)
     if len(s) <= 1:

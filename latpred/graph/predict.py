@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import sklearn
 
 from ..errors import SpecError, UnknownOpError
 from ..features import StaticFeatures, cost_features, featurize_conditions, prepare_specs
@@ -157,26 +158,38 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
     iso = np.zeros((C, N))
     fallback = [graph.nodes[j].name for j in plan.generic_cols]
     extras = {k: cond[k] for k in predictor.extra_names}
+    groups: list[tuple[str, np.ndarray]] = []
+    placed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (rows, unique index per node, node columns)
+    uncovered: list[tuple[StaticFeatures, np.ndarray, np.ndarray]] = []
     for op, (static, uidx, cols) in plan.groups.items():
         if not predictor.covers(op):
-            if predictor.generic is None:
-                raise UnknownOpError(f"the predictor has no model for op type {op!r} (graph {graph.name!r}) and no "
-                                     "generic fallback; retrain it with `latpred train`")
-            X = cost_features([_static_costs(static, i) for i in range(len(static.params))], graph.dtype, b, u, t)
-            P = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(len(static.params), C)
+            uncovered.append((static, uidx, cols))
             fallback.extend(graph.nodes[j].name for j in cols)
-        else:
-            X = featurize_conditions(static, b, u, t, extras, predictor.extra_names)
-            P = np.exp(predictor.predict_log(op, X.reshape(-1, X.shape[-1]))).reshape(len(static.params), C)
-        iso[:, cols] = P[uidx].T
-    if len(plan.generic_cols):
-        if predictor.generic is None:
-            raise UnknownOpError(f"graph {graph.name!r} has {len(plan.generic_cols)} node(s) no op type covers "
-                                 f"({', '.join(fallback[:5])}) and the predictor has no generic fallback; retrain it")
-        X = cost_features(plan.generic_costs, graph.dtype, b, u, t)
-        iso[:, plan.generic_cols] = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(-1, C).T
-    ops = [None if (o is not None and not predictor.covers(o)) else o for o in plan.ops]
-    classes = class_index(ops, plan.kinds)
+            continue
+        X = featurize_conditions(static, b, u, t, extras, predictor.extra_names)
+        groups.append((op, X.reshape(-1, X.shape[-1])))
+        placed.append((len(static.params), uidx, cols))
+    with sklearn.config_context(assume_finite=True):
+        for (rows, uidx, cols), y in zip(placed, predictor.predict_log_many(groups)):
+            iso[:, cols] = np.exp(y).reshape(rows, C)[uidx].T
+        generic_costs = list(plan.generic_costs)
+        generic_cols = [plan.generic_cols]
+        for static, uidx, cols in uncovered:
+            generic_costs.extend(_static_costs(static, int(i)) for i in uidx)
+            generic_cols.append(cols)
+        gcols = np.concatenate(generic_cols).astype(int)
+        if len(gcols):
+            if predictor.generic is None:
+                raise UnknownOpError(f"graph {graph.name!r} has {len(gcols)} node(s) the predictor's op models do not "
+                                     f"cover ({', '.join(fallback[:5])}) and it has no generic fallback; retrain it "
+                                     "with `latpred train`")
+            X = cost_features(generic_costs, graph.dtype, b, u, t)
+            iso[:, gcols] = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(-1, C).T
+    key = ("classes", tuple(predictor.ops))
+    if key not in graph._cache:
+        graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
+                                        plan.kinds)
+    classes = graph._cache[key]
     compute = classes >= 0
     comp = predictor.composition
     node_ms = comp.apply(iso, classes, compute, plan.view, u)

@@ -375,8 +375,9 @@ class FakeDevice:
 
     def __init__(self, gflops: float = 50.0, gbps: float = 10.0, overhead_us: float = 5.0, slowdown: float = 1.0,
                  noise: float = 0.02, delay_s: float = 0.0, fail: Callable[[ModuleSpec], str | None] | None = None,
-                 name: str = "fake") -> None:
+                 name: str = "fake", model_scale: float = 1.25, model_overhead_us: float = 20.0) -> None:
         self.gflops, self.gbps, self.overhead_us = gflops, gbps, overhead_us
+        self.model_scale, self.model_overhead_us = model_scale, model_overhead_us
         self.slowdown, self.noise, self.delay_s, self.fail, self.name = slowdown, noise, delay_s, fail, name
 
     def metadata(self) -> dict[str, Any]:
@@ -406,8 +407,22 @@ class FakeDevice:
     def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
         return robust_stat(list(timings))
 
-    def close(self) -> None:
-        return None
+    def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
+                      threads: int | None = None) -> Measurement:
+        """A whole model on the fake device: ``model_scale`` × the sum of its nodes' true latencies plus
+        ``model_overhead_us`` per compute node (the traced graph gives the nodes; uncovered nodes count
+        their FLOPs at the device's rate), so composition fitting can be tested against known truth."""
+        from ..graph.trace import trace
+
+        graph = trace(module, inputs)
+        total = 0.0
+        for n in graph.compute_nodes:
+            if n.spec is not None:
+                base = self.true_latency_ms(n.spec.with_conditions(utilization=utilization, threads=threads))
+            else:
+                base = (self.overhead_us + n.flops / (self.gflops * 1e3)) / 1e3 * (1.0 + self.slowdown * utilization)
+            total += self.model_scale * base + self.model_overhead_us / 1e3
+        return Measurement(total, (total,), 1, utilization, None, {})
 
 
 def make_device(kind: str, **kwargs: Any) -> Device:

@@ -1,0 +1,193 @@
+"""Real split execution over gRPC: a cloud server process on localhost and an edge runner in this process."""
+
+import io
+import pickle
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+grpc = pytest.importorskip("grpc")
+
+from latpred.graph.models import load_model  # noqa: E402
+from latpred.graph.trace import trace  # noqa: E402
+from partition import (  # noqa: E402
+    CloudServer,
+    CostModel,
+    EdgeRunner,
+    EmulatedLink,
+    Link,
+    PartitionPlan,
+    TensorCodecError,
+    decode_message,
+    encode_message,
+    measure_split,
+)
+from partition.exact import single_cut_assignments  # noqa: E402
+from partition.transport import GRPC_OPTIONS, METHOD_INFER  # noqa: E402
+
+MODEL = "torchvision:resnet18"
+SHAPE = (3, 64, 64)
+SEED = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The unsplit model built from the same recipe (seeded weights) and a middle-cut plan."""
+    torch.manual_seed(SEED)
+    ref = load_model(MODEL, SHAPE)
+    x = torch.randn(1, *SHAPE)
+    graph = trace(ref.module, x)
+    n = len(graph.nodes)
+    cm = CostModel(graph, [np.ones(n), np.ones(n) * 0.1], Link(10.0))
+    plan = PartitionPlan.from_plan(cm.plan(single_cut_assignments(cm, [n // 2])[0], "mid_cut"), model="resnet18")
+    with torch.no_grad():
+        y = ref.module(x)
+    return plan, x, y
+
+
+@pytest.fixture(scope="module")
+def _cloud(request, reference):
+    srv = CloudServer(MODEL, reference[0], seed=SEED, input_shape=SHAPE, threads=1)
+    request.addfinalizer(srv.stop)
+    return srv
+
+
+@pytest.fixture
+def server(_cloud):
+    """The module's cloud process, (re)started if a test killed it (one process keeps the CPU load low)."""
+    return _cloud.start()
+
+
+def _edge(plan, address, **kw):
+    return EdgeRunner(MODEL, plan, address, seed=SEED, input_shape=SHAPE, **kw)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_split_over_grpc_matches_unsplit(server, reference):
+    plan, x, y = reference
+    with _edge(plan, server.address) as edge:
+        assert edge.split.devices == (0, 1) and edge.send_names and edge.recv_names
+        out, tm = edge.infer(x)
+    assert torch.allclose(out, y, atol=1e-5)
+    assert not tm["fallback"] and tm["attempts"] == 1 and tm["error"] is None
+    assert tm["bytes_sent"] > 0 and tm["bytes_received"] > 0
+    assert tm["edge_ms"] > 0 and tm["cloud_ms"] > 0 and tm["total_ms"] >= tm["edge_ms"] + tm["cloud_ms"]
+
+
+def test_emulated_bandwidth_adds_the_expected_delay(server, reference):
+    plan, x, y = reference
+    with _edge(plan, server.address, bandwidth_mbps=1.0, rtt_ms=20.0) as edge:
+        out, tm = edge.infer(x)
+    assert torch.allclose(out, y, atol=1e-5) and not tm["fallback"]
+    link = EmulatedLink(1.0, 20.0)
+    expected_ms = link.delay_ms(tm["bytes_sent"]) + link.delay_ms(tm["bytes_received"])
+    # 1 Mbps: 8 us per byte; the cut tensor of resnet18 at 64x64 is 64*8*8 floats (16 KiB), > 130 ms
+    assert expected_ms > 20.0 + tm["bytes_sent"] * 8e-3 - 1e-9 > 130
+    assert tm["transfer_ms"] >= expected_ms
+    assert tm["transfer_ms"] < expected_ms + 2000
+
+
+def test_retry_is_deduplicated(server, reference):
+    plan, x, y = reference
+    with _edge(plan, server.address) as edge:
+        before = edge.ping()["n_computed"]
+        out1, tm1 = edge.infer(x, request_id="req-42")
+        out2, tm2 = edge.infer(x, request_id="req-42")
+        assert edge.ping()["n_computed"] == before + 1
+    assert not tm1["duplicate"] and tm2["duplicate"] and tm2["cloud_ms"] == 0.0
+    assert torch.equal(out1, out2) and torch.allclose(out2, y, atol=1e-5)
+
+
+def test_timeout_falls_back_on_the_edge(server, reference):
+    plan, x, y = reference
+    # each direction sleeps rtt/2 = 0.4 s > the 0.5 s deadline left after sending: the reply comes too late
+    with _edge(plan, server.address, rtt_ms=800.0, timeout_s=0.5, retries=0) as edge:
+        out, tm = edge.infer(x)
+    assert tm["fallback"] and torch.allclose(out, y, atol=1e-5)
+    assert tm["cloud_ms"] == 0.0 and "DEADLINE" in (tm["error"] or "").upper()
+
+
+def test_unreachable_cloud_falls_back(reference):
+    plan, x, y = reference
+    with _edge(plan, f"127.0.0.1:{_free_port()}", timeout_s=3.0) as edge:
+        out, tm = edge.infer(x)
+    assert tm["fallback"] and tm["error"] and torch.allclose(out, y, atol=1e-5)
+
+
+def test_mismatched_recipe_is_a_configuration_error(server, reference):
+    plan = reference[0]
+    with EdgeRunner(MODEL, plan, server.address, seed=SEED + 1, input_shape=SHAPE) as edge:
+        with pytest.raises(RuntimeError, match="mismatch"):
+            edge.infer(edge.example_input())
+
+
+def test_measure_split_median(server, reference):
+    plan = reference[0]
+    m = measure_split(MODEL, plan, seed=SEED, input_shape=SHAPE, n_requests=3, warmup=1, server_address=server.address)
+    assert m.n_requests == 3 and m.n_fallback == 0 and float(m) == m.median_ms > 0
+    assert m.cloud_ms > 0 and len(m.samples) == 3
+    all_edge = {n: 0 for n in plan.node_names}
+    m0 = measure_split(MODEL, all_edge, seed=SEED, input_shape=SHAPE, n_requests=2, warmup=0)  # no server needed
+    assert m0.cloud_ms == 0.0 and m0.transfer_ms == 0.0 and m0.median_ms > 0
+
+
+# -- codec ----------------------------------------------------------------------------------------
+def test_codec_round_trip():
+    base = torch.arange(12.0).reshape(3, 4)
+    values = {"a": base, "view": base[:, 1], "same": base, "size": torch.Size([1, 2]), "n": 3, "f": float("inf"),
+              "nested": (None, [True, "s"], {"k": torch.ones(2, dtype=torch.bfloat16)}), "dt": torch.float16}
+    data = encode_message(values, {"request_id": "r"})
+    out, meta = decode_message(data)
+    assert meta == {"request_id": "r"}
+    assert torch.equal(out["a"], base) and torch.equal(out["view"], base[:, 1]) and torch.equal(out["same"], base)
+    assert out["size"] == torch.Size([1, 2]) and isinstance(out["size"], torch.Size)
+    assert out["n"] == 3 and out["f"] == float("inf") and out["dt"] is torch.float16
+    assert out["nested"][0] is None and out["nested"][1] == [True, "s"]
+    assert out["nested"][2]["k"].dtype == torch.bfloat16
+    with pytest.raises(TensorCodecError, match="cannot send"):
+        encode_message({"bad": object()})
+
+
+def test_codec_rejects_pickle(server):
+    payload = pickle.dumps({"x": torch.zeros(2)})
+    with pytest.raises(TensorCodecError, match="pickle"):
+        decode_message(payload)
+    buf = io.BytesIO()
+    torch.save({"x": torch.zeros(2)}, buf)
+    with pytest.raises(TensorCodecError, match="torch.save"):
+        decode_message(buf.getvalue())
+    with pytest.raises(TensorCodecError, match="truncated"):
+        decode_message(encode_message({"x": torch.zeros(4)})[:-3])
+    # the server refuses it too, with a clear status
+    with grpc.insecure_channel(server.address, options=GRPC_OPTIONS) as ch:
+        call = ch.unary_unary(METHOD_INFER, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as e:
+            call(payload, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pickle" in e.value.details()
+
+
+def test_killed_cloud_falls_back(server, reference):
+    plan, x, y = reference
+    srv = server  # restarted by the fixture if a later test needs it
+    with _edge(plan, srv.address, timeout_s=3.0) as edge:
+        out, tm = edge.infer(x)
+        assert not tm["fallback"] and torch.allclose(out, y, atol=1e-5)
+        srv.kill()
+        assert not srv.is_alive()
+        out, tm = edge.infer(x)
+    assert tm["fallback"] and torch.allclose(out, y, atol=1e-5)
