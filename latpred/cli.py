@@ -100,38 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     predictor.save(out)
     (out / "selection_report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     if args.plot:
-        _plot_fit(report, data, predictor, args.plot)
+        from .plots import plot_fit
+
+        plot_fit(report, data, predictor, args.plot)
     _emit(args, {"predictor": str(out), **report.to_dict()},
           report.table() + f"\n\npredictor written to {out} (report: {out / 'selection_report.json'})")
     return 0
-
-
-def _plot_fit(report: Any, data: Any, predictor: Any, path: str) -> None:
-    """Predicted (in-sample, chosen models) vs measured latency per op type, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ops = data.ops
-    cols = 5
-    rows = (len(ops) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, op in zip(axes.flat, ops):
-        y = data.latency_ms[op]
-        p = predictor.predict(data.specs[op])
-        ax.loglog(y, p, ".", ms=3)
-        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.6)
-        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="g", alpha=0.15)
-        ax.set_title(f"{op} ({report.per_op_choice[op]})", fontsize=9)
-    for ax in list(axes.flat)[len(ops):]:
-        ax.axis("off")
-    fig.supxlabel("measured ms")
-    fig.supylabel("predicted ms")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> str:
@@ -191,28 +165,11 @@ def cmd_space_show(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from .profiling.devices import CpuDevice
-    from .profiling.runner import profile
-    from .profiling.space import ParameterSpace
-    from .profiling.store import ProfileStore
+    from .quickstart import run_quickstart
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    db = out / "profiles.sqlite"
-    space = ParameterSpace.builtin("quick")
-    device = CpuDevice()
-    print(f"[1/1] profiling this CPU with the quick space into {db} (resumes if interrupted)")
-    try:
-        with ProfileStore(db) as store:
-            report = profile(space, device, store, progress=not args.no_progress)
-            summary, devices = store.summary(), store.devices()
-    finally:
-        device.close()
-    print(report.summary())
-    print(_format_summary(summary, devices))
-    (out / "profile_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    report = run_quickstart(Path(args.out), progress=not args.no_progress, model=args.model, networks=args.networks)
     if args.json:
-        print(json.dumps({"report": report.__dict__, "summary": summary}, default=str))
+        print(json.dumps(report, indent=2, default=str))
     return 0
 
 
@@ -231,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
         return sp
 
-    q = add("quickstart", "run the main job on embedded defaults (profile this CPU with the quick space)", cmd_quickstart)
+    q = add("quickstart", "the main job on embedded defaults: profile this CPU (quick space), train and auto-select, "
+            "calibrate, predict a real model per layer, optimise an edge-cloud split, write a report with pictures",
+            cmd_quickstart)
     q.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    q.add_argument("--model", default="resnet18", help="torchvision model to predict and partition (default: %(default)s)")
+    q.add_argument("--networks", type=int, default=8,
+                   help="random networks measured to calibrate the composition (default: %(default)s)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pr = add("profile", "measure the specs of a parameter space on a device into a SQLite store", cmd_profile)

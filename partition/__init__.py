@@ -6,10 +6,15 @@
   :func:`brute_force` (tiny graphs).
 * :mod:`partition.problems`: pymoo :class:`PartitionProblem`, :class:`CutPointProblem`,
   :class:`MonotoneRepair` and :func:`optimize` (GA / NSGA-II seeded with the exact plans).
+* :mod:`partition.plan`: :class:`PartitionPlan`, :func:`optimize_partition` (predictors → plan) and
+  :func:`split_graph_module` / :class:`SplitModel` (run a plan's stages in-process).
+* :mod:`partition.runtime` / :mod:`partition.transport`: real split execution edge | cloud over gRPC
+  (:class:`CloudServer`, :class:`EdgeRunner`, :func:`measure_split`), no-pickle tensor messages.
 """
 
 from .cost import METRICS, CostModel, Link, Plan, repair
 from .exact import best_single_cut, brute_force, min_cut_partition
+from .plan import PartitionPlan, SplitModel, Stage, optimize_partition, placement_of, split_graph_module
 from .problems import (
     CONSTRAINTS,
     OBJECTIVES,
@@ -20,6 +25,8 @@ from .problems import (
     exact_seeds,
     optimize,
 )
+from .runtime import BuiltSplit, CloudServer, EdgeRunner, ModelRecipe, SplitMeasurement, build_split, measure_split
+from .transport import EmulatedLink, TensorCodecError, decode_message, encode_message
 
 __all__ = [
     "Link",
@@ -38,4 +45,24 @@ __all__ = [
     "OptimizeResult",
     "exact_seeds",
     "optimize",
+    # partition.plan
+    "PartitionPlan",
+    "Stage",
+    "SplitModel",
+    "split_graph_module",
+    "optimize_partition",
+    "placement_of",
+    # partition.runtime
+    "ModelRecipe",
+    "BuiltSplit",
+    "build_split",
+    "CloudServer",
+    "EdgeRunner",
+    "SplitMeasurement",
+    "measure_split",
+    # partition.transport
+    "TensorCodecError",
+    "EmulatedLink",
+    "encode_message",
+    "decode_message",
 ]

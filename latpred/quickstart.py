@@ -1,0 +1,240 @@
+"""``latpred quickstart``: the main job end to end on embedded defaults, in one output folder.
+
+1. profile this CPU with the built-in ``quick`` space into ``profiles.sqlite`` (resumes if interrupted);
+2. train and auto-select the regression models -> ``predictor/`` (+ ``selection_report.json``, ``fit.png``);
+   skipped when the predictor already matches the store;
+3. calibrate the composition model on a few generated random networks measured on this CPU;
+4. trace a real model (torchvision resnet18, or a built-in CNN without torchvision), predict it per node
+   and in total, and measure it once per condition -> ``layers.png``, ``predicted_vs_measured.png``;
+5. optimise an edge-cloud split (edge = this CPU on 1 thread under 50% load, cloud = all threads, no
+   load) for latency and edge memory at several bandwidths -> ``pareto.png``, ``graph_cut.png``;
+6. write ``report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_quickstart", "builtin_cnn"]
+
+BANDWIDTHS_MBPS = (1.0, 10.0, 100.0)
+RTT_MS = 5.0
+
+
+def builtin_cnn() -> Any:
+    """A small residual CNN (used when torchvision is not installed)."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + x)
+
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
+    c = 32
+    for _ in range(3):
+        layers += [Block(c), nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU()]
+        c *= 2
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1000)).eval()
+
+
+def _model(name: str) -> tuple[Any, str]:
+    try:
+        from .graph.models import load_model
+
+        ref = load_model(f"torchvision:{name}")
+        return ref.module, ref.name
+    except Exception:  # torchvision missing or too old: the built-in CNN still shows every step
+        return builtin_cnn(), "builtin_cnn"
+
+
+def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", networks: int = 8,
+                   say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every step; returns the report (also written to ``out/report.json``)."""
+    import torch
+
+    from . import plots
+    from .graph.calibrate import calibrate
+    from .graph.trace import trace
+    from .predictor import Predictor, PredictorFormatError
+    from .profiling.devices import CpuDevice
+    from .profiling.runner import profile
+    from .profiling.space import ParameterSpace
+    from .profiling.store import ProfileStore
+    from .selection import load_training_data, select
+
+    out.mkdir(parents=True, exist_ok=True)
+    db, pred_dir = out / "profiles.sqlite", out / "predictor"
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    report: dict[str, Any] = {"out": str(out)}
+    device = CpuDevice()
+    try:
+        # 1 -- profile
+        t = time.perf_counter()
+        say(f"[1/6] profiling this CPU with the quick space into {db} (resumes if interrupted)")
+        with ProfileStore(db) as store:
+            prof = profile(ParameterSpace.builtin("quick"), device, store, progress=progress)
+            data = load_training_data(store)
+        say(f"      {prof.summary()}")
+        timings["profile_s"] = time.perf_counter() - t
+
+        # 2 -- train + auto-select (skipped when the saved predictor was trained on exactly this data)
+        t = time.perf_counter()
+        pred = None
+        try:
+            old = Predictor.load(pred_dir)
+            if old.metadata.get("dataset_fingerprint") == data.fingerprint() and old.generic is not None:
+                pred = old
+        except PredictorFormatError:
+            pass
+        if pred is None:
+            say(f"[2/6] training regression models per op type and auto-selecting ({sum(len(v) for v in data.specs.values())} samples)")
+            pred, sel = select(data, cv=3, progress=(lambda m: say(f"      fitting {m}")) if progress else None)
+            pred.save(pred_dir)
+            (pred_dir / "selection_report.json").write_text(json.dumps(sel.to_dict(), indent=2, default=str))
+            plots.plot_fit(sel, data, pred, str(out / "fit.png"))
+            report["selection"] = {"overall": sel.overall, "choice": sel.per_op_choice}
+        else:
+            say(f"[2/6] predictor in {pred_dir} already matches the store: not retrained")
+            sel_file = pred_dir / "selection_report.json"
+            if sel_file.is_file():
+                doc = json.loads(sel_file.read_text())
+                report["selection"] = {"overall": doc.get("overall"), "choice": doc.get("per_op_choice")}
+        timings["train_s"] = time.perf_counter() - t
+
+        # 3 -- composition
+        t = time.perf_counter()
+        if pred.composition.calibrated and pred.composition.info.get("networks") == networks:
+            say("[3/6] composition already calibrated on this CPU")
+        else:
+            say(f"[3/6] calibrating the composition on {networks} random networks measured on this CPU")
+            bar = _bar(progress, networks * 4, "calibrating")
+            comp, _ = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
+            if bar:
+                bar.close()
+            pred.composition = comp
+            pred.save(pred_dir)
+        say(f"      {pred.composition.describe()}")
+        report["composition"] = pred.composition.to_dict()
+        timings["calibrate_s"] = time.perf_counter() - t
+
+        # 4 -- whole model: predict per node, measure
+        t = time.perf_counter()
+        module, name = _model(model)
+        x = torch.randn(1, 3, 224, 224)
+        graph = trace(module, x, name=name)
+        cov = graph.coverage(pred.ops)
+        say(f"[4/6] {graph.summary()}\n      {cov.summary()}")
+        conds = {"edge (1 thread, 50% load)": (0.5, 1), "cloud (all threads, no load)": (0.0, pred.default_threads)}
+        rows, lats = [], {}
+        for label, (u, th) in conds.items():
+            lat = pred.predict_graph(graph, batch_size=1, utilization=u, threads=th)
+            meas = device.measure_model(module, (x,), utilization=u, threads=th).latency_ms
+            lats[label] = lat
+            rows.append({"condition": label, "predicted_ms": float(lat.total_ms), "measured_ms": meas,
+                         "isolated_sum_ms": float(lat.isolated_ms.sum()), "error": float(lat.total_ms) / meas - 1})
+            say(f"      {label:<30} predicted {float(lat.total_ms):8.2f} ms, measured {meas:8.2f} ms "
+                f"({100 * (float(lat.total_ms) / meas - 1):+.1f}%)")
+        device.set_utilization(0.0)
+        edge_label = next(iter(conds))
+        plots.plot_layers(graph, lats[edge_label].node_ms, str(out / "layers.png"),
+                          title=f"{name}, batch 1, {edge_label}: predicted latency per layer")
+        plots.plot_predicted_vs_measured([(r["condition"].split(" ")[0], r["predicted_ms"], r["measured_ms"]) for r in rows],
+                                         str(out / "predicted_vs_measured.png"), title=f"{name}: whole-model latency")
+        report["model"] = {"name": name, "summary": graph.summary(), "coverage": cov.to_dict(), "cases": rows,
+                           "top_nodes_edge": lats[edge_label].top(10)}
+        timings["model_s"] = time.perf_counter() - t
+
+        # 5 -- edge-cloud split
+        t = time.perf_counter()
+        bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
+        bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
+        say(f"[5/6] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps")
+        report["partition"] = _partition(graph, pred, conds, out, plots, say)
+        timings["partition_s"] = time.perf_counter() - t
+    finally:
+        device.close()
+
+    # 6 -- report
+    timings["total_s"] = time.perf_counter() - t_all
+    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(_markdown(report))
+    say(f"[6/6] report: {out / 'report.md'} (+ report.json, layers.png, predicted_vs_measured.png, pareto.png, "
+        f"graph_cut.png, fit.png) in {timings['total_s']:.0f} s")
+    return report
+
+
+def _partition(graph: Any, pred: Any, conds: dict[str, tuple[float, int]], out: Path, plots: Any,
+               say: Callable[[str], None]) -> dict[str, Any]:
+    from partition import Link, optimize_partition
+
+    (eu, et), (cu, ct) = conds.values()
+    edge = pred.predict_graph(graph, batch_size=1, utilization=eu, threads=et).node_ms
+    cloud = pred.predict_graph(graph, batch_size=1, utilization=cu, threads=ct).node_ms
+    results = []
+    shown = None
+    for bw in BANDWIDTHS_MBPS:
+        plan = optimize_partition(graph, devices=[edge, cloud], link=Link(bw, rtt_ms=RTT_MS),
+                                  objectives=("latency", "edge_memory"), pop_size=40, n_gen=40, seed=0)
+        on_edge = sum(1 for a, n in zip(plan.assignment, graph.nodes) if a == 0 and n.kind == "compute")
+        results.append({"bandwidth_mbps": bw, "latency_ms": plan.objectives["latency_ms"],
+                        "edge_memory_mib": plan.objectives["edge_memory_bytes"] / 2**20,
+                        "bytes_transferred": plan.objectives["bytes_transferred"], "compute_nodes_on_edge": on_edge,
+                        "all_edge_ms": float(edge.sum()), "all_cloud_ms": None, "front_size": len(plan.pareto)})
+        say(f"      {bw:6g} Mbps: {plan.objectives['latency_ms']:8.2f} ms, {on_edge} compute nodes on the edge, "
+            f"{plan.objectives['bytes_transferred'] / 1e3:.0f} kB sent, edge memory "
+            f"{plan.objectives['edge_memory_bytes'] / 2**20:.1f} MiB ({len(plan.pareto)} plans on the front)")
+        if shown is None or 0 < on_edge < len(graph.compute_nodes):
+            shown = (bw, plan)
+    bw, plan = shown
+    pts = [(o["latency"], o["edge_memory"] / 2**20) for _, o in plan.pareto]
+    plots.plot_pareto(pts, (plan.objectives["latency"], plan.objectives["edge_memory"] / 2**20), str(out / "pareto.png"),
+                      title=f"{graph.name}: edge-cloud plans at {bw:g} Mbps")
+    plots.plot_graph_cut(graph, plan.assignment, str(out / "graph_cut.png"),
+                         title=f"{graph.name} at {bw:g} Mbps: {plan.objectives['latency_ms']:.1f} ms predicted")
+    return {"rtt_ms": RTT_MS, "per_bandwidth": results, "pictured_bandwidth_mbps": bw}
+
+
+def _bar(progress: bool, total: int, desc: str) -> Any:
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="case", leave=False)
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    lines = ["# latpred quickstart report", ""]
+    m = r.get("model", {})
+    if m:
+        lines += [f"**Model:** {m['summary']}", "", "| condition | predicted ms | measured ms | error |", "|---|---|---|---|"]
+        lines += [f"| {c['condition']} | {c['predicted_ms']:.2f} | {c['measured_ms']:.2f} | {100 * c['error']:+.1f}% |"
+                  for c in m["cases"]]
+        lines += ["", "![per-layer latency](layers.png)", "", "![predicted vs measured](predicted_vs_measured.png)", ""]
+    p = r.get("partition", {})
+    if p:
+        lines += ["## Edge-cloud split", "", "| bandwidth (Mbps) | latency ms | compute nodes on edge | kB sent | edge MiB |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {x['bandwidth_mbps']:g} | {x['latency_ms']:.2f} | {x['compute_nodes_on_edge']} | "
+                  f"{x['bytes_transferred'] / 1e3:.0f} | {x['edge_memory_mib']:.1f} |" for x in p["per_bandwidth"]]
+        lines += ["", "![Pareto front](pareto.png)", "", "![graph with the cut](graph_cut.png)", ""]
+    sel = r.get("selection") or {}
+    if sel.get("overall"):
+        lines += ["## Regression models (cross-validated)", "", "| models | acc10 | MAPE |", "|---|---|---|"]
+        lines += [f"| {k} | {100 * v['acc10']:.1f}% | {v['mape']:.1f}% |" for k, v in sel["overall"].items()]
+        lines += ["", "![fit per op type](fit.png)", ""]
+    lines += [f"Timings (s): {r.get('timings_s')}", ""]
+    return "\n".join(lines)
+
+
