@@ -252,6 +252,10 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
 
     exact = exact_seeds(cm)
     seed_assign = [p.assignment for p in exact.values()]
+    if len(objs) > 1 and cm.k == 2:  # every single cut point: the classic front, refined by the search
+        from .exact import single_cut_assignments
+
+        seed_assign.extend(np.unique(single_cut_assignments(cm), axis=0))
     if seeds is not None:
         extra = np.atleast_2d(np.asarray(seeds))
         if extra.shape[1] != cm.n_nodes:
@@ -272,6 +276,9 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
                mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=MonotoneRepair(),
                eliminate_duplicates=True)
     algo = GA(pop_size=pop_size, **ops) if len(objs) == 1 else NSGA2(pop_size=pop_size, **ops)
+    # The monotone repair maps many offspring onto the same plan; pymoo would re-mate up to 100 times per
+    # generation looking for unique ones (most of the run time). A few tries keep diversity at a fraction of the cost.
+    algo.mating.n_max_iterations = 5
     res = minimize(problem, algo, ("n_gen", n_gen), seed=seed, verbose=verbose)
 
     pop_X = np.atleast_2d(res.pop.get("X"))
@@ -279,7 +286,7 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
     if res.X is None or (res.CV is not None and np.any(np.asarray(res.CV) > 0)):
         raise ValueError(_infeasible_message(cm, cons, cand))
     X = np.atleast_2d(res.X)
-    A = np.unique(problem.decode(X), axis=0)
+    A = np.unique(np.vstack([problem.decode(X), cm.repair(np.array(seed_assign))]), axis=0)
     m = cm.evaluate(A)
     F = np.column_stack([m[OBJECTIVES[o]] for o in objs])
     if cons:  # the rounding/repair round-trip cannot make a plan infeasible, but be safe

@@ -1,0 +1,137 @@
+"""The ``partition`` command line. Exit codes: 0 ok, 1 runtime failure, 2 bad input, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXAMPLES = {
+    "split": """examples:
+  partition split --model torchvision:resnet50 --edge latpred-out/predictor --cloud latpred-out/predictor \\
+      --bandwidth-mbps 20 --edge-utilization 0.5 --edge-threads 1
+  partition split --model torchvision:vit_b_16 --edge P --cloud P --bandwidth-mbps 100 \\
+      --objectives latency,edge_memory --plot front.png --execute --requests 20""",
+}
+
+
+def _objectives(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from latpred.graph.models import load_model
+    from latpred.graph.trace import trace
+    from latpred.predictor import Predictor
+
+    from .cost import Link
+    from .plan import optimize_partition
+
+    if not args.bandwidth_mbps > 0:
+        raise ValueError(f"--bandwidth-mbps must be positive, got {args.bandwidth_mbps}")
+    ref = load_model(args.model)
+    if ref.module is None:
+        raise ValueError("partition split needs a PyTorch model (torchvision:NAME or package.module:factory), not an ONNX file")
+    edge, cloud = Predictor.load(args.edge), Predictor.load(args.cloud)
+    graph = trace(ref.module, ref.example_input(1), name=ref.name)
+    conds = [{"batch_size": args.batch_size, "utilization": args.edge_utilization,
+              **({"threads": args.edge_threads} if args.edge_threads else {})},
+             {"batch_size": args.batch_size, "utilization": args.cloud_utilization,
+              **({"threads": args.cloud_threads} if args.cloud_threads else {})}]
+    constraints = {"max_edge_memory_bytes": args.max_edge_memory_mb * 2**20} if args.max_edge_memory_mb else None
+    objectives = _objectives(args.objectives)
+    plan = optimize_partition(graph, devices=[edge, cloud], link=Link(args.bandwidth_mbps, rtt_ms=args.rtt_ms),
+                              objectives=objectives, constraints=constraints, conditions=conds,
+                              pop_size=args.pop_size, n_gen=args.generations, seed=args.seed)
+    g = graph.with_batch_size(args.batch_size)
+    on_edge = [n.name for n, a in zip(g.nodes, plan.assignment) if a == 0 and n.kind == "compute"]
+    o = plan.objectives
+    doc: dict[str, Any] = {"model": ref.name, "plan": plan.to_dict(), "compute_nodes_on_edge": len(on_edge),
+                           "compute_nodes": len(g.compute_nodes)}
+    lines = [g.summary(),
+             f"plan ({plan.method}): predicted {o['latency_ms']:.2f} ms end to end "
+             f"(edge {o['device_ms'][0]:.2f} ms, cloud {o['device_ms'][1]:.2f} ms, transfers {o['transfer_ms']:.2f} ms), "
+             f"{o['bytes_transferred'] / 1e3:.1f} kB sent, edge memory {o['edge_memory_bytes'] / 2**20:.1f} MiB; "
+             f"{len(on_edge)}/{len(g.compute_nodes)} compute nodes on the edge"
+             + (f" (last: {on_edge[-1]})" if on_edge else "")]
+    if plan.pareto:
+        lines.append(f"Pareto front ({len(plan.pareto)} plans): " + "; ".join(
+            ", ".join(f"{k} {v:.3g}" for k, v in obj.items()) for _, obj in plan.pareto[:8]))
+    if args.plot and plan.pareto and len(objectives) >= 2:
+        from latpred.plots import plot_pareto
+
+        scale = [2**20 if o_ == "edge_memory" else 1.0 for o_ in objectives[:2]]
+        pts = [(obj[objectives[0]] / scale[0], obj[objectives[1]] / scale[1]) for _, obj in plan.pareto]
+        plot_pareto(pts, pts[0], args.plot, xlabel=objectives[0], ylabel=objectives[1] + (" (MiB)" if scale[1] > 1 else ""),
+                    title=f"{ref.name} at {args.bandwidth_mbps:g} Mbps")
+    elif args.plot:
+        from latpred.plots import plot_graph_cut
+
+        plot_graph_cut(g, plan.assignment, args.plot, title=f"{ref.name}: {o['latency_ms']:.1f} ms predicted")
+    if args.execute:
+        from .runtime import measure_split
+
+        m = measure_split(args.model, plan, bandwidth_mbps=args.bandwidth_mbps, rtt_ms=args.rtt_ms, n_requests=args.requests,
+                          edge_threads=args.edge_threads, cloud_threads=args.cloud_threads, batch_size=args.batch_size)
+        doc["measured"] = {"median_ms": m.median_ms, "edge_ms": m.edge_ms, "transfer_ms": m.transfer_ms,
+                           "cloud_ms": m.cloud_ms, "n_requests": m.n_requests, "n_fallback": m.n_fallback}
+        lines.append(f"executed for real over gRPC ({m.n_requests} requests, {m.n_fallback} fell back to the edge): "
+                     f"median {m.median_ms:.2f} ms ({100 * (o['latency_ms'] / m.median_ms - 1):+.1f}% predicted vs measured)")
+    print(json.dumps(doc, indent=2, default=str) if args.json else "\n".join(lines))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="partition", description="Partition and prune models with latency predictions.",
+                                formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("split", help="optimise an edge-cloud split of a model", description="optimise an edge-cloud split "
+                       "of a model with predicted node latencies (pymoo, seeded with exact plans)", epilog=EXAMPLES["split"],
+                       formatter_class=fmt)
+    s.set_defaults(func=cmd_split)
+    s.add_argument("--model", required=True, help="torchvision:NAME or package.module:factory")
+    s.add_argument("--edge", required=True, help="predictor directory of the edge device")
+    s.add_argument("--cloud", required=True, help="predictor directory of the cloud device")
+    s.add_argument("--bandwidth-mbps", type=float, required=True)
+    s.add_argument("--rtt-ms", type=float, default=0.0)
+    s.add_argument("--batch-size", type=int, default=1)
+    s.add_argument("--edge-utilization", type=float, default=0.0)
+    s.add_argument("--cloud-utilization", type=float, default=0.0)
+    s.add_argument("--edge-threads", type=int, help="edge threads (default: the edge predictor's device default)")
+    s.add_argument("--cloud-threads", type=int, help="cloud threads (default: the cloud predictor's device default)")
+    s.add_argument("--objectives", default="latency", help="comma-separated: latency, edge_memory, bytes, energy")
+    s.add_argument("--max-edge-memory-mb", type=float, help="constraint: edge memory budget (MiB)")
+    s.add_argument("--pop-size", type=int, default=50)
+    s.add_argument("--generations", type=int, default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--plot", help="PNG: the Pareto front (several objectives) or the graph with the cut")
+    s.add_argument("--execute", action="store_true", help="also run the plan for real (edge and cloud processes, gRPC)")
+    s.add_argument("--requests", type=int, default=20, help="requests measured with --execute (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``partition`` console script."""
+    from latpred.errors import LatpredError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (LatpredError, ValueError, KeyError) as e:
+        print(f"partition: error: {e}", file=sys.stderr)
+        runtime = isinstance(e, LatpredError) and not isinstance(e, (ValueError, KeyError))
+        return 1 if runtime else 2
+    except RuntimeError as e:
+        print(f"partition: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
