@@ -212,7 +212,8 @@ def exact_seeds(cost_model: CostModel) -> dict[str, Plan]:
 
 def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
              constraints: Mapping[str, float | None] | None = None, *, pop_size: int = 50, n_gen: int = 100,
-             seed: int = 0, seeds: Any = None, encoding: str = "nodes", verbose: bool = False) -> OptimizeResult:
+             seed: int = 0, seeds: Any = None, encoding: str = "nodes", verbose: bool = False,
+             seed_exact: bool = True) -> OptimizeResult:
     """Search partition plans with a GA (one objective) or NSGA-II (several), seeded with exact plans.
 
     Args:
@@ -225,6 +226,8 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
         seeds: extra full assignments ``(m, n_nodes)`` for the initial population.
         encoding: ``"nodes"`` (:class:`PartitionProblem`) or ``"cut"`` (:class:`CutPointProblem`).
         verbose: print pymoo progress.
+        seed_exact: seed with the exact plans (best single cut, min-cut); False keeps only the
+            all-on-one-device plans, to measure what the search finds on its own.
 
     The initial population is the exact plans of :func:`exact_seeds` (all-edge, all-cloud, best single
     cut, min-cut), ``seeds``, then random plans; integer SBX crossover and polynomial mutation with
@@ -251,8 +254,10 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
         raise ValueError(f"encoding must be 'nodes' or 'cut', got {encoding!r}")
 
     exact = exact_seeds(cm)
+    if not seed_exact:
+        exact = {k: v for k, v in exact.items() if k.startswith("all_")}
     seed_assign = [p.assignment for p in exact.values()]
-    if len(objs) > 1 and cm.k == 2:  # every single cut point: the classic front, refined by the search
+    if len(objs) > 1 and cm.k == 2 and seed_exact:  # every single cut point: the classic front, refined by the search
         from .exact import single_cut_assignments
 
         seed_assign.extend(np.unique(single_cut_assignments(cm), axis=0))

@@ -1,0 +1,137 @@
+"""Partitioning benchmark: optimizer vs exact optimum over the zoo, optimisation time, real split execution.
+
+    python bench/partition.py --predictor latpred-out/predictor
+    python bench/partition.py --predictor P --models torchvision:resnet18 --skip-real
+
+Part 1 (no measurement): for every model × bandwidth {1, 10, 100, 1000} Mbps × edge utilization
+{0, 0.5} (edge: 1 thread; cloud: all threads, no load; RTT 5 ms), the GA's best latency vs the exact
+optimum (DADS min-cut, checked against the best single cut), with the exact seeds (as shipped) and
+without them (the search on its own), and the time to optimise. Part 2 (real): resnet18,
+mobilenet_v2 and vit_b_16 split for real over gRPC (edge and cloud processes, emulated link) at three
+bandwidths: the chosen plan's measured latency vs its prediction, and vs the best measured of a set of
+single cut points. Targets (issue 5): within 1% of the optimum in >= 95% of cases and within 5% in
+all; resnet50 optimisation <= 1 s; real latency within ±15% of predicted; chosen plan within 10% of
+the best measured single cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from latpred.graph.models import load_model, parse_model_refs
+from latpred.graph.trace import trace
+from latpred.predictor import Predictor
+from partition import CostModel, Link, PartitionPlan, measure_split, min_cut_partition, optimize
+from partition.exact import best_single_cut, single_cut_assignments
+
+BANDWIDTHS = (1.0, 10.0, 100.0, 1000.0)
+RTT_MS = 5.0
+
+
+def optimizer_part(pred: Predictor, refs: list[str], say) -> dict:
+    rows = []
+    for ref_text in refs:
+        ref = load_model(ref_text)
+        g = trace(ref.module, ref.example_input(1), name=ref.name)
+        cloud = pred.predict_graph(g, utilization=0.0, threads=pred.default_threads).node_ms
+        for u in (0.0, 0.5):
+            edge = pred.predict_graph(g, utilization=u, threads=1).node_ms
+            for bw in BANDWIDTHS:
+                cm = CostModel(g, [edge, cloud], Link(bw, rtt_ms=RTT_MS))
+                exact = min_cut_partition(cm).latency_ms
+                single = best_single_cut(cm).latency_ms
+                row = {"model": ref.name, "edge_utilization": u, "bandwidth_mbps": bw, "exact_ms": exact,
+                       "single_cut_ms": single}
+                for label, seeded in (("seeded", True), ("unseeded", False)):
+                    t = time.perf_counter()
+                    res = optimize(cm, ("latency",), pop_size=50, n_gen=60, seed=0, seed_exact=seeded)
+                    row[f"{label}_s"] = time.perf_counter() - t
+                    row[f"{label}_ms"] = res.latency_ms
+                    row[f"{label}_gap"] = res.latency_ms / exact - 1
+                rows.append(row)
+                say(f"{ref.name} u={u:g} {bw:g} Mbps: exact {exact:.2f}, GA {row['seeded_ms']:.2f} "
+                    f"(alone {row['unseeded_ms']:.2f}), {row['seeded_s']:.2f} s")
+    gaps = np.array([r["seeded_gap"] for r in rows])
+    alone = np.array([r["unseeded_gap"] for r in rows])
+    r50 = [r["seeded_s"] for r in rows if r["model"] == "resnet50"]
+    return {"cases": rows, "within_1pct": float(np.mean(gaps <= 0.01)), "within_5pct": float(np.mean(gaps <= 0.05)),
+            "unseeded_within_1pct": float(np.mean(alone <= 0.01)), "unseeded_within_5pct": float(np.mean(alone <= 0.05)),
+            "resnet50_optimize_s_max": max(r50) if r50 else None}
+
+
+def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_requests: int, n_cuts: int, say) -> dict:
+    rows = []
+    for name in models:
+        ref = load_model(f"torchvision:{name}")
+        g = trace(ref.module, ref.example_input(1), name=name)
+        edge = pred.predict_graph(g, utilization=0.0, threads=1).node_ms
+        cloud = pred.predict_graph(g, utilization=0.0, threads=pred.default_threads).node_ms
+        for bw in bandwidths:
+            cm = CostModel(g, [edge, cloud], Link(bw, rtt_ms=RTT_MS))
+            chosen = optimize(cm, ("latency",), pop_size=50, n_gen=60, seed=0)
+            cuts = single_cut_assignments(cm)
+            lat = cm.evaluate(cuts)["latency_ms"]
+            uniq, first = np.unique(cuts, axis=0, return_index=True)
+            order = first[np.argsort(lat[first])]
+            picks = list(order[:n_cuts]) + [0, len(cuts) - 1]  # the predicted best cuts, all-cloud, all-edge
+            plans = {"chosen": chosen.assignment}
+            for i in dict.fromkeys(picks):
+                plans[f"cut{i}"] = cuts[i]
+            measured = {}
+            for label, a in plans.items():
+                plan = PartitionPlan(tuple(int(x) for x in a), cm.node_names)
+                m = measure_split(f"torchvision:{name}", plan, bandwidth_mbps=bw, rtt_ms=RTT_MS, n_requests=n_requests,
+                                  edge_threads=1, cloud_threads=pred.default_threads)
+                predicted = float(cm.evaluate(np.asarray(a)[None, :])["latency_ms"][0])
+                measured[label] = {"predicted_ms": predicted, "measured_ms": m.median_ms, "fallbacks": m.n_fallback}
+                say(f"{name} {bw:g} Mbps {label}: predicted {predicted:.2f} ms, measured {m.median_ms:.2f} ms")
+            best_cut = min(v["measured_ms"] for k, v in measured.items() if k != "chosen")
+            c = measured["chosen"]
+            rows.append({"model": name, "bandwidth_mbps": bw, "plans": measured,
+                         "chosen_error": c["predicted_ms"] / c["measured_ms"] - 1,
+                         "chosen_vs_best_measured_cut": c["measured_ms"] / best_cut - 1})
+    errs = np.array([r["chosen_error"] for r in rows])
+    vs = np.array([r["chosen_vs_best_measured_cut"] for r in rows])
+    return {"cases": rows, "within_15pct": float(np.mean(np.abs(errs) <= 0.15)),
+            "chosen_within_10pct_of_best": float(np.mean(vs <= 0.10))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--predictor", required=True)
+    ap.add_argument("--models", default="torchvision:zoo")
+    ap.add_argument("--real-models", default="resnet18,mobilenet_v2,vit_b_16")
+    ap.add_argument("--real-bandwidths", default="5,50,500")
+    ap.add_argument("--requests", type=int, default=10)
+    ap.add_argument("--cuts", type=int, default=4, help="predicted-best single cuts measured per case (plus all-edge/all-cloud)")
+    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--json", default="bench/results/partition.json")
+    args = ap.parse_args(argv)
+    say = lambda m: print(" ", m, file=sys.stderr, flush=True)  # noqa: E731
+    pred = Predictor.load(args.predictor)
+    doc = {"optimizer": optimizer_part(pred, parse_model_refs(args.models), say)}
+    if not args.skip_real:
+        doc["real"] = real_part(pred, args.real_models.split(","), [float(b) for b in args.real_bandwidths.split(",")],
+                                args.requests, args.cuts, say)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
+    o = doc["optimizer"]
+    line = (f"partition: {len(o['cases'])} cases, GA within 1% of the exact optimum in {100 * o['within_1pct']:.0f}% "
+            f"(within 5%: {100 * o['within_5pct']:.0f}%; without exact seeds {100 * o['unseeded_within_1pct']:.0f}%/"
+            f"{100 * o['unseeded_within_5pct']:.0f}%), resnet50 optimisation <= {o['resnet50_optimize_s_max'] or float('nan'):.2f} s")
+    if "real" in doc:
+        r = doc["real"]
+        line += (f"; real splits: {100 * r['within_15pct']:.0f}% within ±15% of predicted, chosen plan within 10% of the "
+                 f"best measured cut in {100 * r['chosen_within_10pct_of_best']:.0f}%")
+    print(line + f" -> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
