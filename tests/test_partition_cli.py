@@ -1,0 +1,42 @@
+"""The ``partition`` command line: plans, JSON, pictures, and bad input."""
+
+import json
+
+import pytest
+
+from latpred.selection import select
+from partition.cli import main
+from tests.helpers_data import synthetic_data
+
+
+@pytest.fixture(scope="module")
+def predictor_dir(tmp_path_factory):
+    pred, _ = select(synthetic_data(), families=["ridge"], cv=2)
+    return str(pred.save(tmp_path_factory.mktemp("pred") / "p"))
+
+
+def test_split_json_and_front_plot(predictor_dir, tmp_path, capsys):
+    png = tmp_path / "front.png"
+    rc = main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
+               "--bandwidth-mbps", "50", "--edge-utilization", "0.5", "--edge-threads", "1",
+               "--objectives", "latency,edge_memory", "--generations", "10", "--plot", str(png), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    plan = doc["plan"]
+    assert len(plan["assignment"]) == len(plan["node_names"]) and plan["pareto"]
+    assert doc["compute_nodes"] > 5 and png.stat().st_size > 1000
+
+
+def test_split_text_and_bad_input(predictor_dir, capsys):
+    assert main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
+                 "--bandwidth-mbps", "5", "--generations", "5"]) == 0
+    assert "predicted" in capsys.readouterr().out
+    assert main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
+                 "--bandwidth-mbps", "-1"]) == 2
+    assert "bandwidth" in capsys.readouterr().err
+    assert main(["split", "--model", "tests.helpers_graph:tiny", "--edge", "/nonexistent", "--cloud", predictor_dir,
+                 "--bandwidth-mbps", "5"]) == 2
+    assert "no predictor" in capsys.readouterr().err
+    assert main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
+                 "--bandwidth-mbps", "5", "--objectives", "latency,speed"]) == 2
+    assert "speed" in capsys.readouterr().err
