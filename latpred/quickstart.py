@@ -48,6 +48,8 @@ def builtin_cnn() -> Any:
 
 
 def _model(name: str) -> tuple[Any, str]:
+    if name == "builtin":
+        return builtin_cnn(), "builtin_cnn"
     try:
         from .graph.models import load_model
 
@@ -58,8 +60,13 @@ def _model(name: str) -> tuple[Any, str]:
 
 
 def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", networks: int = 8,
-                   say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every step; returns the report (also written to ``out/report.json``)."""
+                   say: Callable[[str], None] = print, space: Any = "quick", families: Any = None,
+                   input_size: int = 224) -> dict[str, Any]:
+    """Run every step; returns the report (also written to ``out/report.json``).
+
+    ``space`` (a built-in name or a :class:`~latpred.ParameterSpace`) and ``families`` (regression
+    families to try, default all) exist so tests can run the whole job on a tiny space.
+    """
     import torch
 
     from . import plots
@@ -81,11 +88,15 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     try:
         # 1 -- profile
         t = time.perf_counter()
-        say(f"[1/6] profiling this CPU with the quick space into {db} (resumes if interrupted)")
+        say(f"[1/6] profiling this CPU with the {space if isinstance(space, str) else space.name} space into {db} "
+            "(resumes if interrupted)")
         with ProfileStore(db) as store:
-            prof = profile(ParameterSpace.builtin("quick"), device, store, progress=progress)
+            sp = ParameterSpace.builtin(space) if isinstance(space, str) else space
+            prof = profile(sp, device, store, progress=progress)
             data = load_training_data(store)
         say(f"      {prof.summary()}")
+        report["profile"] = {"planned": prof.planned, "already_done": prof.already_done, "measured": prof.measured,
+                             "failed": prof.failed, "elapsed_s": prof.elapsed_s}
         timings["profile_s"] = time.perf_counter() - t
 
         # 2 -- train + auto-select (skipped when the saved predictor was trained on exactly this data)
@@ -99,7 +110,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
             pass
         if pred is None:
             say(f"[2/6] training regression models per op type and auto-selecting ({sum(len(v) for v in data.specs.values())} samples)")
-            pred, sel = select(data, cv=3, progress=(lambda m: say(f"      fitting {m}")) if progress else None)
+            pred, sel = select(data, families=families, cv=3, progress=(lambda m: say(f"      fitting {m}")) if progress else None)
             pred.save(pred_dir)
             (pred_dir / "selection_report.json").write_text(json.dumps(sel.to_dict(), indent=2, default=str))
             plots.plot_fit(sel, data, pred, str(out / "fit.png"))
@@ -131,7 +142,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         # 4 -- whole model: predict per node, measure
         t = time.perf_counter()
         module, name = _model(model)
-        x = torch.randn(1, 3, 224, 224)
+        x = torch.randn(1, 3, input_size, input_size)
         graph = trace(module, x, name=name)
         cov = graph.coverage(pred.ops)
         say(f"[4/6] {graph.summary()}\n      {cov.summary()}")

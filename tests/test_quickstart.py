@@ -1,0 +1,42 @@
+"""The main job end to end on a tiny space: every step runs, the outputs exist, a re-run resumes."""
+
+import json
+
+from latpred.profiling.space import ParameterSpace
+from latpred.quickstart import run_quickstart
+
+TINY = {
+    "name": "tiny", "seed": 0,
+    "runtime": {"batch_size": [1, 2], "utilization": 0.0, "threads": [1, "all"],
+                "variants": {"unloaded": {"weight": 2}, "loaded": {"weight": 1, "utilization": 0.5, "threads": 1}}},
+    "ops": {
+        "conv2d": {"samples": 14, "in_channels": [8, 16, 32], "out_channels": [8, 16, 32], "kernel_size": [1, 3],
+                   "stride": [1, 2], "h": [8, 16]},
+        "batchnorm2d": {"samples": 10, "channels": [8, 16, 32], "h": [4, 8, 16]},
+        "activation": {"samples": 10, "fn": ["relu"], "channels": [8, 16, 32], "h": [4, 8, 16]},
+        "elementwise": {"samples": 10, "fn": ["add"], "channels": [8, 16, 32], "h": [4, 8, 16]},
+        "linear": {"samples": 10, "in_features": [16, 32, 64], "out_features": [10, 100]},
+    },
+}
+
+
+def test_quickstart_runs_every_step_and_resumes(tmp_path):
+    space = ParameterSpace.from_dict(TINY)
+    out = tmp_path / "qs"
+    lines: list[str] = []
+    kw = dict(progress=False, model="builtin", networks=2, space=space, families=["ridge", "knn"], input_size=32,
+              say=lines.append)
+    report = run_quickstart(out, **kw)
+    for name in ("profiles.sqlite", "predictor/predictor.json", "predictor/selection_report.json", "report.json",
+                 "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png"):
+        assert (out / name).is_file(), name
+    assert report["profile"]["measured"] == len(space.specs())
+    assert report["model"]["name"] == "builtin_cnn" and len(report["model"]["cases"]) == 2
+    assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in report["model"]["cases"])
+    assert len(report["partition"]["per_bandwidth"]) == 3
+    assert report["composition"]["calibrated"] is True
+    assert json.loads((out / "report.json").read_text())["model"]["summary"].startswith("builtin_cnn")
+    # a second run finds everything in the store and the predictor up to date
+    again = run_quickstart(out, **kw)
+    assert again["profile"]["measured"] == 0 and again["profile"]["already_done"] == len(space.specs())
+    assert any("not retrained" in line for line in lines)
