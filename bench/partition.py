@@ -22,13 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# this file is bench/partition.py: keep `import partition` from importing it instead of the package
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from latpred.graph.models import load_model, parse_model_refs
-from latpred.graph.trace import trace
-from latpred.predictor import Predictor
-from partition import CostModel, Link, PartitionPlan, measure_split, min_cut_partition, optimize
-from partition.exact import best_single_cut, single_cut_assignments
+import numpy as np  # noqa: E402
+
+from latpred.graph.models import load_model, parse_model_refs  # noqa: E402
+from latpred.graph.trace import trace  # noqa: E402
+from latpred.predictor import Predictor  # noqa: E402
+from partition import CostModel, Link, PartitionPlan, measure_split, min_cut_partition, optimize  # noqa: E402
+from partition.exact import best_single_cut, single_cut_assignments  # noqa: E402
 
 BANDWIDTHS = (1.0, 10.0, 100.0, 1000.0)
 RTT_MS = 5.0

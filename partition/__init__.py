@@ -8,6 +8,8 @@
   :class:`MonotoneRepair` and :func:`optimize` (GA / NSGA-II seeded with the exact plans).
 * :mod:`partition.plan`: :class:`PartitionPlan`, :func:`optimize_partition` (predictors → plan) and
   :func:`split_graph_module` / :class:`SplitModel` (run a plan's stages in-process).
+* :mod:`partition.pruning` / :mod:`partition.prune_problem`: latency-aware structured pruning (Torch-Pruning
+  dependency groups, per-node latency tables, pymoo search, joint pruning + edge-cloud cut).
 * :mod:`partition.runtime` / :mod:`partition.transport`: real split execution edge | cloud over gRPC
   (:class:`CloudServer`, :class:`EdgeRunner`, :func:`measure_split`), no-pickle tensor messages.
 """
@@ -24,6 +26,28 @@ from .problems import (
     PartitionProblem,
     exact_seeds,
     optimize,
+)
+from .prune_problem import (
+    PRUNING_OBJECTIVES,
+    JointPlan,
+    JointPruningProblem,
+    JointResult,
+    PruningProblem,
+    PruningResult,
+    joint_metrics,
+    optimize_joint,
+    optimize_pruning,
+)
+from .pruning import (
+    DEFAULT_LEVELS,
+    IMPORTANCES,
+    LatencyTable,
+    PruneGroup,
+    PruningAnalysis,
+    PruningError,
+    PruningPlan,
+    analyze_pruning,
+    kept_channels,
 )
 from .runtime import BuiltSplit, CloudServer, EdgeRunner, ModelRecipe, SplitMeasurement, build_split, measure_split
 from .transport import EmulatedLink, TensorCodecError, decode_message, encode_message
@@ -52,6 +76,10 @@ __all__ = [
     "split_graph_module",
     "optimize_partition",
     "placement_of",
+    # partition.pruning / partition.prune_problem
+    "PruningError", "PruneGroup", "PruningAnalysis", "LatencyTable", "PruningPlan", "analyze_pruning", "kept_channels",
+    "DEFAULT_LEVELS", "IMPORTANCES", "PRUNING_OBJECTIVES", "PruningProblem", "PruningResult", "optimize_pruning",
+    "JointPruningProblem", "JointPlan", "JointResult", "optimize_joint", "joint_metrics",
     # partition.runtime
     "ModelRecipe",
     "BuiltSplit",

@@ -1,0 +1,125 @@
+"""Latency-aware pruning benchmark: predicted vs measured latency of pruned models, and search time.
+
+    python bench/pruning.py --predictor latpred-out/predictor
+    python bench/pruning.py --predictor P --quick          # smoke run: resnet18 at 64x64, batch 1, 3 variants
+
+For resnet18, mobilenet_v2 and vgg16 (224×224) at batch 1 and 8: at least ``--variants`` pruned
+variants each (points of the latency / proxy Pareto front, topped up with random plans), each
+physically pruned with Torch-Pruning and measured (:meth:`CpuDevice.measure_model`), against the
+latency the search's table predicts (which equals ``predict_graph`` of the rewritten graph). Reports
+acc10 (share of variants within ±10 %) and MAPE per model and batch size. Also times a whole
+pruning search of resnet50 (analysis + latency table + NSGA-II; target ≤ 5 s).
+Writes JSON (default bench/results/pruning.json) and prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# bench/partition.py would shadow the partition package when this script runs from bench/
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from latpred.predictor import Predictor  # noqa: E402
+from latpred.profiling.devices import CpuDevice, TimingProtocol  # noqa: E402
+from partition.prune_problem import optimize_pruning  # noqa: E402
+from partition.pruning import analyze_pruning  # noqa: E402
+
+
+def _model(name: str) -> torch.nn.Module:
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None).eval()
+
+
+def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes: list[int], size_px: int, n_variants: int,
+                pop_size: int, n_gen: int, seed: int) -> list[dict]:
+    torch.manual_seed(seed)
+    model = _model(name)
+    x1 = torch.randn(1, 3, size_px, size_px)
+    analysis = analyze_pruning(model, x1, round_to=8)
+    rows = []
+    rng = np.random.default_rng(seed)
+    for b in batch_sizes:
+        res = optimize_pruning(model, x1, predictor, conditions={"batch_size": b}, pop_size=pop_size, n_gen=n_gen,
+                               seed=seed, analysis=analysis)
+        L = len(res.table.levels)
+        front = [np.searchsorted(res.table.levels, p.ratios) for p in res.plans]
+        pick = [front[int(i)] for i in np.unique(np.linspace(0, len(front) - 1, min(n_variants, len(front))).round())]
+        while len(pick) < n_variants:
+            pick.append(rng.integers(0, L, size=analysis.n_groups))
+        X = np.array(pick)
+        pred = res.table.latency_ms(X)
+        x = torch.randn(b, 3, size_px, size_px)
+        meas = []
+        for xi in X:
+            pruned = analysis.prune_(__import__("copy").deepcopy(model), res.table.ratios(xi[None])[0])
+            meas.append(device.measure_model(pruned, (x,)).latency_ms)
+        meas = np.asarray(meas)
+        rel = pred / meas - 1
+        row = {"model": name, "batch_size": b, "input_px": size_px, "variants": len(X), "groups": analysis.n_groups,
+               "acc10": float(np.mean(np.abs(rel) <= 0.10)), "mape": float(np.mean(np.abs(rel)) * 100),
+               "base_pred_ms": res.base_latency_ms, "pred_ms": pred.tolist(), "meas_ms": meas.tolist(),
+               "ratios_mean": X.mean(axis=1).tolist()}
+        rows.append(row)
+        print(f"  {name} b={b}: acc10 {row['acc10']:.2f}, MAPE {row['mape']:.1f}% over {len(X)} variants", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--predictor", default="latpred-out/predictor", help="trained predictor directory")
+    ap.add_argument("--quick", action="store_true", help="smoke run (resnet18 at 64x64, batch 1, 3 variants)")
+    ap.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2", "vgg16"])
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--variants", type=int, default=10)
+    ap.add_argument("--search-model", default="resnet50")
+    ap.add_argument("--out", default="bench/results/pruning.json")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not (Path(args.predictor) / "predictor.json").is_file():
+        print(f"error: no trained predictor at {args.predictor!r} (pass --predictor PATH)", file=sys.stderr)
+        return 2
+    predictor = Predictor.load(args.predictor)
+    size, pop, gens = 224, 64, 60
+    protocol = None
+    if args.quick:
+        args.models, args.batch_sizes, args.variants, args.search_model = ["resnet18"], [1], 3, "resnet18"
+        size, pop, gens = 64, 12, 3
+        protocol = TimingProtocol(warmup_ms=5.0, window_ms=10.0, repeats=3, min_repeats=3, settle_s=0.1)
+    device = CpuDevice(protocol)
+
+    rows = []
+    for name in args.models:
+        rows.extend(bench_model(name, predictor, device, args.batch_sizes, size, args.variants, pop, gens, args.seed))
+
+    model = _model(args.search_model)
+    t = time.perf_counter()
+    res = optimize_pruning(model, torch.randn(1, 3, size, size), predictor, round_to=8, pop_size=pop, n_gen=gens,
+                           seed=args.seed)
+    search_s = time.perf_counter() - t
+    search = {"model": args.search_model, "input_px": size, "search_s": search_s, "timings_s": res.timings_s,
+              "groups": res.analysis.n_groups, "table_entries": int(len(res.table.entry_ms)), "n_evals": res.n_evals,
+              "front": len(res.plans), "pop_size": pop, "n_gen": gens, "target_s": 5.0}
+
+    acc10 = float(np.mean([r["acc10"] for r in rows])) if rows else float("nan")
+    mape = float(np.mean([r["mape"] for r in rows])) if rows else float("nan")
+    doc = {"quick": args.quick, "predictor": args.predictor, "machine": platform.platform(), "torch": torch.__version__,
+           "rows": rows, "search": search, "summary": {"acc10_mean": acc10, "mape_mean": mape, "search_s": search_s}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"pruning: {sum(r['variants'] for r in rows)} pruned variants, acc10 {acc10:.2f}, MAPE {mape:.1f}%; "
+          f"{args.search_model} search {search_s:.2f} s (target <= 5 s) -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
