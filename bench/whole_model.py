@@ -28,7 +28,7 @@ from latpred.graph.onnx import from_onnx
 from latpred.graph.trace import trace
 from latpred.graph.validate import validate_models
 from latpred.predictor import Predictor
-from latpred.profiling.devices import make_device
+from latpred.profiling.devices import TimingProtocol, make_device
 
 
 def onnx_vs_fx(pred: Predictor, names: list[str], batch_sizes: list[int], utilizations: list[float]) -> list[dict]:
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     bs = [int(x) for x in args.batch_sizes.split(",")]
     us = [float(x) for x in args.utilization.split(",")]
     t0 = time.perf_counter()
-    device = make_device(args.device)
+    # whole models run 1 ms .. 15 s; their run-to-run spread is small (DESIGN.md), so slow ones get 2 windows
+    device = make_device(args.device, protocol=TimingProtocol(repeats=5, min_repeats=2, max_sample_ms=3000.0))
     try:
         report = validate_models(pred, device, refs, bs, us, progress=lambda m: print(" ", m, file=sys.stderr, flush=True))
     finally:

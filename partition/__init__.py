@@ -10,12 +10,33 @@
   :func:`split_graph_module` / :class:`SplitModel` (run a plan's stages in-process).
 * :mod:`partition.pruning` / :mod:`partition.prune_problem`: latency-aware structured pruning (Torch-Pruning
   dependency groups, per-node latency tables, pymoo search, joint pruning + edge-cloud cut).
+* :mod:`partition.adaptive` / :mod:`partition.observers`: observers, change detection with hysteresis, the
+  warm-started :class:`AdaptiveController` that re-plans and hot-swaps the running split.
 * :mod:`partition.runtime` / :mod:`partition.transport`: real split execution edge | cloud over gRPC
   (:class:`CloudServer`, :class:`EdgeRunner`, :func:`measure_split`), no-pickle tensor messages.
 """
 
+from .adaptive import (
+    AdaptiveController,
+    Change,
+    ChangeDetector,
+    Decision,
+    Threshold,
+    plot_timeline,
+    read_decision_log,
+    reoptimize,
+)
 from .cost import METRICS, CostModel, Link, Plan, repair
 from .exact import best_single_cut, brute_force, min_cut_partition
+from .observers import (
+    BatchSizeObserver,
+    CompositeObserver,
+    CpuObserver,
+    GpuObserver,
+    LinkObserver,
+    Observer,
+    ScriptedObserver,
+)
 from .plan import PartitionPlan, SplitModel, Stage, optimize_partition, placement_of, split_graph_module
 from .problems import (
     CONSTRAINTS,
@@ -49,7 +70,7 @@ from .pruning import (
     analyze_pruning,
     kept_channels,
 )
-from .runtime import BuiltSplit, CloudServer, EdgeRunner, ModelRecipe, SplitMeasurement, build_split, measure_split
+from .runtime import METHOD_REGISTER, BuiltSplit, CloudServer, EdgeRunner, ModelRecipe, SplitMeasurement, build_split, measure_split
 from .transport import EmulatedLink, TensorCodecError, decode_message, encode_message
 
 __all__ = [
@@ -80,6 +101,10 @@ __all__ = [
     "PruningError", "PruneGroup", "PruningAnalysis", "LatencyTable", "PruningPlan", "analyze_pruning", "kept_channels",
     "DEFAULT_LEVELS", "IMPORTANCES", "PRUNING_OBJECTIVES", "PruningProblem", "PruningResult", "optimize_pruning",
     "JointPruningProblem", "JointPlan", "JointResult", "optimize_joint", "joint_metrics",
+    # partition.adaptive / partition.observers
+    "AdaptiveController", "ChangeDetector", "Threshold", "Decision", "Change", "reoptimize", "plot_timeline",
+    "read_decision_log", "Observer", "CpuObserver", "GpuObserver", "BatchSizeObserver", "LinkObserver", "ScriptedObserver",
+    "CompositeObserver", "METHOD_REGISTER",
     # partition.runtime
     "ModelRecipe",
     "BuiltSplit",

@@ -21,6 +21,14 @@ JSON). Every request carries a fingerprint of (recipe, plan); the server refuses
 * Threads: ``torch.set_num_threads`` per side (``edge_threads`` is process-wide in the edge process;
   ``cloud_threads`` applies to the server process) to emulate a weak edge and a strong cloud.
 
+Plan hot-swap: the cloud keeps every built split keyed by its plan fingerprint (LRU, ``max_plans``)
+and builds a new one on demand from the plan JSON the edge sends once (``RegisterPlan`` RPC; it
+reuses the traced module, nothing is rebuilt from the recipe). :meth:`EdgeRunner.set_plan` registers
+the new plan, then switches between requests: each request snapshots the plan (and link) it started
+with and carries that plan's fingerprint, so in-flight requests finish on the old plan and nothing is
+dropped or computed twice. A request whose plan the cloud does not know (evicted, server restarted)
+is answered ``NOT_FOUND``; the edge registers the plan and retries once.
+
 Run a server by hand: ``python -m partition._serve`` reading one JSON config line from stdin
 (see :class:`CloudServer`); it prints ``PARTITION_CLOUD_READY port=<port>`` and serves until stdin
 closes.
@@ -60,9 +68,11 @@ from .transport import (
 )
 
 __all__ = ["ModelRecipe", "BuiltSplit", "build_split", "CloudServer", "EdgeRunner", "SplitMeasurement", "measure_split",
-           "serve", "READY_PREFIX"]
+           "serve", "READY_PREFIX", "METHOD_REGISTER"]
 
 READY_PREFIX = "PARTITION_CLOUD_READY"
+#: gRPC method of the plan registration (JSON ``{"recipe", "placement"}`` in, JSON ``{"fingerprint", ...}`` out)
+METHOD_REGISTER = f"/{SERVICE}/RegisterPlan"
 
 
 # -- the shared recipe ------------------------------------------------------------------------------
@@ -97,11 +107,18 @@ class BuiltSplit:
     placement: dict[str, int]
     input_shape: tuple[int, ...]
     fingerprint: str
+    gm: Any = None
 
     def example_input(self, seed: int | None = None) -> torch.Tensor:
         """A random input of the recipe's batch size and input shape."""
         g = torch.Generator().manual_seed(self.recipe.seed if seed is None else seed)
         return torch.randn(self.recipe.batch_size, *self.input_shape, generator=g)
+
+    def with_plan(self, plan: Any) -> BuiltSplit:
+        """The same model (module, weights and traced ``gm`` shared, nothing rebuilt) split along another plan."""
+        if self.gm is None:
+            raise ValueError("this BuiltSplit has no traced GraphModule to re-split")
+        return _split_built(self.recipe, self.module, self.gm, self.input_shape, placement_of(plan))
 
 
 def _fingerprint(recipe: ModelRecipe, placement: Mapping[str, int]) -> str:
@@ -130,28 +147,87 @@ def build_split(model_ref: str, plan: Any, *, seed: int = 0, input_shape: Sequen
     shape = tuple(ref.input_shape)
     # the tracer of latpred.graph.trace.trace without its shape pass: the same fx graph, the same node names
     gm, _ = _symbolic_trace(ref.module.eval())
+    return _split_built(recipe, ref.module, gm, shape, placement)
+
+
+def _split_built(recipe: ModelRecipe, module: torch.nn.Module, gm: Any, shape: tuple[int, ...],
+                 placement: dict[str, int]) -> BuiltSplit:
     names = {n.name for n in gm.graph.nodes}
     unknown = sorted(set(placement) - names)
     missing = sorted(n.name for n in gm.graph.nodes if n.op.startswith("call_") and n.name not in placement)
     if unknown or missing:
-        raise ValueError(f"the plan does not fit model {model_ref!r}: unknown node(s) {unknown[:5]}, unplaced node(s) {missing[:5]}; "
-                         "was it made for another model?")
+        raise ValueError(f"the plan does not fit model {recipe.model_ref!r}: unknown node(s) {unknown[:5]}, unplaced node(s) "
+                         f"{missing[:5]}; was it made for another model?")
     split = split_graph_module(gm, placement)
-    return BuiltSplit(recipe, ref.module, split, placement, shape, _fingerprint(recipe, placement))
+    return BuiltSplit(recipe, module, split, placement, shape, _fingerprint(recipe, placement), gm)
 
 
 # -- the cloud side ---------------------------------------------------------------------------------
-class _CloudService:
-    """Request handlers of the cloud server (raw bytes in, raw bytes out)."""
+class _ServedPlan:
+    """One plan the cloud serves: its split and the values crossing the edge | cloud boundary."""
 
-    def __init__(self, built: BuiltSplit, cache_size: int = 64) -> None:
+    def __init__(self, built: BuiltSplit) -> None:
         self.built = built
         self.send, self.recv = built.split.boundary(1)
         self.remote = [d for d in built.split.devices if d >= 1]
-        self.lock = threading.Lock()
+        self.n_computed = 0
+
+
+class _CloudService:
+    """Request handlers of the cloud server (raw bytes in, raw bytes out).
+
+    Serves every plan registered for its recipe (built splits keyed by fingerprint, the least
+    recently used evicted beyond ``max_plans``); the plan it was started with is registered first.
+    """
+
+    def __init__(self, built: BuiltSplit, cache_size: int = 64, max_plans: int = 16) -> None:
+        self.built = built  # the plan the server was started with (and the module every other plan re-splits)
+        self.recipe = built.recipe
+        self.plans: OrderedDict[str, _ServedPlan] = OrderedDict({built.fingerprint: _ServedPlan(built)})
+        self.max_plans = max(1, int(max_plans))
+        self.lock = threading.Lock()  # one request computed at a time
+        self.plans_lock = threading.Lock()  # plan table and builds (serving continues while a plan is built)
         self.cache: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self.cache_size = int(cache_size)
         self.n_computed = 0
+        self.n_registered = 1
+
+    def _plan(self, fingerprint: Any) -> _ServedPlan | None:
+        with self.plans_lock:
+            sp = self.plans.get(str(fingerprint)) if fingerprint is not None else None
+            if sp is not None:
+                self.plans.move_to_end(sp.built.fingerprint)
+            return sp
+
+    def register(self, request: bytes, context: Any) -> bytes:
+        import grpc
+
+        try:
+            doc = json.loads(bytes(request).decode("utf-8"))
+            recipe = ModelRecipe.from_dict(doc["recipe"])
+            placement = {str(k): int(v) for k, v in dict(doc["placement"]).items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad plan registration: {type(e).__name__}: {e}")
+        if recipe != self.recipe:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"model/plan mismatch: the cloud serves recipe {self.recipe.to_dict()}, the plan was registered for "
+                          f"{recipe.to_dict()} (same model_ref, seed, input_shape, batch_size on both sides?)")
+        fp = _fingerprint(recipe, placement)
+        with self.plans_lock:
+            known = fp in self.plans
+            if known:
+                self.plans.move_to_end(fp)
+            else:
+                try:
+                    built = self.built.with_plan(placement)
+                except ValueError as e:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"plan {fp} cannot be built: {e}")
+                self.plans[fp] = _ServedPlan(built)
+                self.n_registered += 1
+                while len(self.plans) > self.max_plans:
+                    self.plans.popitem(last=False)
+            n = len(self.plans)
+        return json.dumps({"fingerprint": fp, "known": known, "n_plans": n}).encode()
 
     def infer(self, request: bytes, context: Any) -> bytes:
         import grpc
@@ -160,12 +236,13 @@ class _CloudService:
             values, meta = decode_message(request)
         except TensorCodecError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request: {e}")
-        if meta.get("fingerprint") != self.built.fingerprint:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"model/plan mismatch: the cloud serves fingerprint {self.built.fingerprint}, the request has "
-                          f"{meta.get('fingerprint')!r} (same model_ref, seed, input_shape, batch_size and plan on both sides?)")
+        sp = self._plan(meta.get("fingerprint"))
+        if sp is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"unknown plan fingerprint {meta.get('fingerprint')!r}: register the plan first (RegisterPlan); "
+                          f"the cloud serves {len(self.plans)} plan(s) of recipe {self.recipe.to_dict()}")
         rid = str(meta.get("request_id", ""))
-        missing = [n for n in self.send if n not in values]
+        missing = [n for n in sp.send if n not in values]
         if missing:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {rid}: missing value(s) {missing}")
         duplicate = False
@@ -179,23 +256,28 @@ class _CloudService:
                 t = time.perf_counter()
                 try:
                     with torch.inference_mode():
-                        env = self.built.split.run_stages(dict(values), self.remote)
+                        env = sp.built.split.run_stages(dict(values), sp.remote)
                 except Exception as e:  # report any model error to the edge (it falls back)
                     context.abort(grpc.StatusCode.INTERNAL, f"request {rid}: cloud stages failed: {type(e).__name__}: {e}")
                 cloud_ms = (time.perf_counter() - t) * 1e3
-                outputs = {n: env[n] for n in self.recv}
+                outputs = {n: env[n] for n in sp.recv}
                 self.n_computed += 1
+                sp.n_computed += 1
                 if rid:
                     self.cache[rid] = (outputs, cloud_ms)
                     while len(self.cache) > self.cache_size:
                         self.cache.popitem(last=False)
-        reply = encode_message(outputs, {"request_id": rid, "cloud_ms": cloud_ms, "duplicate": duplicate})
+        reply = encode_message(outputs, {"request_id": rid, "cloud_ms": cloud_ms, "duplicate": duplicate,
+                                         "fingerprint": sp.built.fingerprint})
         EmulatedLink.from_meta(meta.get("link", {})).send(len(reply))
         return reply
 
     def ping(self, request: bytes, context: Any) -> bytes:
+        with self.plans_lock:
+            by_plan = {fp: sp.n_computed for fp, sp in self.plans.items()}
         return json.dumps({"fingerprint": self.built.fingerprint, "n_computed": self.n_computed, "pid": os.getpid(),
-                           "threads": torch.get_num_threads()}).encode()
+                           "threads": torch.get_num_threads(), "n_plans": len(by_plan), "n_registered": self.n_registered,
+                           "n_computed_by_plan": by_plan}).encode()
 
 
 def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
@@ -203,7 +285,7 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
 
     ``config``: ``recipe`` (:meth:`ModelRecipe.to_dict`), ``placement`` (``{node name: device}``),
     optional ``threads``, ``host`` (default ``127.0.0.1``), ``port`` (0: any free port),
-    ``cache_size`` (replies kept for deduplication).
+    ``cache_size`` (replies kept for deduplication), ``max_plans`` (built plans kept for hot-swap).
     """
     import grpc
 
@@ -212,10 +294,11 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
     recipe = ModelRecipe.from_dict(config["recipe"])
     built = build_split(recipe.model_ref, dict(config["placement"]), seed=recipe.seed, input_shape=recipe.input_shape,
                         batch_size=recipe.batch_size)
-    service = _CloudService(built, int(config.get("cache_size", 64)))
+    service = _CloudService(built, int(config.get("cache_size", 64)), int(config.get("max_plans", 16)))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
     handlers = {"Infer": grpc.unary_unary_rpc_method_handler(service.infer),
-                "Ping": grpc.unary_unary_rpc_method_handler(service.ping)}
+                "Ping": grpc.unary_unary_rpc_method_handler(service.ping),
+                "RegisterPlan": grpc.unary_unary_rpc_method_handler(service.register)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(f"{config.get('host', '127.0.0.1')}:{int(config.get('port', 0))}")
     if not port:
@@ -250,6 +333,7 @@ class CloudServer:
         host, port: where to listen (port 0: a free port, read back from the process).
         startup_timeout_s: how long :meth:`start` waits for the server to be ready.
         cache_size: replies kept for request deduplication.
+        max_plans: built plans kept for hot-swap (least recently used evicted; the edge re-registers on demand).
         cwd: working directory of the process (default: this one; factories must be importable there).
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. :attr:`address` is
@@ -258,10 +342,11 @@ class CloudServer:
 
     def __init__(self, model_ref: str, plan: Any, *, seed: int = 0, input_shape: Sequence[int] | None = None,
                  batch_size: int = 1, threads: int | None = None, host: str = "127.0.0.1", port: int = 0,
-                 startup_timeout_s: float = 120.0, cache_size: int = 64, cwd: str | None = None) -> None:
+                 startup_timeout_s: float = 120.0, cache_size: int = 64, max_plans: int = 16,
+                 cwd: str | None = None) -> None:
         recipe = ModelRecipe(model_ref, int(seed), None if input_shape is None else tuple(int(d) for d in input_shape), int(batch_size))
         self.config = {"recipe": recipe.to_dict(), "placement": placement_of(plan), "threads": threads, "host": host,
-                       "port": int(port), "cache_size": int(cache_size)}
+                       "port": int(port), "cache_size": int(cache_size), "max_plans": int(max_plans)}
         self.host = host
         self.startup_timeout_s = float(startup_timeout_s)
         self.cwd = cwd
@@ -377,6 +462,23 @@ class CloudServer:
 
 
 # -- the edge side ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _EdgePlan:
+    """The plan an edge request runs on (snapshotted at the request's start)."""
+
+    built: BuiltSplit
+    send_names: tuple[str, ...]
+    recv_names: tuple[str, ...]
+    local_devices: tuple[int, ...]
+    remote_devices: tuple[int, ...]
+
+    @classmethod
+    def of(cls, built: BuiltSplit) -> _EdgePlan:
+        send, recv = built.split.boundary(1)
+        return cls(built, tuple(send), tuple(recv), tuple(d for d in built.split.devices if d < 1),
+                   tuple(d for d in built.split.devices if d >= 1))
+
+
 class EdgeRunner:
     """The edge: runs device-0 stages, sends the cut tensors to the cloud, falls back locally on failure.
 
@@ -390,6 +492,10 @@ class EdgeRunner:
         edge_threads: ``torch.set_num_threads`` for this process (process-wide; ``None``: unchanged).
         seed, input_shape, batch_size: the model recipe (same as the server's).
         retries: extra tries after a failed RPC (same ``request_id``; the cloud deduplicates).
+
+    Hot-swap: :meth:`set_plan` switches to another plan between requests (thread-safe; requests in
+    flight finish on the plan they started with); :meth:`set_link` changes the emulated link the same
+    way. :meth:`infer` may be called from several threads at once.
     """
 
     def __init__(self, model_ref: str, plan: Any, server_address: str | None, bandwidth_mbps: float | None = None,
@@ -404,28 +510,113 @@ class EdgeRunner:
         self.link = EmulatedLink(None if bandwidth_mbps is None else float(bandwidth_mbps), float(rtt_ms))
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
-        self.built = build_split(model_ref, plan, seed=seed, input_shape=input_shape, batch_size=batch_size)
-        self.split = self.built.split
-        self.send_names, self.recv_names = self.split.boundary(1)
-        self.local_devices = [d for d in self.split.devices if d < 1]
-        self.remote_devices = [d for d in self.split.devices if d >= 1]
+        self._plan = _EdgePlan.of(build_split(model_ref, plan, seed=seed, input_shape=input_shape, batch_size=batch_size))
+        self._swap_lock = threading.Lock()
+        self._registered: set[str] = set()
+        self.n_swaps = 0
         self.server_address = server_address
         self._channel = grpc.insecure_channel(server_address, options=GRPC_OPTIONS) if server_address else None
         self._infer = None if self._channel is None else self._channel.unary_unary(
             METHOD_INFER, request_serializer=None, response_deserializer=None)
         self._ping = None if self._channel is None else self._channel.unary_unary(
             METHOD_PING, request_serializer=None, response_deserializer=None)
+        self._register = None if self._channel is None else self._channel.unary_unary(
+            METHOD_REGISTER, request_serializer=None, response_deserializer=None)
+
+    # -- the current plan (what a new request starts with) -------------------------------------
+    @property
+    def built(self) -> BuiltSplit:
+        return self._plan.built
+
+    @property
+    def split(self) -> SplitModel:
+        return self._plan.built.split
+
+    @property
+    def send_names(self) -> tuple[str, ...]:
+        return self._plan.send_names
+
+    @property
+    def recv_names(self) -> tuple[str, ...]:
+        return self._plan.recv_names
+
+    @property
+    def local_devices(self) -> list[int]:
+        return list(self._plan.local_devices)
+
+    @property
+    def remote_devices(self) -> list[int]:
+        return list(self._plan.remote_devices)
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the current plan (the one new requests start with)."""
+        return self._plan.built.fingerprint
 
     @property
     def module(self) -> torch.nn.Module:
         """The whole (unsplit) model, as rebuilt from the recipe."""
-        return self.built.module
+        return self._plan.built.module
 
     def example_input(self, seed: int | None = None) -> torch.Tensor:
-        return self.built.example_input(seed)
+        return self._plan.built.example_input(seed)
+
+    # -- hot-swap -------------------------------------------------------------------------------
+    def register_plan(self, plan: Any = None, timeout_s: float | None = None) -> str:
+        """Register a plan (default: the current one) with the cloud, which builds its split once.
+
+        Returns the plan's fingerprint. Raises ``RuntimeError`` when the cloud serves another recipe or
+        cannot build the plan (configuration errors) and ``grpc.RpcError`` when it is unreachable.
+        """
+        import grpc
+
+        built = self._plan.built if plan is None else (plan if isinstance(plan, BuiltSplit) else self._plan.built.with_plan(plan))
+        if self._register is None:
+            return built.fingerprint
+        doc = json.dumps({"recipe": built.recipe.to_dict(), "placement": built.placement}).encode()
+        try:
+            reply = json.loads(self._register(doc, timeout=self.timeout_s if timeout_s is None else timeout_s))
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+                raise RuntimeError(f"the cloud at {self.server_address} rejected plan {built.fingerprint}: {e.details()}") from None
+            raise
+        if reply.get("fingerprint") != built.fingerprint:
+            raise RuntimeError(f"the cloud fingerprinted plan {built.fingerprint} as {reply.get('fingerprint')!r} "
+                               "(different runtime versions on the two sides?)")
+        self._registered.add(built.fingerprint)
+        return built.fingerprint
+
+    def set_plan(self, plan: Any, register: bool = True) -> str:
+        """Switch to ``plan`` between requests; returns its fingerprint.
+
+        The split is rebuilt from the traced model already held (no re-tracing, same weights). With
+        ``register`` the plan is first registered with the cloud (so the first request on it does not
+        pay the cloud's build); when the cloud is unreachable it is registered on first use instead.
+        Requests already running finish on the plan they started with.
+        """
+        import grpc
+
+        with self._swap_lock:
+            built = self._plan.built.with_plan(plan)
+            if built.fingerprint == self._plan.built.fingerprint:
+                return built.fingerprint
+            new = _EdgePlan.of(built)
+            if register and new.remote_devices and self._register is not None and built.fingerprint not in self._registered:
+                try:
+                    self.register_plan(built)
+                except grpc.RpcError:
+                    pass  # unreachable now: registered on first use (NOT_FOUND), or the requests fall back
+            self._plan = new  # one reference assignment: a request sees the old plan or the new one, never a mix
+            self.n_swaps += 1
+            return built.fingerprint
+
+    def set_link(self, bandwidth_mbps: float | None, rtt_ms: float = 0.0) -> None:
+        """Change the emulated link for the next requests (running ones keep theirs)."""
+        self.link = EmulatedLink(None if bandwidth_mbps is None else float(bandwidth_mbps), float(rtt_ms))
 
     def ping(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
-        """The server's status (``fingerprint``, ``n_computed``, ``pid``, ``threads``), or ``None`` if unreachable."""
+        """The server's status (``fingerprint``, ``n_computed``, ``pid``, ``threads``, ``n_plans``,
+        ``n_computed_by_plan``), or ``None`` if unreachable."""
         import grpc
 
         if self._ping is None:
@@ -436,7 +627,7 @@ class EdgeRunner:
             return None
 
     def infer(self, *inputs: Any, request_id: str | None = None) -> tuple[Any, dict[str, Any]]:
-        """Run one request split edge | cloud.
+        """Run one request split edge | cloud, on the plan current when it starts.
 
         Returns:
             ``(output, timings)``; timings (ms unless named otherwise): ``edge_ms`` (compute on the
@@ -444,7 +635,9 @@ class EdgeRunner:
             cloud's compute: emulated link delays, encoding, gRPC; on fallback, the time lost on the
             failed tries), ``cloud_ms`` (compute on the cloud), ``total_ms`` (wall time),
             ``fallback`` (bool), ``request_id``, ``bytes_sent``, ``bytes_received``, ``attempts``,
-            ``duplicate`` (the cloud answered from its cache), ``error`` (last RPC error or ``None``).
+            ``duplicate`` (the cloud answered from its cache), ``error`` (last RPC error or ``None``),
+            ``fingerprint`` (the plan the request ran on), ``registered`` (the plan was registered
+            on the fly because the cloud did not know it).
 
         Raises:
             RuntimeError: the cloud serves another model/plan (fingerprint mismatch) or rejects the
@@ -452,28 +645,33 @@ class EdgeRunner:
         """
         import grpc
 
+        st = self._plan  # snapshot: the whole request runs on this plan and link
+        link = self.link
+        split = st.built.split
         rid = request_id or uuid.uuid4().hex
         t0 = time.perf_counter()
         tm: dict[str, Any] = {"edge_ms": 0.0, "transfer_ms": 0.0, "cloud_ms": 0.0, "total_ms": 0.0, "fallback": False,
                               "request_id": rid, "bytes_sent": 0, "bytes_received": 0, "attempts": 0, "duplicate": False,
-                              "error": None}
+                              "error": None, "fingerprint": st.built.fingerprint, "registered": False}
         with torch.inference_mode():
-            values = self.split.run_stages(self.split.inputs_to_values(*inputs), self.local_devices)
+            values = split.run_stages(split.inputs_to_values(*inputs), st.local_devices)
         tm["edge_ms"] = (time.perf_counter() - t0) * 1e3
-        if self.remote_devices:
+        if st.remote_devices:
             reply = None
             t1 = time.perf_counter()
             if self._infer is not None:
-                payload = encode_message({n: values[n] for n in self.send_names},
-                                         {"request_id": rid, "fingerprint": self.built.fingerprint, "link": self.link.to_meta()})
+                payload = encode_message({n: values[n] for n in st.send_names},
+                                         {"request_id": rid, "fingerprint": st.built.fingerprint, "link": link.to_meta()})
                 deadline = t1 + self.timeout_s
-                for _ in range(1 + self.retries):
+                tries_left = 1 + self.retries
+                while tries_left > 0:
+                    tries_left -= 1
                     if time.perf_counter() >= deadline:
                         tm["error"] = tm["error"] or "deadline passed"
                         break
                     tm["attempts"] += 1
                     tm["bytes_sent"] += len(payload)
-                    self.link.send(len(payload))
+                    link.send(len(payload))
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         tm["error"] = "deadline passed while sending"
@@ -487,6 +685,15 @@ class EdgeRunner:
                         if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
                             raise RuntimeError(f"the cloud at {self.server_address} rejected request {rid}: {detail}") from None
                         tm["error"] = f"{code.name if code is not None else 'error'}: {detail}"
+                        if code == grpc.StatusCode.NOT_FOUND and not tm["registered"]:
+                            # the cloud does not know this plan (evicted, restarted): register it, retry once more
+                            tm["registered"] = True
+                            try:
+                                self.register_plan(st.built, timeout_s=max(0.05, deadline - time.perf_counter()))
+                            except grpc.RpcError as e2:
+                                tm["error"] = f"registering plan {st.built.fingerprint} failed: {e2.code().name}"
+                                continue
+                            tries_left += 1
             if reply is not None:
                 out_values, meta = decode_message(reply)
                 tm["bytes_received"] = len(reply)
@@ -501,9 +708,9 @@ class EdgeRunner:
                     tm["error"] = "no cloud address: the cloud stages run on the edge"
                 t2 = time.perf_counter()
                 with torch.inference_mode():
-                    self.split.run_stages(values, self.remote_devices)
+                    split.run_stages(values, st.remote_devices)
                 tm["edge_ms"] += (time.perf_counter() - t2) * 1e3
-        out = self.split.build_output(values)
+        out = split.build_output(values)
         tm["total_ms"] = (time.perf_counter() - t0) * 1e3
         return out, tm
 
@@ -511,7 +718,7 @@ class EdgeRunner:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-            self._infer = self._ping = None
+            self._infer = self._ping = self._register = None
 
     def __enter__(self) -> EdgeRunner:
         return self

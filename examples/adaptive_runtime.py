@@ -1,0 +1,148 @@
+"""Adaptive split runtime demo: a request stream through a real edge | cloud split while conditions change.
+
+A cloud server process serves the model; this process is the edge. A background :class:`~latpred.profiling.load.CpuLoad`
+steps the edge utilization 0 -> 0.5 -> 0.9 while the emulated bandwidth changes. An
+:class:`~partition.adaptive.AdaptiveController` observes the CPU (psutil, our own and the server's process
+excluded) and the link (from real transfers), re-plans on confirmed changes and hot-swaps the plan of the
+adaptive edge runner. A second edge runner keeps the initial plan (static). Per phase, the measured median
+latency of both and their ratio are printed; the decision log (JSON lines) and a timeline PNG are written.
+
+Note: edge and "cloud" share this machine, so the background load slows the cloud process too; the
+cloud's node times are the edge predictions at zero load divided by ``--cloud-speedup``.
+
+Usage: ``python examples/adaptive_runtime.py --predictor latpred-out/predictor [--model torchvision:resnet18] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from partition import CloudServer, EdgeRunner, Link  # noqa: E402
+from partition.adaptive import AdaptiveController, ChangeDetector, plot_timeline  # noqa: E402
+from partition.observers import CompositeObserver, CpuObserver, LinkObserver  # noqa: E402
+
+
+class _PhaseObserver:
+    """``--scripted``: reports the phase's nominal utilization instead of measuring the CPU."""
+
+    def __init__(self) -> None:
+        self.utilization = 0.0
+
+    def observe(self) -> dict:
+        return {"utilization": self.utilization}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--predictor", default="latpred-out/predictor", help="latpred predictor directory of the edge device")
+    ap.add_argument("--model", default="torchvision:resnet18")
+    ap.add_argument("--input-size", type=int, default=None, help="input height/width (default 224, 64 with --quick)")
+    ap.add_argument("--phase-s", type=float, default=None, help="seconds of requests per phase (default 20, 3 with --quick)")
+    ap.add_argument("--cloud-speedup", type=float, default=4.0)
+    ap.add_argument("--rtt-ms", type=float, default=5.0)
+    ap.add_argument("--out-dir", default="latpred-out/adaptive")
+    ap.add_argument("--scripted", action="store_true", help="no background load: observe the phases' nominal utilization")
+    ap.add_argument("--quick", action="store_true", help="a few seconds: small input, short phases, one load worker")
+    args = ap.parse_args(argv)
+
+    from latpred.graph.models import load_model
+    from latpred.graph.trace import trace
+    from latpred.predictor import Predictor
+    from latpred.profiling.load import CpuLoad
+
+    pdir = Path(args.predictor)
+    if not (pdir / "predictor.json").is_file() and not pdir.is_file():
+        sys.exit(f"error: no predictor at {args.predictor!r} (missing predictor.json); train one with `latpred train` "
+                 "or pass --predictor PATH")
+    pred = Predictor.load(pdir)
+    size = args.input_size or (64 if args.quick else 224)
+    phase_s = args.phase_s or (3.0 if args.quick else 20.0)
+    interval_s = 0.5 if args.quick else 1.0
+    phases = [(0.0, 50.0), (0.5, 50.0), (0.9, 5.0)]  # (edge utilization, bandwidth Mbit/s)
+    shape, seed = (3, size, size), 0
+    torch.set_num_threads(1)
+
+    torch.manual_seed(seed)
+    ref = load_model(args.model, shape)
+    graph = trace(ref.module, ref.example_input())
+    cloud_ms = np.asarray(pred.predict_graph(graph, utilization=0.0).node_ms) / args.cloud_speedup
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "decisions.jsonl"
+    log.unlink(missing_ok=True)
+    ctl = AdaptiveController(graph, pred, cloud_ms, Link(phases[0][1], rtt_ms=args.rtt_ms), log_path=log,
+                             detector=ChangeDetector(confirm=2, min_interval_s=2 * interval_s, fast_factor=2.0),
+                             observe_interval_s=interval_s)
+    ctl.precompute()
+    first = ctl.initialize({"utilization": 0.0, "bandwidth_mbps": phases[0][1], "rtt_ms": args.rtt_ms})
+    static_plan = ctl.plan
+    print(f"initial plan: {first.new_plan['compute_nodes_per_device']} compute nodes edge/cloud, cut {first.new_plan['cut']}, "
+          f"predicted {first.predicted_new_ms:.1f} ms")
+
+    load = CpuLoad(0.0, workers=1 if args.quick else None)
+    rows = []
+    with CloudServer(args.model, static_plan, seed=seed, input_shape=shape, threads=1, cwd=str(ROOT)) as srv, \
+            EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as edge, \
+            EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as static:
+        link_obs = LinkObserver(rtt_ms=args.rtt_ms)
+        phase_obs = _PhaseObserver()
+        cpu = phase_obs if args.scripted else CpuObserver(exclude_pids=[srv.pid] if srv.pid else [])
+        ctl.observer = CompositeObserver(cpu, link_obs)
+        ctl.runtime = edge
+        x = edge.example_input()
+        if not args.scripted:
+            load.start()
+        ctl.start()
+        try:
+            n_seen = 1
+            for u, bw in phases:
+                phase_obs.utilization = u
+                if load.running:
+                    load.set_target(u)
+                    load.reset_window()
+                edge.set_link(bw, args.rtt_ms)
+                static.set_link(bw, args.rtt_ms)
+                ad, st = [], []
+                t_end = time.monotonic() + phase_s
+                while time.monotonic() < t_end:
+                    _, tm = edge.infer(x)
+                    link_obs.record(tm)
+                    ctl.record_measurement(tm["total_ms"])
+                    ad.append(tm["total_ms"])
+                    _, tm2 = static.infer(x)
+                    st.append(tm2["total_ms"])
+                for d in ctl.decisions[n_seen:]:
+                    print(f"  re-plan at {d.t_s:6.2f} s: conditions u={d.conditions.get('utilization', 0):.2f} "
+                          f"bw={d.conditions.get('bandwidth_mbps', 0):.1f} Mbps -> {'swap' if d.swapped else 'keep'} "
+                          f"{d.new_plan['compute_nodes_per_device']} (predicted {d.predicted_old_ms:.1f} -> {d.predicted_new_ms:.1f} ms, "
+                          f"decided in {d.decision_ms:.0f} ms, {d.n_evals} evals)")
+                n_seen = len(ctl.decisions)
+                a, s = statistics.median(ad), statistics.median(st)
+                measured_u = load.window_utilization() if load.running else None
+                rows.append((u, bw, len(ad), a, s))
+                print(f"phase u={u:.1f} bw={bw:g} Mbps ({len(ad)} requests each, load measured "
+                      f"{'n/a' if measured_u is None else f'{measured_u:.2f}'}): adaptive {a:.1f} ms, static {s:.1f} ms, "
+                      f"ratio adaptive/static {a / s:.2f}")
+        finally:
+            ctl.stop()
+            load.stop()
+    png = plot_timeline(out / "timeline.png", ctl.history, ctl.decisions, ctl.measurements, title=f"adaptive {args.model}")
+    print(f"{len(ctl.decisions) - 1} re-plan(s), {edge.n_swaps} swap(s); decision log {log}; timeline {png}")
+    if ctl.errors:
+        print(f"controller errors: {ctl.errors[:3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Adaptive runtime: change detection, re-planning with warm start, decision log, plan hot-swap exactly once."""
+
+import json
+import random
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+grpc = pytest.importorskip("grpc")
+
+from latpred.graph.trace import trace  # noqa: E402
+from partition import CloudServer, EdgeRunner, Link  # noqa: E402
+from partition.adaptive import AdaptiveController, ChangeDetector, Threshold, plot_timeline, read_decision_log  # noqa: E402
+from partition.observers import BatchSizeObserver, CompositeObserver, LinkObserver, ScriptedObserver  # noqa: E402
+
+MODEL = "tests.test_partition_adaptive:tiny_cnn"
+SHAPE = (3, 32, 32)
+SEED = 5
+
+
+def tiny_cnn() -> torch.nn.Module:
+    """A tiny CNN (the model of the hot-swap test; importable by the server process)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def graph():
+    torch.manual_seed(SEED)
+    return trace(tiny_cnn(), torch.randn(1, *SHAPE))
+
+
+def _weights(graph):
+    return np.array([(10.0 if nd.op in ("conv2d", "linear") else 1.0) if nd.kind == "compute" else 0.0 for nd in graph.nodes])
+
+
+# -- change detection -----------------------------------------------------------------------------
+def test_detector_ignores_noise():
+    rng = random.Random(0)
+    det = ChangeDetector(confirm=2, min_interval_s=0.0, reference={"utilization": 0.3, "bandwidth_mbps": 50.0, "batch_size": 1})
+    for i in range(300):
+        obs = {"utilization": 0.3 + rng.uniform(-0.05, 0.05), "bandwidth_mbps": 50.0 * rng.uniform(0.8, 1.2), "batch_size": 1}
+        assert det.update(obs, float(i)) is None
+    # single spikes do not persist: no change either
+    for i in range(300, 320):
+        assert det.update({"utilization": 0.9 if i % 2 else 0.3}, float(i)) is None
+
+
+def test_detector_confirms_steps_and_takes_the_median():
+    det = ChangeDetector(confirm=2, min_interval_s=0.0, reference={"utilization": 0.0, "batch_size": 1, "bandwidth_mbps": 100.0})
+    assert det.update({"utilization": 0.52}, 1.0) is None  # first sight of the step: pending
+    ch = det.update({"utilization": 0.48}, 2.0)
+    assert ch is not None and set(ch.changed) == {"utilization"} and ch.conditions["utilization"] == pytest.approx(0.5)
+    assert det.reference["utilization"] == pytest.approx(0.5)
+    assert det.update({"utilization": 0.55}, 3.0) is None  # within the threshold of the new reference
+    assert det.update({"batch_size": 4}, 4.0) is None
+    ch = det.update({"batch_size": 4}, 5.0)
+    assert ch is not None and ch.changed["batch_size"] == (1, 4)
+    assert det.update({"bandwidth_mbps": 60.0}, 6.0) is None
+    ch = det.update({"bandwidth_mbps": 60.0}, 7.0)
+    assert ch is not None and "bandwidth_mbps" in ch.changed  # -40 % > 30 %
+    # a large step is taken at once with fast_factor
+    fast = ChangeDetector(confirm=3, min_interval_s=0.0, fast_factor=2.0, reference={"utilization": 0.0})
+    assert fast.update({"utilization": 0.15}, 1.0) is None
+    assert fast.update({"utilization": 0.5}, 2.0) is not None
+
+
+def test_detector_respects_min_interval():
+    det = ChangeDetector(confirm=1, min_interval_s=10.0, reference={"utilization": 0.0})
+    assert det.update({"utilization": 0.5}, 0.0) is not None
+    assert det.update({"utilization": 0.9}, 3.0) is None and det.n_suppressed == 1
+    assert det.update({"utilization": 0.9}, 9.9) is None
+    ch = det.update({"utilization": 0.9}, 10.0)
+    assert ch is not None and ch.conditions["utilization"] == pytest.approx(0.9)
+    assert Threshold(rel=0.3).score(10.0, 12.0) < 1 < Threshold(rel=0.3).score(10.0, 14.0)
+
+
+def test_observers():
+    link = LinkObserver(alpha=1.0)
+    for size in (10_000, 40_000, 10_000, 40_000):  # rtt 2 ms, 8 Mbit/s: 1 ms per 1000 bytes
+        link.record({"bytes_sent": size, "bytes_received": 0, "transfer_ms": 2.0 + size / 1000, "fallback": False, "attempts": 1})
+    obs = link.observe()
+    assert obs["rtt_ms"] == pytest.approx(2.0, abs=0.01) and obs["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
+    link.record({"fallback": True, "transfer_ms": 1e6, "bytes_sent": 1})
+    assert link.observe()["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
+    bs = BatchSizeObserver()
+    assert bs.observe() == {"batch_size": None}
+    for b in (1, 4, 4, 2):
+        bs.record(b)
+    sc = ScriptedObserver([(0.0, {"utilization": 0.0}), (2.0, {"utilization": 0.5, "bandwidth_mbps": 5.0})], step_s=1.0)
+    got = [sc.observe()["utilization"] for _ in range(4)]
+    assert got == [0.0, 0.0, 0.5, 0.5]
+    merged = CompositeObserver(sc, bs, link).observe()
+    assert merged["batch_size"] == 4 and merged["utilization"] == 0.5 and merged["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
+
+
+# -- the controller ---------------------------------------------------------------------------------
+def test_controller_replans_when_the_edge_gets_slower(graph, tmp_path):
+    w = _weights(graph)
+    handed = []
+    log = tmp_path / "decisions.jsonl"
+    ctl = AdaptiveController(graph, lambda c: w * (1 + 20 * c["utilization"]), w * 0.1, Link(100.0, rtt_ms=30.0),
+                             runtime=handed.append, detector=ChangeDetector(confirm=2, min_interval_s=0.0), log_path=log,
+                             time_budget_s=1.0, initial_n_gen=20)
+    d0 = ctl.step({"utilization": 0.0}, now_s=0.0)
+    assert d0.reason == "initial" and d0.swapped and len(handed) == 1
+    assert d0.new_plan["compute_nodes_per_device"][1] == 0  # fast idle edge, 30 ms RTT: all on the edge
+    assert ctl.step({"utilization": 0.03}, now_s=1.0) is None  # noise
+    assert ctl.step({"utilization": 0.9}, now_s=2.0) is None  # pending (confirm=2)
+    d1 = ctl.step({"utilization": 0.9}, now_s=3.0)
+    assert d1 is not None and d1.swapped and d1.warm and len(handed) == 2
+    assert d1.new_plan["compute_nodes_per_device"][1] > 0 and d1.new_plan["id"] != d0.new_plan["id"]
+    assert d1.predicted_new_ms < d1.predicted_old_ms and d1.gain_ms > 0
+    assert handed[1].assignment != handed[0].assignment and set(handed[1].node_names) == {n.name for n in graph.nodes}
+    # warm start: the previous plan was among the seeds
+    assert any(np.array_equal(s, np.array(handed[0].assignment)) for s in ctl.last_seeds)
+    lines = read_decision_log(log)
+    assert len(lines) == 2 and lines[1]["swapped"] and lines[1]["conditions"]["utilization"] == pytest.approx(0.9)
+    for ln in log.read_text().splitlines():
+        rec = json.loads(ln)
+        assert {"t_s", "conditions", "old_plan", "new_plan", "predicted_old_ms", "predicted_new_ms", "gain_ms", "optimize_ms",
+                "n_evals"} <= set(rec)
+    ctl.record_measurement(12.0, 3.5)
+    png = plot_timeline(tmp_path / "timeline.png", ctl.history, ctl.decisions, ctl.measurements)
+    assert png.stat().st_size > 1000
+
+
+def test_warm_start_keeps_the_previous_plan_when_nothing_better(graph):
+    w = _weights(graph)
+    ctl = AdaptiveController(graph, lambda c: w * (1 + 20 * c["utilization"]), w * 0.1, Link(100.0, rtt_ms=30.0),
+                             detector=ChangeDetector(confirm=1, min_interval_s=0.0), n_gen=1, time_budget_s=0.0)
+    ctl.step({"utilization": 0.9}, now_s=0.0)
+    first = ctl.assignment.copy()
+    d = ctl.step({"utilization": 0.75}, now_s=1.0)  # same optimum: one generation, seeded with the previous plan
+    assert d is not None and d.warm and d.n_seeds >= 2
+    assert d.predicted_new_ms <= d.predicted_old_ms + 1e-9 and np.array_equal(ctl.assignment, first) and not d.swapped
+
+
+def test_controller_run_loop_with_scripted_observer(graph):
+    w = _weights(graph)
+    obs = ScriptedObserver([(0.0, {"utilization": 0.0}), (3.0, {"utilization": 0.9})], step_s=1.0)
+    ctl = AdaptiveController(graph, lambda c: w * (1 + 20 * c["utilization"]), w * 0.1, Link(100.0, rtt_ms=30.0), observer=obs,
+                             detector=ChangeDetector(confirm=2, min_interval_s=0.0), observe_interval_s=0.001, time_budget_s=0.5)
+    ctl.run(max_steps=7)
+    assert not ctl.errors and [d.reason for d in ctl.decisions] == ["initial", "change"] and ctl.decisions[1].swapped
+
+
+# -- hot swap ----------------------------------------------------------------------------------------
+def _cut_ms(graph, u):
+    """Edge/cloud node ms that force the cut to a utilization-dependent position (the optimum moves)."""
+    compute = [i for i, nd in enumerate(graph.nodes) if nd.kind == "compute"]
+    p = compute[1] if u < 0.3 else (compute[2] if u < 0.7 else compute[4])  # last node on the edge
+    edge = np.array([0.0 if i <= p else 1000.0 for i in range(len(graph.nodes))])
+    cloud = np.array([1000.0 if (i <= p and i in compute) else 0.0 for i in range(len(graph.nodes))])
+    return edge, cloud
+
+
+def test_hot_swap_answers_every_request_exactly_once(graph):
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cache = {}
+
+    def edge_ms(c):
+        return cache.setdefault(("e", c["utilization"]), _cut_ms(graph, c["utilization"])[0])
+
+    def cloud_ms(c):
+        return cache.setdefault(("c", c["utilization"]), _cut_ms(graph, c["utilization"])[1])
+
+    ctl = AdaptiveController(graph, edge_ms, cloud_ms, Link(1000.0), detector=ChangeDetector(confirm=1, min_interval_s=0.0),
+                             time_budget_s=1.0, initial_n_gen=10)
+    ctl.initialize({"utilization": 0.0})
+    plan0 = ctl.plan
+    srv = CloudServer(MODEL, plan0, seed=SEED, input_shape=SHAPE, threads=1, cache_size=1024)
+    n_threads, per_thread = 3, 100
+    results: dict[str, list] = {}
+    lock = threading.Lock()
+    errors = []
+    try:
+        srv.start()
+        with EdgeRunner(MODEL, plan0, srv.address, seed=SEED, input_shape=SHAPE, timeout_s=20.0) as edge:
+            ctl.runtime = edge
+            xs = [edge.example_input(seed=i) for i in range(4)]
+            with torch.no_grad():
+                ys = [edge.module(x) for x in xs]
+            before = edge.ping()["n_computed"]
+            done = threading.Semaphore(0)
+
+            def client(k):
+                try:
+                    for i in range(per_thread):
+                        rid = f"r{k}-{i}"
+                        out, tm = edge.infer(xs[i % 4], request_id=rid)
+                        with lock:
+                            results.setdefault(rid, []).append((out, tm, i % 4))
+                        done.release()
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append(repr(e))
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(n_threads)]
+            for t in threads:
+                t.start()
+            for j, u in enumerate((0.5, 0.9, 0.0)):  # three re-plans while requests flow
+                for _ in range(60):
+                    done.acquire(timeout=30)
+                d = ctl.step({"utilization": u}, now_s=float(j + 1))
+                assert d is not None and d.swapped
+            for t in threads:
+                t.join(60)
+            stats = edge.ping()
+            n_swaps = edge.n_swaps
+    finally:
+        srv.stop()
+        torch.set_num_threads(old_threads)
+    assert not errors
+    assert n_swaps == 3
+    assert len(results) == n_threads * per_thread and all(len(v) == 1 for v in results.values())
+    fps = set()
+    for out, tm, xi in (v[0] for v in results.values()):
+        assert not tm["fallback"] and not tm["duplicate"] and tm["error"] is None
+        assert torch.allclose(out, ys[xi], atol=1e-5)
+        fps.add(tm["fingerprint"])
+    assert len(fps) == 3  # plans 0 -> A -> B -> plan 0 again: three distinct splits served
+    assert stats["n_computed"] - before == n_threads * per_thread  # each computed exactly once on the cloud
+    assert sum(stats["n_computed_by_plan"].values()) == stats["n_computed"]
