@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import SpecError
+
 EXAMPLES = {
     "trace": """examples:
   latpred trace torchvision:resnet18
@@ -102,11 +104,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .profiling.devices import make_device
 
     pred = Predictor.load(args.predictor)
-    device = make_device(args.device)
-    try:
-        comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, progress=_say(args))
-    finally:
-        device.close()
+    if args.from_cases:
+        from .graph.calibrate import CalibrationCase, refit
+
+        try:
+            raw = json.loads(Path(args.from_cases).read_text())
+            cases = [CalibrationCase(**c) for c in raw]
+        except (OSError, ValueError, TypeError) as e:
+            raise SpecError(f"--from-cases {args.from_cases}: not a calibration case file ({e})") from None
+        old = pred.composition.info
+        comp = refit(pred, cases, seed=args.seed, info={k: old[k] for k in ("networks", "seed", "conditions", "source",
+                                                                         "calibration_s") if k in old})
+        comp.info.setdefault("networks", len({c.network for c in cases}))
+        comp.info.setdefault("calibration_s", 0.0)
+    else:
+        device = make_device(args.device)
+        try:
+            comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, progress=_say(args))
+        finally:
+            device.close()
     pred.composition = comp
     pred.save(args.predictor)
     if args.cases:
@@ -190,6 +206,7 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--networks", type=int, default=30, help="random networks to measure (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--cases", help="also write the measured cases to this JSON file")
+    c.add_argument("--from-cases", help="refit from cases written earlier with --cases (no measurement): after retraining")
 
     v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
             json_file=True)

@@ -5,8 +5,12 @@ all through :func:`featurize`, so the three can never drift apart. A feature vec
 
 1. the op's hyper-parameters, each encoded as its :class:`~latpred.ops.Param` declares
    (``log``: ``log1p(value)``, ``linear``: the value, ``onehot``: one column per choice);
-2. derived costs: log1p of FLOPs, bytes moved, weight count, input and output elements, and
-   log2 of arithmetic intensity (FLOPs per byte);
+2. derived costs: log1p of FLOPs, bytes moved, weight count, input and output elements, log2 of
+   arithmetic intensity (FLOPs per byte), and whether the output is a *large allocation*
+   (>= :data:`LARGE_ALLOC_BYTES`): glibc serves those with a fresh ``mmap`` on every call, so every
+   page of the output faults on first touch. On the 2-core CPU an element-wise op is ~8x slower per
+   element just above 32 MiB than just below (see docs/benchmarks.md); no smooth feature captures
+   that step;
 3. runtime conditions: log2(batch size), bytes per element, utilization, threads (0 = default);
 4. user-defined extra conditions, sorted by name.
 """
@@ -25,11 +29,13 @@ from .ops import get_op
 from .ops.base import OpType
 from .spec import ModuleSpec, dtype_bytes
 
-__all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "cost_features", "prepare_specs",
+__all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "cost_features", "prepare_specs", "LARGE_ALLOC_BYTES",
            "StaticFeatures", "GENERIC_FEATURES"]
 
 
-DERIVED = ("log_flops", "log_bytes", "log_weights", "log_in_elems", "log_out_elems", "log2_intensity")
+DERIVED = ("log_flops", "log_bytes", "log_weights", "log_in_elems", "log_out_elems", "log2_intensity", "large_output")
+#: output size from which glibc malloc uses mmap whatever its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+LARGE_ALLOC_BYTES = 32 * 2**20
 RUNTIME = ("log2_batch_size", "dtype_bytes", "utilization", "threads")
 #: the op-agnostic columns (derived costs and runtime conditions) the generic fallback model reads
 GENERIC_FEATURES = (*DERIVED, *RUNTIME)
@@ -74,7 +80,8 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
     c = op.costs(spec)
     nbytes = c.bytes_moved(spec.dtype)
     row += [math.log1p(c.flops), math.log1p(nbytes), math.log1p(c.weights), math.log1p(c.in_elems),
-            math.log1p(c.out_elems), math.log2((c.flops + 1.0) / (nbytes + 1.0))]
+            math.log1p(c.out_elems), math.log2((c.flops + 1.0) / (nbytes + 1.0)),
+            float(c.out_elems * dtype_bytes(spec.dtype) >= LARGE_ALLOC_BYTES)]
     row += [math.log2(spec.batch_size), float(dtype_bytes(spec.dtype)), spec.utilization, float(spec.threads or 0)]
     names = sorted(spec.extra) if extra_names is None else sorted(extra_names)
     for n in names:
@@ -133,7 +140,7 @@ def _affine_row(c1: Any, c2: Any) -> tuple[float, ...]:
 
 
 def _condition_columns(costs: np.ndarray, dtype_b: np.ndarray, b: np.ndarray, u: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Derived-cost and runtime columns (nodes, conditions, 10) from affine cost rows."""
+    """Derived-cost and runtime columns (nodes, conditions, 11) from affine cost rows."""
     B = b[None, :]
     flops = costs[:, 0:1] + B * costs[:, 1:2]
     in_e = costs[:, 2:3] + B * costs[:, 3:4]
@@ -146,10 +153,11 @@ def _condition_columns(costs: np.ndarray, dtype_b: np.ndarray, b: np.ndarray, u:
     out[:, :, 3] = np.log1p(in_e)
     out[:, :, 4] = np.log1p(out_e)
     out[:, :, 5] = np.log2((flops + 1.0) / (nbytes + 1.0))
-    out[:, :, 6] = np.log2(B)
-    out[:, :, 7] = dtype_b[:, None]
-    out[:, :, 8] = u[None, :]
-    out[:, :, 9] = t[None, :]
+    out[:, :, 6] = out_e * dtype_b[:, None] >= LARGE_ALLOC_BYTES
+    out[:, :, 7] = np.log2(B)
+    out[:, :, 8] = dtype_b[:, None]
+    out[:, :, 9] = u[None, :]
+    out[:, :, 10] = t[None, :]
     return out
 
 
@@ -179,16 +187,17 @@ def featurize_conditions(specs: Sequence[ModuleSpec] | StaticFeatures, batch_siz
     S, C, P = len(static.params), len(b), static.params.shape[1]
     out = np.empty((S, C, P + len(DERIVED) + len(RUNTIME) + len(names)))
     out[:, :, :P] = static.params[:, None, :]
-    out[:, :, P:P + 10] = _condition_columns(static.costs, static.dtype_bytes, b, u, t)
+    k = len(DERIVED) + len(RUNTIME)
+    out[:, :, P:P + k] = _condition_columns(static.costs, static.dtype_bytes, b, u, t)
     for j, n in enumerate(names):
-        out[:, :, P + 10 + j] = np.broadcast_to(np.asarray(extra[n], dtype=np.float64).reshape(-1), b.shape)[None, :]
+        out[:, :, P + k + j] = np.broadcast_to(np.asarray(extra[n], dtype=np.float64).reshape(-1), b.shape)[None, :]
     return out
 
 
 def cost_features(costs: Sequence[Any], dtype: str, batch_size: Any, utilization: Any, threads: Any) -> np.ndarray:
     """Op-agnostic features (the derived-cost and runtime columns of :func:`featurize`, in
     :data:`GENERIC_FEATURES` order) of nodes given as ``(fixed, per_sample)`` :class:`~latpred.ops.Costs`
-    pairs, under every condition: shape (nodes, conditions, 10). The generic fallback model reads these
+    pairs, under every condition: shape (nodes, conditions, 11). The generic fallback model reads these
     for nodes no op type covers.
     """
     rows = np.array([_affine_row(_add(f, p), _add(f, p, 2)) for f, p in costs], dtype=np.float64).reshape(-1, 9)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,7 +234,10 @@ class Predictor:
         try:
             composition = Composition.from_dict(doc["composition"]) if doc.get("composition") else Composition()
         except (SpecError, KeyError, TypeError, ValueError) as e:
-            raise PredictorFormatError(f"{index}: invalid composition entry ({e})") from None
+            # the op models are still good: load them, compose by plain sum, and say how to recalibrate
+            warnings.warn(f"{index}: composition not usable by this latpred ({e}); composing by plain sum until "
+                          "`latpred calibrate` is run again", stacklevel=2)
+            composition = Composition(info={"stale": str(e)})
         return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition)
 
 

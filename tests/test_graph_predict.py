@@ -76,19 +76,21 @@ def test_no_generic_fallback_is_a_clear_error(predictor, graph):
 def test_composition_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     F = np.column_stack([rng.uniform(0, 50, 60), rng.uniform(0, 20, 60), rng.uniform(0, 10, 60), np.zeros(60),
-                         rng.integers(10, 300, 60), rng.integers(0, 100, 60)])
+                         rng.integers(10, 300, 60), rng.integers(0, 100, 60), rng.uniform(1, 300, 60),
+                         rng.uniform(1, 500, 60)])
     u = np.where(np.arange(60) % 2, 0.5, 0.0)
-    true = {0: [1.2, 1.1, 1.6, 1.0, 0.02, 0.005], 1: [1.5, 1.3, 2.0, 1.0, 0.04, 0.01]}
+    true = {0: [1.2, 1.1, 1.6, 1.0, 0.02, 0.005, 0.1, 0.02], 1: [1.5, 1.3, 2.0, 1.0, 0.04, 0.01, 0.15, 0.03]}
     y = np.array([F[i] @ np.array(true[int(u[i] > 0)]) for i in range(60)])
     comp = Composition.fit(F, y, u)
     assert comp.calibrated and comp.info["fit_mape"] < 1e-6
     for r, want in zip(("unloaded", "loaded"), (true[0], true[1])):
         assert comp.coef[r][:3] == pytest.approx(want[:3], rel=1e-6)
+        assert comp.coef[r][4:] == pytest.approx(want[4:], rel=1e-6)
         assert comp.coef[r][3] == 1.0  # no generic nodes in the rows: keeps scale 1
     back = Composition.from_dict(comp.to_dict())
     assert back.coef == comp.coef
     with pytest.raises(SpecError, match="non-negative"):
-        Composition({"unloaded": [1.0] * 6, "loaded": [-1.0] * 6})
+        Composition({"unloaded": [1.0] * 8, "loaded": [-1.0] * 8})
 
 
 def test_calibration_on_the_fake_device_recovers_its_composition(predictor, tmp_path):
@@ -102,6 +104,12 @@ def test_calibration_on_the_fake_device_recovers_its_composition(predictor, tmp_
     measured = np.array([c.measured_ms for c in cases])
     plain_mape = np.mean(np.abs(iso_sum / measured - 1))
     assert comp.info["fit_mape"] / 100 < plain_mape
+    # refitting from the stored cases (no measurement) with the same predictor gives the same coefficients
+    from latpred.graph.calibrate import CalibrationCase, refit
+
+    again_cases = [CalibrationCase(**c.to_dict()) for c in cases]
+    refitted = refit(exact, again_cases)
+    assert all(np.allclose(refitted.coef[r], comp.coef[r]) for r in comp.coef)
     exact.composition = comp
     exact.save(tmp_path / "p")
     again = Predictor.load(tmp_path / "p")

@@ -25,7 +25,7 @@ from ..errors import MeasurementError, SpecError
 from .compose import Composition, class_index
 from .trace import trace
 
-__all__ = ["random_network", "calibrate", "CalibrationCase", "DEFAULT_CONDITIONS"]
+__all__ = ["random_network", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS", "composition_from_cases"]
 
 #: (batch size, utilization, threads) measured per network; threads None = the device default
 DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = ((1, 0.0, None), (8, 0.0, None), (1, 0.5, 1), (8, 0.5, 1))
@@ -250,11 +250,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                 say(f"network {k} batch {b}: measurement failed ({e}); skipped")
                 continue
             lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
-            ops = [None if (n.op is not None and not predictor.covers(n.op)) else n.op for n in graph.nodes]
-            kinds = [n.kind for n in graph.nodes]
-            cls = class_index(ops, kinds)
-            view = np.array([kk == "view" for kk in kinds])
-            feats = Composition.features(lat.isolated_ms[None, :], cls, cls >= 0, view)[0]
+            feats = _features(predictor, graph, lat.isolated_ms, b)
             cases.append(CalibrationCase(k, b, u, t, m.latency_ms, feats.tolist(), graph.total_flops * b / 1e9))
             say(f"network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: measured {m.latency_ms:.2f} ms, "
                 f"sum of isolated {float(feats[:4].sum()):.2f} ms")
@@ -265,6 +261,35 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"})
     return comp, cases
+
+
+def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info: dict[str, Any] | None = None) -> Composition:
+    """Refit the composition from earlier measurements with another predictor, without measuring again:
+    each case's network is rebuilt from its seed, traced, and predicted under the case's condition."""
+    if not cases:
+        raise SpecError("no calibration case to refit from")
+    graphs: dict[int, Any] = {}
+    out = []
+    for c in cases:
+        if c.network not in graphs:
+            model, shape = random_network(seed * 100_003 + c.network)
+            graphs[c.network] = trace(model, torch.randn(1, *shape), name=f"random{c.network}")
+        g = graphs[c.network]
+        lat = predictor.predict_graph(g, batch_size=c.batch_size, utilization=c.utilization, threads=c.threads)
+        out.append(CalibrationCase(c.network, c.batch_size, c.utilization, c.threads, c.measured_ms,
+                                   _features(predictor, g, lat.isolated_ms, c.batch_size).tolist(), c.gflops))
+    return composition_from_cases(out, {**(info or {}), "refit_from_cases": len(cases)})
+
+
+def _features(predictor: Any, graph: Any, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
+    ops = [None if (n.op is not None and not predictor.covers(n.op)) else n.op for n in graph.nodes]
+    kinds = [n.kind for n in graph.nodes]
+    cls = class_index(ops, kinds)
+    view = np.array([k == "view" for k in kinds])
+    g = graph.with_batch_size(batch_size)
+    param = np.array([n.param_bytes for n in g.nodes], dtype=float) / 2**20
+    act = np.array([n.out_bytes for n in g.nodes], dtype=float) / 2**20
+    return Composition.features(isolated_ms[None, :], cls, cls >= 0, view, param, act[None, :])[0]
 
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None) -> Composition:

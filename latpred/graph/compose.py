@@ -6,13 +6,15 @@ is 0.71-0.89x of the model's latency (DESIGN.md), on an eager GPU 1.07-1.94x. Th
 is linear and per node, so node latencies stay additive (the partitioner sums them per device):
 
     node_ms = scale[class(node)] * isolated_ms(node) + overhead_ms[kind(node)]
+              + ms_per_param_mb * param_MiB(node) + ms_per_activation_mb * output_MiB(node)
     model_ms = sum(node_ms)
 
 with classes ``conv`` (convolutions), ``gemm`` (linear, matmul, attention, embedding), ``memory``
 (element-wise, normalisation, pooling, concatenation, layout copies) and ``generic`` (fallback
-nodes), and a fixed overhead per compute node and per view node (dispatch, allocation). Scales
-capture cache effects between neighbours (a cold weight read, an activation that left the cache);
-overheads capture dispatch. Coefficients are fitted by non-negative least squares on *relative*
+nodes), a fixed overhead per compute node and per view node (dispatch), and a cost per MiB of
+weights and of output activations (in a model, weights are read cold once per inference and
+activations leave the cache between layers; profiling repeats each module with both hot). Scales
+capture what remains. Coefficients are fitted by non-negative least squares on *relative*
 error over whole-network measurements, separately for unloaded (utilization 0) and loaded
 conditions when both are present. They are fitted on generated random networks
 (:mod:`latpred.graph.calibrate`), never on the models the validation reports.
@@ -28,14 +30,17 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["Composition", "CLASSES", "node_class", "REGIMES"]
+__all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES"]
 
 CLASSES = ("conv", "gemm", "memory", "generic")
 _CLASS_OF = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "gemm", "matmul": "gemm", "sdpa": "gemm",
              "mha": "gemm", "embedding": "gemm"}
 #: conditions the composition is fitted for separately
 REGIMES = ("unloaded", "loaded")
-_N_FEATURES = len(CLASSES) + 2
+#: regression features of a model: isolated ms per class, node counts, weight and activation MiB of compute nodes
+FEATURES = (*CLASSES, "compute_nodes", "view_nodes", "param_mib", "activation_mib")
+_N_FEATURES = len(FEATURES)
+_K = len(CLASSES)
 
 
 def node_class(op: str | None) -> str:
@@ -52,10 +57,11 @@ def regime(utilization: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Composition:
-    """Per-regime coefficients: ``coef[regime]`` = scales of :data:`CLASSES`, then the compute-node and
-    view-node overheads (ms). ``calibrated`` is False for the identity (plain sum)."""
+    """Per-regime coefficients in :data:`FEATURES` order: scales of :data:`CLASSES`, the compute-node and
+    view-node overheads (ms), ms per MiB of weights and of output activations. ``calibrated`` is False
+    for the identity (plain sum)."""
 
-    coef: dict[str, list[float]] = field(default_factory=lambda: {r: [1.0] * len(CLASSES) + [0.0, 0.0] for r in REGIMES})
+    coef: dict[str, list[float]] = field(default_factory=lambda: {r: [1.0] * _K + [0.0] * (_N_FEATURES - _K) for r in REGIMES})
     calibrated: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -72,26 +78,38 @@ class Composition:
         return table[regime(utilization)]
 
     def apply(self, isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
-              utilization: np.ndarray) -> np.ndarray:
+              utilization: np.ndarray, param_mib: np.ndarray | None = None,
+              activation_mib: np.ndarray | None = None) -> np.ndarray:
         """Composed per-node ms (conditions, nodes) from isolated ms (conditions, nodes).
 
         ``classes`` is each node's index in :data:`CLASSES` (-1 for nodes with no compute), ``compute``
-        and ``view`` are boolean masks of the compute and view nodes.
+        and ``view`` are boolean masks of the compute and view nodes, ``param_mib`` (nodes,) and
+        ``activation_mib`` (conditions, nodes) the weight and output MiB of the compute nodes.
         """
         coef = self.matrix(utilization)  # (C, F)
         scale = np.where(classes[None, :] >= 0, coef[:, np.maximum(classes, 0)], 0.0)
-        return scale * isolated_ms + coef[:, -2:-1] * compute[None, :] + coef[:, -1:] * view[None, :]
+        out = scale * isolated_ms + coef[:, _K:_K + 1] * compute[None, :] + coef[:, _K + 1:_K + 2] * view[None, :]
+        if param_mib is not None:
+            out = out + coef[:, _K + 2:_K + 3] * (param_mib * compute)[None, :]
+        if activation_mib is not None:
+            out = out + coef[:, _K + 3:_K + 4] * activation_mib * compute[None, :]
+        return out
 
     # -- fitting ----------------------------------------------------------------------------
     @staticmethod
-    def features(isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray) -> np.ndarray:
-        """Per-condition regression features: summed isolated ms per class, compute and view node counts."""
+    def features(isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
+                 param_mib: np.ndarray, activation_mib: np.ndarray) -> np.ndarray:
+        """Per-condition regression features (:data:`FEATURES`): summed isolated ms per class, compute and
+        view node counts, weight MiB and output-activation MiB of the compute nodes."""
         iso = np.atleast_2d(isolated_ms)
+        act = np.atleast_2d(activation_mib)
         out = np.empty((len(iso), _N_FEATURES))
-        for k in range(len(CLASSES)):
+        for k in range(_K):
             out[:, k] = iso[:, classes == k].sum(axis=1)
-        out[:, -2] = compute.sum()
-        out[:, -1] = view.sum()
+        out[:, _K] = compute.sum()
+        out[:, _K + 1] = view.sum()
+        out[:, _K + 2] = float(np.sum(param_mib * compute))
+        out[:, _K + 3] = (act * compute[None, :]).sum(axis=1)
         return out
 
     @classmethod
@@ -100,7 +118,7 @@ class Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
         A regime with fewer than ``min_rows`` measurements shares the coefficients fitted on all rows.
-        Classes absent from the calibration set keep scale 1.
+        Classes absent from the calibration set, and the generic fallback class, keep scale 1.
         """
         from scipy.optimize import nnls
 
@@ -112,11 +130,18 @@ class Composition:
             raise SpecError(f"composition fit needs at least {min_rows} positive measurements, got {len(y)}")
         reg = regime(utilization)
 
+        g = CLASSES.index("generic")
+
         def solve(mask: np.ndarray) -> list[float]:
-            A, b = F[mask] / y[mask, None], np.ones(mask.sum())
+            # generic (fallback) nodes keep scale 1: they are rare in calibration networks, and a fitted
+            # scale would be decided by a handful of scalar multiplications, then applied to any model
+            A = F[mask] / y[mask, None]
+            b = 1.0 - A[:, g]
+            A = A.copy()
+            A[:, g] = 0.0
             present = np.abs(A).sum(axis=0) > 0
             coef = np.ones(_N_FEATURES)
-            coef[-2:] = 0.0
+            coef[_K:] = 0.0
             sol, _ = nnls(A[:, present], b)
             coef[present] = sol
             return [float(v) for v in coef]
@@ -133,13 +158,14 @@ class Composition:
 
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"classes": list(CLASSES), "features": [*CLASSES, "compute_overhead_ms", "view_overhead_ms"],
+        return {"classes": list(CLASSES), "features": list(FEATURES),
                 "coef": self.coef, "calibrated": self.calibrated, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
-        if list(d.get("classes", [])) != list(CLASSES):
-            raise SpecError(f"composition classes {d.get('classes')} differ from this latpred's {list(CLASSES)}")
+        if list(d.get("classes", [])) != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
+            raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
+                            "recalibrate with `latpred calibrate`")
         return cls({r: list(map(float, d["coef"][r])) for r in REGIMES}, bool(d.get("calibrated")), dict(d.get("info", {})))
 
     def describe(self) -> str:
@@ -149,7 +175,8 @@ class Composition:
         for r in REGIMES:
             c = self.coef[r]
             scales = ", ".join(f"{k}×{v:.2f}" for k, v in zip(CLASSES, c))
-            parts.append(f"{r}: {scales}, +{c[-2] * 1e3:.1f} µs/compute node, +{c[-1] * 1e3:.1f} µs/view node")
+            parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
+                         f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations")
         return "composition (calibrated): " + "; ".join(parts)
 
 

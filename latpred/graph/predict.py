@@ -72,6 +72,9 @@ class _Plan:
     ops: list[str | None]
     kinds: list[str]
     view: np.ndarray
+    param_mib: np.ndarray  # (nodes,)
+    out_mib_fixed: np.ndarray  # (nodes,): output MiB = fixed + batch * per_sample
+    out_mib_per_sample: np.ndarray
 
 
 def _plan(graph: ModelGraph) -> _Plan:
@@ -97,8 +100,11 @@ def _plan(graph: ModelGraph) -> _Plan:
         uidx.append(k)
         cols.append(j)
     groups = {op: (prepare_specs(specs), np.array(uidx), np.array(cols)) for op, (specs, _, uidx, cols) in by_op.items()}
+    per = np.array([n.out_bytes_per_sample for n in graph.nodes], dtype=float) / 2**20
+    fixed = np.array([n.out_bytes for n in graph.nodes], dtype=float) / 2**20 - graph.batch_size * per
     plan = _Plan(groups, generic_costs, np.array(generic_cols, dtype=int), [n.op for n in graph.nodes],
-                 [n.kind for n in graph.nodes], np.array([n.kind == "view" for n in graph.nodes]))
+                 [n.kind for n in graph.nodes], np.array([n.kind == "view" for n in graph.nodes]),
+                 np.array([n.param_bytes for n in graph.nodes], dtype=float) / 2**20, fixed, per)
     cache["plan"] = plan
     return plan
 
@@ -192,7 +198,8 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
     classes = graph._cache[key]
     compute = classes >= 0
     comp = predictor.composition
-    node_ms = comp.apply(iso, classes, compute, plan.view, u)
+    act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
+    node_ms = comp.apply(iso, classes, compute, plan.view, u, plan.param_mib, act_mib)
     total = node_ms.sum(axis=1)
     return GraphLatency([n.name for n in graph.nodes], node_ms.reshape(*shape, N), iso.reshape(*shape, N),
                         total.reshape(shape), {k: v.reshape(shape) for k, v in cond.items()}, fallback,
