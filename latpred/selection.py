@@ -229,11 +229,19 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
             est = make_regressor(family, op, seed=seed, table=table)
             pred = np.empty(len(ylog[op]))
             t0 = time.perf_counter()
-            for k in range(cv):
-                tr, te = folds[op] != k, folds[op] == k
-                if te.any():
-                    pred[te] = clone(est).fit(X[op][tr], ylog[op][tr]).predict(X[op][te])
-            model = clone(est).fit(X[op], ylog[op])
+            try:
+                for k in range(cv):
+                    tr, te = folds[op] != k, folds[op] == k
+                    if te.any():
+                        pred[te] = clone(est).fit(X[op][tr], ylog[op][tr]).predict(X[op][te])
+                model = clone(est).fit(X[op], ylog[op])
+            except ValueError as e:  # e.g. an MLP's early-stopping split on a handful of samples
+                # the family cannot be fitted on this op's data: excluded, and its single-family baseline
+                # predicts the op's mean for these rows
+                oof[op, family] = np.full(len(ylog[op]), ylog[op].mean())
+                cands.append(Candidate(op, family, accuracy_report(np.exp(oof[op, family]), data.latency_ms[op]),
+                                       float("inf"), float("inf"), 0, 0.0, excluded=f"cannot be fitted: {e}"))
+                continue
             train_s = (time.perf_counter() - t0) / (cv + 1)
             oof[op, family], fitted[op, family] = pred, model
             batch_us, single_us = _time_predict(model.predict, X[op])
@@ -275,6 +283,8 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     for op in ops:
         mine = [c for c in cands if c.op == op]
         for c in mine:
+            if c.excluded is not None:
+                continue
             if max_predict_us is not None and c.predict_us_batch > max_predict_us:
                 c.excluded = f"predict {c.predict_us_batch:.1f} us/sample > max_predict_us {max_predict_us:g}"
             elif max_bytes is not None and c.size_bytes > max_bytes:

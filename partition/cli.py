@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 EXAMPLES = {
+    "prune": """examples:
+  partition prune --model torchvision:resnet18 --predictor latpred-out/predictor --latency-budget-ms 25
+  partition prune --model torchvision:mobilenet_v2 --predictor P --batch-size 8 --round-to 8 --plot front.png --json""",
     "split": """examples:
   partition split --model torchvision:resnet50 --edge latpred-out/predictor --cloud latpred-out/predictor \\
       --bandwidth-mbps 20 --edge-utilization 0.5 --edge-threads 1
@@ -83,6 +86,40 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from latpred.graph.models import load_model
+    from latpred.predictor import Predictor
+
+    from .prune_problem import optimize_pruning
+
+    ref = load_model(args.model)
+    if ref.module is None:
+        raise ValueError("partition prune needs a PyTorch model (torchvision:NAME or package.module:factory), not an ONNX file")
+    pred = Predictor.load(args.predictor)
+    conds = {"batch_size": args.batch_size, "utilization": args.utilization,
+             **({"threads": args.threads} if args.threads else {})}
+    res = optimize_pruning(ref.module, ref.example_input(args.batch_size), pred, conditions=conds,
+                           latency_budget_ms=args.latency_budget_ms, round_to=args.round_to, pop_size=args.pop_size,
+                           n_gen=args.generations, seed=args.seed)
+    best = res.best(args.latency_budget_ms) if args.latency_budget_ms else res.plans[0]
+    rows = [{"latency_ms": p.latency_ms, "proxy": p.proxy, "flops": p.flops, "param_bytes": p.param_bytes,
+             "ratios": dict(zip(p.group_names, p.ratios))} for p in res.plans]
+    if args.plot:
+        from latpred.plots import plot_pareto
+
+        plot_pareto([(p.latency_ms, p.proxy) for p in res.plans], (best.latency_ms, best.proxy), args.plot,
+                    ylabel="importance mass pruned (1 - retained)", title=f"{ref.name}: pruning front")
+    doc = {"model": ref.name, "base_latency_ms": res.base_latency_ms, "search_s": res.search_s, "front": rows,
+           "chosen": rows[res.plans.index(best)]}
+    lines = [f"{ref.name}: unpruned {res.base_latency_ms:.2f} ms predicted; {len(res.plans)} plans on the front "
+             f"(search {res.search_s:.1f} s, {res.n_evals} evaluations)",
+             f"chosen: {best.latency_ms:.2f} ms ({100 * (1 - best.latency_ms / res.base_latency_ms):.0f}% faster), "
+             f"importance pruned {100 * best.proxy:.1f}%, {best.param_bytes / 2**20:.1f} MiB of parameters"]
+    lines += [f"  {r['latency_ms']:8.2f} ms  proxy {r['proxy']:.3f}" for r in rows[:10]]
+    print(json.dumps(doc, indent=2, default=str) if args.json else "\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="partition", description="Partition and prune models with latency predictions.",
@@ -111,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--execute", action="store_true", help="also run the plan for real (edge and cloud processes, gRPC)")
     s.add_argument("--requests", type=int, default=20, help="requests measured with --execute (default: %(default)s)")
     s.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+    r = sub.add_parser("prune", help="choose per-layer channel-pruning ratios with predicted latency",
+                       description="latency-aware structured pruning: NSGA-II over per-group ratios, predicted latency "
+                       "x retained importance, optional latency budget", epilog=EXAMPLES["prune"], formatter_class=fmt)
+    r.set_defaults(func=cmd_prune)
+    r.add_argument("--model", required=True, help="torchvision:NAME or package.module:factory")
+    r.add_argument("--predictor", required=True, help="predictor directory of the target device")
+    r.add_argument("--latency-budget-ms", type=float, help="constraint: predicted latency of the pruned model")
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--utilization", type=float, default=0.0)
+    r.add_argument("--threads", type=int)
+    r.add_argument("--round-to", type=int, help="round kept channels to multiples of this (e.g. 8)")
+    r.add_argument("--pop-size", type=int, default=64)
+    r.add_argument("--generations", type=int, default=60)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--plot", help="PNG of the Pareto front")
+    r.add_argument("--json", action="store_true", help="machine-readable JSON output")
     return p
 
 

@@ -43,3 +43,12 @@ def tiny() -> tuple[nn.Module, torch.Tensor]:
     """Factory used as ``tests.helpers_graph:tiny`` on the command line."""
     torch.manual_seed(0)
     return Tiny().eval(), torch.randn(1, 3, 32, 32)
+
+
+def plain_cnn() -> tuple[nn.Module, torch.Tensor]:
+    """Factory ``tests.helpers_graph:plain_cnn``: conv-bn-relu blocks and a classifier (prunable)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                      nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return m.eval(), torch.randn(1, 3, 16, 16)

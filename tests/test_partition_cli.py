@@ -40,3 +40,16 @@ def test_split_text_and_bad_input(predictor_dir, capsys):
     assert main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
                  "--bandwidth-mbps", "5", "--objectives", "latency,speed"]) == 2
     assert "speed" in capsys.readouterr().err
+
+
+def test_prune_front_budget_and_errors(predictor_dir, tmp_path, capsys):
+    png = tmp_path / "prune.png"
+    assert main(["prune", "--model", "tests.helpers_graph:plain_cnn", "--predictor", predictor_dir, "--generations", "5",
+                 "--pop-size", "16", "--plot", str(png), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["front"] and doc["base_latency_ms"] > 0 and png.stat().st_size > 1000
+    lat = [r["latency_ms"] for r in doc["front"]]
+    assert min(lat) < doc["base_latency_ms"]
+    assert main(["prune", "--model", "tests.helpers_graph:plain_cnn", "--predictor", predictor_dir,
+                 "--latency-budget-ms", "1e-9", "--generations", "3", "--pop-size", "8"]) == 2
+    assert "latency_budget_ms" in capsys.readouterr().err
