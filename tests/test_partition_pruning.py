@@ -54,7 +54,8 @@ class _Roofline:
 @pytest.fixture(scope="module")
 def predictor():
     ops = {"conv2d": 1.0, "linear": 1.2, "activation": 0.8, "batchnorm2d": 0.9, "elementwise": 0.7}
-    comp = Composition({"unloaded": [1.1, 1.0, 0.9, 1.2, 0.004, 0.001], "loaded": [1.5, 1.3, 1.2, 1.6, 0.006, 0.002]},
+    comp = Composition({"unloaded": [1.1, 1.0, 0.9, 1.2, 0.004, 0.001, 0.02, 0.01],
+                        "loaded": [1.5, 1.3, 1.2, 1.6, 0.006, 0.002, 0.03, 0.015]},
                        calibrated=True)
     return Predictor({op: "ridge" for op in ops}, {op: _Roofline(feature_names(op), k) for op, k in ops.items()},
                      generic=_Roofline(list(GENERIC_FEATURES), 1.5), composition=comp)
@@ -120,7 +121,9 @@ def test_apply_gives_smaller_runnable_model(net, x, analysis, predictor):
         assert pruned(x).shape == net(x).shape == (1, 10)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in net.parameters())
     # same specs => same prediction
-    assert float(predictor.predict_graph(trace(pruned, x)).total_ms) == pytest.approx(table.latency_ms(X)[0], rel=1e-9)
+    # same specs => same prediction; the composition's weight-MiB term sees the real parameter bytes of the
+    # pruned model (BN buffers included) where the table uses the rewritten estimate: a ~1e-6 relative gap
+    assert float(predictor.predict_graph(trace(pruned, x)).total_ms) == pytest.approx(table.latency_ms(X)[0], rel=1e-4)
 
 
 def test_proxy_monotone(analysis):
@@ -144,7 +147,7 @@ def test_optimize_front_budget_and_apply(net, x, predictor, analysis):
     m = plan.apply(net)
     with torch.no_grad():
         assert m(x).shape == (1, 10)
-    assert float(predictor.predict_graph(trace(m, x)).total_ms) == pytest.approx(plan.latency_ms, rel=1e-9)
+    assert float(predictor.predict_graph(trace(m, x)).total_ms) == pytest.approx(plan.latency_ms, rel=1e-4)
     with pytest.raises(ValueError, match=r"latency_budget_ms=0\.0001 ms is infeasible.*\d+(\.\d+)? ms"):
         optimize_pruning(net, x, predictor, latency_budget_ms=1e-4, pop_size=8, n_gen=2, analysis=analysis)
 
@@ -219,4 +222,4 @@ def test_resnet18_residual_groups_and_apply(predictor):
     m = a.prune_(__import__("copy").deepcopy(net), table.ratios(X)[0])
     assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in net.parameters())
     want = float(predictor.predict_graph(trace(m, x)).total_ms)
-    assert table.latency_ms(X)[0] == pytest.approx(want, rel=1e-9)
+    assert table.latency_ms(X)[0] == pytest.approx(want, rel=1e-4)  # weight-MiB term: estimated vs real bytes
