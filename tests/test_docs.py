@@ -34,3 +34,14 @@ def test_doc_example_runs(where, index, code, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     exec(compile(code, f"{where}#{index}", "exec"), {"__name__": "__docs__"})
     assert os.getcwd() == str(workdir)
+
+
+def test_cli_reference_is_current(monkeypatch):
+    """docs/cli.md is what `python scripts/gen_cli_docs.py` writes today (regenerate it after changing a command)."""
+    import importlib.util
+
+    monkeypatch.setenv("COLUMNS", "100")
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", ROOT / "scripts" / "gen_cli_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == mod.render()
