@@ -96,7 +96,8 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
             data = load_training_data(store)
         say(f"      {prof.summary()}")
         report["profile"] = {"planned": prof.planned, "already_done": prof.already_done, "measured": prof.measured,
-                             "failed": prof.failed, "elapsed_s": prof.elapsed_s}
+                             "continued": prof.continued, "measurements": prof.measurements, "failed": prof.failed,
+                             "elapsed_s": prof.elapsed_s}
         timings["profile_s"] = time.perf_counter() - t
 
         # 2 -- train + auto-select (skipped when the saved predictor was trained on exactly this data)

@@ -23,6 +23,18 @@ TINY = {
 def test_quickstart_runs_every_step_and_resumes(tmp_path):
     space = ParameterSpace.from_dict(TINY)
     out = tmp_path / "qs"
+    out.mkdir()
+    # an earlier run interrupted after the first pass (as Ctrl-C would leave it): committed samples stay
+    from latpred.profiling.devices import CpuDevice
+    from latpred.profiling.runner import profile
+    from latpred.profiling.store import ProfileStore
+
+    dev = CpuDevice()
+    try:
+        with ProfileStore(out / "profiles.sqlite") as store:
+            profile(space, dev, store, passes=1, progress=False)
+    finally:
+        dev.close()
     lines: list[str] = []
     kw = dict(progress=False, model="builtin", networks=2, space=space, families=["ridge", "knn"], input_size=32,
               say=lines.append)
@@ -30,7 +42,8 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     for name in ("profiles.sqlite", "predictor/predictor.json", "predictor/selection_report.json", "report.json",
                  "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png"):
         assert (out / name).is_file(), name
-    assert report["profile"]["measured"] == len(space.specs())
+    n = len(space.specs())
+    assert report["profile"]["continued"] == n and report["profile"]["measurements"] == 2 * n  # resumed, not restarted
     assert report["model"]["name"] == "builtin_cnn" and len(report["model"]["cases"]) == 2
     assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in report["model"]["cases"])
     assert len(report["partition"]["per_bandwidth"]) == 3

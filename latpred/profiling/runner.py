@@ -32,6 +32,8 @@ class ProfileReport:
     elapsed_s: float
     status: str
     measurements: int = 0
+    #: specs that had some passes in the store and got their remaining passes in this run
+    continued: int = 0
 
     @property
     def samples_per_s(self) -> float:
@@ -39,7 +41,8 @@ class ProfileReport:
         return (self.measured + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"run {self.run_id}: {self.measured} new specs measured, {self.failed} failed, {self.already_done} "
+        resumed = f", {self.continued} resumed with their remaining passes" if self.continued else ""
+        return (f"run {self.run_id}: {self.measured} new specs measured{resumed}, {self.failed} failed, {self.already_done} "
                 f"complete in the store before (of {self.planned} in the space); {self.measurements} measurements "
                 f"in {self.elapsed_s:.1f} s ({self.samples_per_s:.2f} specs/s) - {self.status}")
 
@@ -117,5 +120,6 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         if set_util is not None:
             set_util(0.0)
         store.finish_run(run_id, status)
+    continued = len({s.key for _, s in plan if counts.get(s.key, 0) > 0})
     return ProfileReport(run_id, device_id, len(specs), already, measured, failed,
-                         time.perf_counter() - t0, status, len(plan))
+                         time.perf_counter() - t0, status, len(plan), continued)
