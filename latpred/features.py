@@ -200,16 +200,6 @@ def cost_features(costs: Sequence[Any], dtype: str, batch_size: Any, utilization
     pairs, under every condition: shape (nodes, conditions, 11). The generic fallback model reads these
     for nodes no op type covers.
     """
-    rows = np.array([_affine_row(_add(f, p), _add(f, p, 2)) for f, p in costs], dtype=np.float64).reshape(-1, 9)
+    rows = np.array([_affine_row(f.plus(p, 1), f.plus(p, 2)) for f, p in costs], dtype=np.float64).reshape(-1, 9)
     b, u, t = _conditions(batch_size, utilization, threads)
     return _condition_columns(rows, np.full(len(rows), float(dtype_bytes(dtype))), b, u, t)
-
-
-def _add(fixed: Any, per: Any, b: int = 1) -> Any:
-    from .ops.base import Costs
-
-    def f(k: str) -> float | None:
-        x, y = getattr(fixed, k), getattr(per, k)
-        return None if x is None else x + b * (y or 0.0)
-    return Costs(flops=f("flops"), weights=fixed.weights, in_elems=f("in_elems"), out_elems=f("out_elems"),
-                 weights_touched=f("weights_touched"))

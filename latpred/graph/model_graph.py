@@ -97,23 +97,6 @@ def affine_costs(at1: Costs, at2: Costs) -> tuple[Costs, Costs]:
     return fixed, per
 
 
-def _scale(fixed: Costs, per: Costs, b: int) -> Costs:
-    def f(k: str) -> float | None:
-        a, p = getattr(fixed, k), getattr(per, k)
-        return None if a is None else a + b * p
-    return Costs(flops=f("flops"), weights=f("weights"), in_elems=f("in_elems"), out_elems=f("out_elems"),
-                 weights_touched=f("weights_touched"))
-
-
-def _minus(a: Costs, b: Costs, factor: int) -> Costs:
-    """``a - factor * b`` field by field (the fixed part of a cost given its per-sample part)."""
-    def f(k: str) -> float | None:
-        x, y = getattr(a, k), getattr(b, k)
-        return None if x is None else x - factor * (y or 0.0)
-    return Costs(flops=f("flops"), weights=f("weights"), in_elems=f("in_elems"), out_elems=f("out_elems"),
-                 weights_touched=f("weights_touched"))
-
-
 @dataclass(frozen=True)
 class Coverage:
     """Which compute nodes a predictor covers with a trained op model, and what the fallback gets."""
@@ -244,8 +227,7 @@ class ModelGraph:
             if n.spec is not None:
                 ch["spec"] = n.spec.with_conditions(batch_size=b)
             if n.costs is not None and n.costs_per_sample is not None:
-                fixed = _minus(n.costs, n.costs_per_sample, self.batch_size)
-                ch["costs"] = _scale(fixed, n.costs_per_sample, b)
+                ch["costs"] = n.costs.plus(n.costs_per_sample, b - self.batch_size)
             fixed_bytes = n.out_bytes - self.batch_size * n.out_bytes_per_sample
             ch["out_bytes"] = int(fixed_bytes + b * n.out_bytes_per_sample)
             ch["out_shapes"] = tuple(_rebatch(s, self.batch_size, b) if n.out_bytes_per_sample else s
@@ -323,7 +305,7 @@ def spec_node(name: str, target: str, op: str, params: dict[str, Any], *, batch_
     out_bytes = sum(tensor_bytes(s, dtype) for s in shapes)
     if out_bytes_per_sample is None:
         out_bytes_per_sample = out_bytes // batch_size if all(s and s[0] == batch_size for s in shapes) else 0
-    return GraphNode(name, "compute", target, spec=spec, costs=_scale(fixed, per, batch_size), costs_per_sample=per,
+    return GraphNode(name, "compute", target, spec=spec, costs=fixed.plus(per, batch_size), costs_per_sample=per,
                      param_bytes=int(param_bytes), out_bytes=out_bytes, out_bytes_per_sample=int(out_bytes_per_sample),
                      out_shapes=shapes, module=module)
 

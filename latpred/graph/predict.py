@@ -88,7 +88,7 @@ def _plan(graph: ModelGraph) -> _Plan:
             continue
         if n.spec is None:
             per = n.costs_per_sample
-            fixed = _fixed(n.costs, per, graph.batch_size)
+            fixed = n.costs.plus(per, -graph.batch_size)
             generic_costs.append((fixed, per))
             generic_cols.append(j)
             continue
@@ -107,16 +107,6 @@ def _plan(graph: ModelGraph) -> _Plan:
                  np.array([n.param_bytes for n in graph.nodes], dtype=float) / 2**20, fixed, per)
     cache["plan"] = plan
     return plan
-
-
-def _fixed(costs: Any, per: Any, b: int) -> Any:
-    from ..ops.base import Costs
-
-    def f(k: str) -> float | None:
-        x, y = getattr(costs, k), getattr(per, k)
-        return None if x is None else x - b * (y or 0.0)
-    return Costs(flops=f("flops"), weights=costs.weights, in_elems=f("in_elems"), out_elems=f("out_elems"),
-                 weights_touched=f("weights_touched"))
 
 
 def _as_conditions(graph: ModelGraph, batch_size: Any, utilization: Any, threads: Any, default_threads: int,

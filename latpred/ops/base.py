@@ -66,6 +66,15 @@ class Costs:
         touched = self.weights if self.weights_touched is None else self.weights_touched
         return (self.in_elems + self.out_elems + touched) * dtype_bytes(dtype)
 
+    def plus(self, per_sample: Costs, factor: float) -> Costs:
+        """``self + factor * per_sample`` field by field: the costs at another batch size from a fixed and a
+        per-sample part (a negative factor recovers the fixed part). ``None`` fields stay ``None``."""
+        def f(k: str) -> float | None:
+            x, y = getattr(self, k), getattr(per_sample, k)
+            return None if x is None else x + factor * (y or 0.0)
+        return Costs(flops=f("flops"), weights=f("weights"), in_elems=f("in_elems"), out_elems=f("out_elems"),
+                     weights_touched=f("weights_touched"))
+
 
 def conv_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     """Output length of a convolution/pooling window along one axis (PyTorch's formula)."""
