@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MeasurementError, SpecError
-from .compose import Composition, class_index
+from .compose import Composition
+from .predict import composition_features
 from .trace import trace
 
 __all__ = ["random_network", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS", "composition_from_cases"]
@@ -250,7 +251,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                 say(f"network {k} batch {b}: measurement failed ({e}); skipped")
                 continue
             lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
-            feats = _features(predictor, graph, lat.isolated_ms, b)
+            feats = composition_features(predictor, graph, lat.isolated_ms, b)
             cases.append(CalibrationCase(k, b, u, t, m.latency_ms, feats.tolist(), graph.total_flops * b / 1e9))
             say(f"network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: measured {m.latency_ms:.2f} ms, "
                 f"sum of isolated {float(feats[:4].sum()):.2f} ms")
@@ -277,19 +278,8 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
         g = graphs[c.network]
         lat = predictor.predict_graph(g, batch_size=c.batch_size, utilization=c.utilization, threads=c.threads)
         out.append(CalibrationCase(c.network, c.batch_size, c.utilization, c.threads, c.measured_ms,
-                                   _features(predictor, g, lat.isolated_ms, c.batch_size).tolist(), c.gflops))
+                                   composition_features(predictor, g, lat.isolated_ms, c.batch_size).tolist(), c.gflops))
     return composition_from_cases(out, {**(info or {}), "refit_from_cases": len(cases)})
-
-
-def _features(predictor: Any, graph: Any, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
-    ops = [None if (n.op is not None and not predictor.covers(n.op)) else n.op for n in graph.nodes]
-    kinds = [n.kind for n in graph.nodes]
-    cls = class_index(ops, kinds)
-    view = np.array([k == "view" for k in kinds])
-    g = graph.with_batch_size(batch_size)
-    param = np.array([n.param_bytes for n in g.nodes], dtype=float) / 2**20
-    act = np.array([n.out_bytes for n in g.nodes], dtype=float) / 2**20
-    return Composition.features(isolated_ms[None, :], cls, cls >= 0, view, param, act[None, :])[0]
 
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None) -> Composition:

@@ -22,7 +22,7 @@ from .model_graph import ModelGraph
 if TYPE_CHECKING:
     from ..predictor import Predictor
 
-__all__ = ["GraphLatency", "predict_graph"]
+__all__ = ["GraphLatency", "predict_graph", "composition_features"]
 
 
 @dataclass
@@ -181,19 +181,34 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
                                      "with `latpred train`")
             X = cost_features(generic_costs, graph.dtype, b, u, t)
             iso[:, gcols] = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(-1, C).T
-    key = ("classes", tuple(predictor.ops))
-    if key not in graph._cache:
-        graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
-                                        plan.kinds)
-    classes = graph._cache[key]
-    compute = classes >= 0
     comp = predictor.composition
-    act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
+    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, b)
     node_ms = comp.apply(iso, classes, compute, plan.view, u, plan.param_mib, act_mib)
     total = node_ms.sum(axis=1)
     return GraphLatency([n.name for n in graph.nodes], node_ms.reshape(*shape, N), iso.reshape(*shape, N),
                         total.reshape(shape), {k: v.reshape(shape) for k, v in cond.items()}, fallback,
                         "calibrated" if comp.calibrated else "sum")
+
+
+def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan,
+                        b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Composition class per node (cached per predictor op set), compute mask, output MiB per condition."""
+    key = ("classes", tuple(predictor.ops))
+    if key not in graph._cache:
+        graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
+                                        plan.kinds)
+    classes = graph._cache[key]
+    act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
+    return classes, classes >= 0, act_mib
+
+
+def composition_features(predictor: Predictor, graph: ModelGraph, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
+    """The :meth:`Composition.features` row of ``graph`` at ``batch_size`` from its isolated node ms (one condition)."""
+    from .compose import Composition
+
+    plan = _plan(graph)
+    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, np.array([float(batch_size)]))
+    return Composition.features(np.asarray(isolated_ms)[None, :], classes, compute, plan.view, plan.param_mib, act_mib)[0]
 
 
 def _static_costs(static: StaticFeatures, i: int) -> Any:
