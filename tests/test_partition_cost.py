@@ -3,22 +3,8 @@
 import numpy as np
 import pytest
 
-from latpred.graph.model_graph import ModelGraph, generic_node, plain_node
-from latpred.ops.base import Costs
 from partition import CostModel, Link, repair
-
-
-def make_graph(nodes, edges, name="g"):
-    """nodes: (name, kind, out_bytes, param_bytes); out_bytes must be a multiple of 4 (float32)."""
-    out = []
-    for n, kind, ob, pb in nodes:
-        shapes = [(1, ob // 4)] if ob else []
-        if kind == "compute":
-            out.append(generic_node(n, "f", Costs(1.0, 0.0, 1.0, 1.0), batch_size=1, out_shapes=shapes, param_bytes=pb))
-        else:
-            out.append(plain_node(n, kind, kind, batch_size=1, out_shapes=shapes, param_bytes=pb))
-    return ModelGraph(out, list(edges), name=name)
-
+from tests.helpers_partition import make_graph
 
 # per transfer: rtt 2 ms + bytes * 8 / 8e6 * 1e3 (1e-3 ms/B) + 1000 ms/MB serialization (1e-3 ms/B) = 2 + 2e-3 * bytes
 LINK = Link(bandwidth_mbps=8.0, rtt_ms=2.0, serialize_ms_per_mb=1000.0)

@@ -3,20 +3,8 @@
 import numpy as np
 import pytest
 
-from latpred.graph.model_graph import ModelGraph, generic_node, plain_node
-from latpred.ops.base import Costs
 from partition import CostModel, Link, best_single_cut, brute_force, min_cut_partition
-
-
-def make_graph(nodes, edges):
-    out = []
-    for n, kind, ob, pb in nodes:
-        shapes = [(1, ob // 4)] if ob else []
-        if kind == "compute":
-            out.append(generic_node(n, "f", Costs(1.0, 0.0, 1.0, 1.0), batch_size=1, out_shapes=shapes, param_bytes=pb))
-        else:
-            out.append(plain_node(n, kind, kind, batch_size=1, out_shapes=shapes, param_bytes=pb))
-    return ModelGraph(out, list(edges))
+from tests.helpers_partition import make_graph
 
 
 def random_dag(rng, n_compute, with_constant=False):
