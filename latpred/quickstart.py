@@ -172,7 +172,8 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
         say(f"[5/6] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps")
-        report["partition"] = _partition(graph, pred, conds, out, plots, say)
+        edge_ms, cloud_ms = (lats[label].node_ms for label in conds)
+        report["partition"] = _partition(graph, edge_ms, cloud_ms, out, plots, say)
         timings["partition_s"] = time.perf_counter() - t
     finally:
         device.close()
@@ -187,13 +188,9 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     return report
 
 
-def _partition(graph: Any, pred: Any, conds: dict[str, tuple[float, int]], out: Path, plots: Any,
-               say: Callable[[str], None]) -> dict[str, Any]:
+def _partition(graph: Any, edge: Any, cloud: Any, out: Path, plots: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """Edge-cloud plans from the per-node ms already predicted for the edge and cloud conditions."""
     from partition import Link, optimize_partition
-
-    (eu, et), (cu, ct) = conds.values()
-    edge = pred.predict_graph(graph, batch_size=1, utilization=eu, threads=et).node_ms
-    cloud = pred.predict_graph(graph, batch_size=1, utilization=cu, threads=ct).node_ms
     results = []
     shown = None
     for bw in BANDWIDTHS_MBPS:
