@@ -29,6 +29,8 @@ __all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION"]
 FORMAT = "latpred-predictor"
 FORMAT_VERSION = 1
 _TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.")
+#: our own estimator classes a skops file may hold (plain attribute containers: loading runs no code of the file)
+_TRUSTED_TYPES = frozenset({"latpred.regressors.residual.ResidualRegressor"})
 
 
 class PredictorFormatError(LatpredError, ValueError):
@@ -242,14 +244,14 @@ class Predictor:
 
 
 def _load_skops(f: Path) -> Any:
-    """A scikit-learn model from a skops file, refusing any type outside :data:`_TRUSTED_PREFIXES`."""
+    """A scikit-learn model from a skops file, refusing any type outside :data:`_TRUSTED_PREFIXES` and :data:`_TRUSTED_TYPES`."""
     import skops.io as sio
 
     try:
         untrusted = sio.get_untrusted_types(file=str(f))
     except Exception as e:  # not a skops archive (a pickle, garbage, ...): never unpickled
         raise PredictorFormatError(f"{f}: cannot be read as a skops model ({type(e).__name__}: {e})") from None
-    bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    bad = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES) and t not in _TRUSTED_TYPES]
     if bad:
         raise PredictorFormatError(f"{f}: refusing to load untrusted type(s) {bad}")
     try:

@@ -11,15 +11,18 @@ The report also gives every single-family baseline (that family for all op types
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 
 from .errors import SpecError
 from .features import GENERIC_FEATURES, featurize
@@ -196,6 +199,18 @@ def fit_generic(X: Mapping[str, np.ndarray], ylog: Mapping[str, np.ndarray], n_e
     return est.fit(np.vstack(cols), np.concatenate(list(ylog.values())))
 
 
+def _quiet_convergence(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Silence scikit-learn's ConvergenceWarning inside ``fn``: a GP kernel parameter at its bound or an
+    MLP out of iterations is routine in cross-validation, and the CV score is what judges the fit."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quiet_convergence
 def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int = 5,
            tolerance: float = DEFAULT_TOLERANCE, max_predict_us: float | None = None, max_bytes: int | None = None,
            seed: int = 0, group_by: str = "spec", table: Mapping[str, Any] | None = None,

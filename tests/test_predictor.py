@@ -67,6 +67,18 @@ def test_save_load_roundtrip_is_identical(trained, tmp_path):
     assert np.array_equal(loaded.predict(specs), predictor.predict(specs))
 
 
+def test_gp_and_two_stage_families_save_and_load(tmp_path):
+    # ridge_trees holds our own ResidualRegressor: loading must trust exactly that class, nothing broader
+    table = {"gp": {"params": {}}, "ridge_trees": {"params": {"n_estimators": 20}}}
+    predictor, report = select(DATA, families=["gp", "ridge_trees"], cv=3, table=table)
+    specs = [s for op in DATA.ops for s in DATA.specs[op]]
+    for family in ("gp", "ridge_trees"):
+        p = report.family_predictor(family, predictor)
+        loaded = Predictor.load(p.save(tmp_path / family))
+        assert set(loaded.families.values()) == {family}
+        assert np.allclose(loaded.predict(specs), p.predict(specs))
+
+
 class _Evil:
     def __reduce__(self):
         import os

@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
-from sklearn.linear_model import Ridge
+from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, WhiteKernel
+from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline
@@ -18,6 +21,7 @@ from sklearn.svm import SVR
 
 from ..errors import SpecError
 from .medn import MEDNRegressor
+from .residual import ResidualRegressor
 
 __all__ = ["FAMILIES", "candidate_table", "candidate_params", "make_regressor"]
 
@@ -58,13 +62,30 @@ def _mlp(hidden_layer_sizes: Any = (128, 64), alpha: float = 1e-4, max_iter: int
                                           n_iter_no_change=30, random_state=seed))])
 
 
+def _gp(length_scale: float = 3.0, noise: float = 0.01, restarts: int = 0, seed: int = 0) -> BaseEstimator:
+    # smooth (RBF) deviations around a linear trend (DotProduct), plus white measurement noise; the
+    # kernel's hyper-parameters are fitted by maximum likelihood on every fit
+    kernel = (ConstantKernel(1.0) * RBF(length_scale=length_scale, length_scale_bounds=(1e-2, 1e3))
+              + DotProduct(sigma_0=1.0) + WhiteKernel(noise, noise_level_bounds=(1e-5, 1.0)))
+    return Pipeline([("scale", StandardScaler()),
+                     ("gp", GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts,
+                                                     random_state=seed))])
+
+
+def _ridge_trees(n_estimators: int = 200, min_samples_leaf: int = 2, max_features: Any = 0.7, seed: int = 0) -> BaseEstimator:
+    trend = Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=tuple(np.logspace(-4, 2, 13))))])
+    trees = ExtraTreesRegressor(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_features=max_features,
+                                random_state=seed, n_jobs=1)
+    return ResidualRegressor(trend, trees)
+
+
 def _medn(seed: int = 0, **params: Any) -> BaseEstimator:
     return MEDNRegressor(random_state=seed, **params)
 
 
 #: family name -> factory(**params, seed=) of an unfitted estimator
 FAMILIES = {"ridge": _ridge, "poly": _poly, "knn": _knn, "svr": _svr, "rf": _rf, "gbdt": _gbdt, "mlp": _mlp,
-            "medn": _medn}
+            "gp": _gp, "ridge_trees": _ridge_trees, "medn": _medn}
 
 
 def candidate_table() -> dict[str, Any]:
