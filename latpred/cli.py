@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr = add("train", "train regression models per op type, auto-select, and save a predictor", cmd_train)
     tr.add_argument("--db", default=str(DEFAULT_DB), help="profile store (default: %(default)s)")
     tr.add_argument("--out", default=str(DEFAULT_OUT / "predictor"), help="predictor directory (default: %(default)s)")
-    tr.add_argument("--regressors", type=_csv(str), help="families to try (default: all): ridge,poly,knn,svr,rf,gbdt,mlp,medn")
+    tr.add_argument("--regressors", type=_csv(str), help="families to try (default: all): ridge,poly,knn,svr,rf,gbdt,mlp,gp,ridge_trees,medn")
     tr.add_argument("--ops", type=_csv(str), help="op types to train (default: all in the store)")
     tr.add_argument("--device-id", type=int, help="device in the store (needed when it holds several)")
     tr.add_argument("--cv", type=int, default=5, help="cross-validation folds (default: %(default)s)")

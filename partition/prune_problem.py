@@ -194,17 +194,8 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
     res = _run_nsga2(problem, X0, pop_size, n_gen, seed)
     pop_X = problem.decode(res.pop.get("X"))
     cand = np.unique(np.vstack([pop_X, X0]), axis=0)
-    m = problem.metrics(cand)
-    if latency_budget_ms is not None:
-        ok = m["latency"] <= latency_budget_ms
-        if not ok.any():
-            raise ValueError(f"latency budget latency_budget_ms={latency_budget_ms:g} ms is infeasible: the smallest predicted "
-                             f"latency found is {float(m['latency'].min()):.4g} ms (unpruned {base:.4g} ms)")
-        cand, m = cand[ok], {k: v[ok] for k, v in m.items()}
-    F = np.column_stack([m[o] for o in objs])
-    keep = _non_dominated(F)
-    cand, m = cand[keep], {k: v[keep] for k, v in m.items()}
-    order = np.argsort(m["latency"], kind="stable")
+    cand, m, order = _front(cand, problem.metrics(cand), "latency", list(objs), latency_budget_ms,
+                            f"the smallest predicted latency found is {{:.4g}} ms (unpruned {base:.4g} ms)")
     t3 = time.perf_counter()
     plans = [_plan(analysis, table, cand[i]) for i in order]
     if evaluate is not None:
@@ -375,21 +366,29 @@ def optimize_joint(model: nn.Module, example_input: Any, edge_predictor: Any, cl
     res = _run_nsga2(problem, X0, max(pop_size, 2), n_gen, seed)
     pop_X = np.clip(np.rint(np.atleast_2d(np.asarray(res.pop.get("X"), dtype=float))), problem.xl, problem.xu)
     cand = np.unique(np.vstack([pop_X.astype(np.int64), X0]), axis=0)
-    m = problem.metrics(cand)
-    if latency_budget_ms is not None:
-        ok = m["latency_ms"] <= latency_budget_ms
-        if not ok.any():
-            raise ValueError(f"latency budget latency_budget_ms={latency_budget_ms:g} ms is infeasible: the smallest "
-                             f"end-to-end latency found is {float(m['latency_ms'].min()):.4g} ms")
-        cand, m = cand[ok], {k: v[ok] for k, v in m.items()}
     key = {"latency": "latency_ms", "proxy": "proxy", "bytes": "bytes_transferred"}
-    F = np.column_stack([m[key[o]] for o in problem.objectives])
-    keep = _non_dominated(F)
-    cand, m = cand[keep], {k: v[keep] for k, v in m.items()}
+    cand, m, order = _front(cand, problem.metrics(cand), "latency_ms", [key[o] for o in problem.objectives],
+                            latency_budget_ms, "the smallest end-to-end latency found is {:.4g} ms")
     _, assign = problem.decode(cand)
     plans = []
-    for i in np.argsort(m["latency_ms"], kind="stable"):
+    for i in order:
         plans.append(JointPlan(_plan(analysis, edge, cand[i, :-1]), int(cand[i, -1]), tuple(int(d) for d in assign[i]),
                                float(m["latency_ms"][i]), float(m["edge_ms"][i]), float(m["cloud_ms"][i]),
                                float(m["transfer_ms"][i]), float(m["bytes_transferred"][i])))
     return JointResult(plans, problem, time.perf_counter() - t0, int(res.algorithm.evaluator.n_eval))
+
+
+def _front(cand: np.ndarray, m: dict[str, np.ndarray], latency: str, objectives: list[str], budget_ms: float | None,
+           best_msg: str) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Candidates within the latency budget, then their non-dominated set on ``objectives``, with the
+    order that sorts it by ``m[latency]``. No candidate within the budget raises a ValueError ending in
+    ``best_msg`` formatted with the smallest latency found."""
+    if budget_ms is not None:
+        ok = m[latency] <= budget_ms
+        if not ok.any():
+            raise ValueError(f"latency budget latency_budget_ms={budget_ms:g} ms is infeasible: "
+                             + best_msg.format(float(m[latency].min())))
+        cand, m = cand[ok], {k: v[ok] for k, v in m.items()}
+    keep = _non_dominated(np.column_stack([m[o] for o in objectives]))
+    cand, m = cand[keep], {k: v[keep] for k, v in m.items()}
+    return cand, m, np.argsort(m[latency], kind="stable")
