@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import LatpredError
+from .cli_run import run_command
 
 DEFAULT_OUT = Path("latpred-out")
 DEFAULT_DB = DEFAULT_OUT / "profiles.sqlite"
@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = add("train", "train regression models per op type, auto-select, and save a predictor", cmd_train)
     tr.add_argument("--db", default=str(DEFAULT_DB), help="profile store (default: %(default)s)")
     tr.add_argument("--out", default=str(DEFAULT_OUT / "predictor"), help="predictor directory (default: %(default)s)")
-    tr.add_argument("--regressors", type=_csv(str), help="families to try (default: all): ridge,poly,knn,svr,rf,gbdt,mlp,gp,ridge_trees,medn")
+    tr.add_argument("--regressors", type=_csv(str), help="families to try (default: all): "
+                    "ridge,poly,knn,svr,rf,gbdt,mlp,gp,ridge_trees,medn")
     tr.add_argument("--ops", type=_csv(str), help="op types to train (default: all in the store)")
     tr.add_argument("--device-id", type=int, help="device in the store (needed when it holds several)")
     tr.add_argument("--cv", type=int, default=5, help="cross-validation folds (default: %(default)s)")
@@ -254,20 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``latpred`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # output piped into `head` & co.: not an error
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except LatpredError as e:  # bad input (ValueError/KeyError leaves) -> 2, runtime failure -> 1
-        print(f"latpred: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, (ValueError, KeyError)) else 1
-
+    return run_command("latpred", args.func, args, "interrupted; re-run the same command to resume")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -170,22 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``partition`` console script."""
-    from latpred.errors import LatpredError
+    from latpred.cli_run import run_command
 
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (LatpredError, ValueError, KeyError) as e:
-        print(f"partition: error: {e}", file=sys.stderr)
-        runtime = isinstance(e, LatpredError) and not isinstance(e, (ValueError, KeyError))
-        return 1 if runtime else 2
-    except RuntimeError as e:
-        print(f"partition: error: {e}", file=sys.stderr)
-        return 1
-
+    return run_command("partition", args.func, args)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
