@@ -20,7 +20,9 @@ EXAMPLES = {
   latpred predict --predictor P --model torchvision:vit_b_16 --batch-size 1,8,32 --utilization 0,0.5 --threads 1""",
     "calibrate": """examples:
   latpred calibrate --predictor latpred-out/predictor
-  latpred calibrate --predictor P --networks 60 --cases calibration.json""",
+  latpred calibrate --predictor P --networks 60 --cases calibration.json
+  latpred validate --predictor P --models torchvision:resnet18,torchvision:vgg11 --json cal_models.json
+  latpred calibrate --predictor P --from-cases calibration.json --from-validation cal_models.json""",
     "validate": """examples:
   latpred validate --predictor P --models torchvision:resnet18,torchvision:mobilenet_v2 --batch-sizes 1,8
   latpred validate --predictor P --models torchvision:zoo --batch-sizes 1,8,32 --utilization 0,0.5 \\
@@ -104,18 +106,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .profiling.devices import make_device
 
     pred = Predictor.load(args.predictor)
-    if args.from_cases:
-        from .graph.calibrate import CalibrationCase, refit
+    if args.from_cases or args.from_validation:
+        from .graph.calibrate import CalibrationCase, cases_from_validation, composition_from_cases, recompute_features
 
-        try:
-            raw = json.loads(Path(args.from_cases).read_text())
-            cases = [CalibrationCase(**c) for c in raw]
-        except (OSError, ValueError, TypeError) as e:
-            raise SpecError(f"--from-cases {args.from_cases}: not a calibration case file ({e})") from None
+        cases = []
+        if args.from_cases:
+            try:
+                raw = json.loads(Path(args.from_cases).read_text())
+                cases = [CalibrationCase(**c) for c in raw]
+            except (OSError, ValueError, TypeError) as e:
+                raise SpecError(f"--from-cases {args.from_cases}: not a calibration case file ({e})") from None
+            cases = recompute_features(pred, cases, seed=args.seed)
+        if args.from_validation:
+            try:
+                report = json.loads(Path(args.from_validation).read_text())
+            except (OSError, ValueError) as e:
+                raise SpecError(f"--from-validation {args.from_validation}: cannot read a JSON report ({e})") from None
+            cases += cases_from_validation(pred, report)
         old = pred.composition.info
-        comp = refit(pred, cases, seed=args.seed, info={k: old[k] for k in ("networks", "seed", "conditions", "source",
-                                                                         "calibration_s") if k in old})
-        comp.info.setdefault("networks", len({c.network for c in cases}))
+        keep = ("networks", "seed", "conditions", "source", "calibration_s") if args.from_cases and not args.from_validation else ()
+        info = {k: old[k] for k in keep if k in old}
+        if args.from_validation:
+            info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
+                              + (" + random networks" if args.from_cases else ""))
+        comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)})
+        comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
         device = make_device(args.device)
@@ -128,7 +143,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.cases:
         Path(args.cases).write_text(json.dumps([c.to_dict() for c in cases], indent=2))
     info = comp.info
-    text = (f"{comp.describe()}\nfitted on {info['rows']} cases of {info['networks']} random networks in "
+    text = (f"{comp.describe()}\nfitted on {info['rows']} cases of {info['networks']} networks in "
             f"{info['calibration_s']:.0f} s: fit MAPE {info['fit_mape']:.1f}%, acc10 {100 * info['fit_acc10']:.0f}% "
             f"(plain sum: median ratio {info['sum_ratio_median']:.2f}); saved to {args.predictor}")
     print(json.dumps(comp.to_dict(), indent=2) if args.json else text)
@@ -207,6 +222,8 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--cases", help="also write the measured cases to this JSON file")
     c.add_argument("--from-cases", help="refit from cases written earlier with --cases (no measurement): after retraining")
+    c.add_argument("--from-validation", help="fit on the measured cases of a `latpred validate --json` report (real models; "
+                   "no measurement), alone or with --from-cases. Keep the models you evaluate out of it")
 
     v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
             json_file=True)

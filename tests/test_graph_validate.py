@@ -78,3 +78,47 @@ def test_cli_trace_predict_validate(predictor_dir, tmp_path, capsys):
     assert rep["metrics"]["n"] == 1 and rep["cases"][0]["measured_ms"] > 0
     assert main(["validate", "--predictor", str(predictor_dir), "--models", "nonsense"]) == 2
     assert "not understood" in capsys.readouterr().err
+
+
+def test_composition_from_real_model_measurements(predictor_dir, tmp_path, capsys):
+    """Validation measurements of real models become calibration cases; leave-one-model-out never lets a
+    model's own cases fit the composition that predicts it; the CLI fits from such a report."""
+    import numpy as np
+
+    from latpred.graph.calibrate import cases_from_validation, leave_one_model_out
+    from latpred.predictor import Predictor
+
+    pred = Predictor.load(predictor_dir)
+    dev = FakeDevice(noise=0.0, model_scale=1.25, model_overhead_us=20.0)
+    refs = ["tests.helpers_graph:tiny", "tests.helpers_graph:plain_cnn"]
+    report = validate_models(pred, dev, refs, batch_sizes=(1, 2, 4, 8), utilizations=(0.0, 0.5))
+    doc = report.to_dict()
+    assert doc["settings"]["refs"] == {"tiny": refs[0], "plain_cnn": refs[1]}
+    cases = cases_from_validation(pred, json.loads(json.dumps(doc)))
+    assert len(cases) == 16 and {c.model for c in cases} == set(refs)
+    measured = np.array([c.measured_ms for c in cases])
+    plain = np.array([sum(c.features[:4]) for c in cases])
+    lomo = leave_one_model_out(cases)
+    assert np.mean(np.abs(lomo / measured - 1)) < np.mean(np.abs(plain / measured - 1))
+    # a composition fitted on one model's cases predicts the other exactly as leave_one_model_out says
+    from latpred.graph.calibrate import composition_from_cases
+
+    only_cnn = composition_from_cases([c for c in cases if c.model == refs[1]])
+    tiny = [i for i, c in enumerate(cases) if c.model == refs[0]]
+    F = np.array([cases[i].features for i in tiny])
+    u = np.array([cases[i].utilization for i in tiny])
+    assert np.allclose((F * only_cnn.matrix(u)).sum(axis=1), lomo[tiny])
+    with pytest.raises(SpecError, match="at least two models"):
+        leave_one_model_out([c for c in cases if c.model == refs[0]])
+
+    path = tmp_path / "cal_models.json"
+    path.write_text(json.dumps(doc))
+    p2 = tmp_path / "p2"
+    pred.save(p2)
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--json"]) == 0
+    comp = json.loads(capsys.readouterr().out)
+    assert comp["calibrated"] and "real models" in comp["info"]["source"] and comp["info"]["rows"] == 16
+    assert Predictor.load(p2).composition.calibrated
+    (tmp_path / "bad.json").write_text(json.dumps({"nothing": 1}))
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(tmp_path / "bad.json")]) == 2
+    assert "not a validation report" in capsys.readouterr().err

@@ -12,7 +12,7 @@ models, and fits :class:`~latpred.graph.compose.Composition` on the pairs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,8 @@ from .compose import Composition
 from .predict import composition_features
 from .trace import trace
 
-__all__ = ["random_network", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS", "composition_from_cases"]
+__all__ = ["random_network", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS", "composition_from_cases",
+           "recompute_features", "cases_from_validation", "leave_one_model_out"]
 
 #: (batch size, utilization, threads) measured per network; threads None = the device default
 DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = ((1, 0.0, None), (8, 0.0, None), (1, 0.5, 1), (8, 0.5, 1))
@@ -220,9 +221,16 @@ class CalibrationCase:
     measured_ms: float
     features: list[float]
     gflops: float
+    #: a model reference (:func:`~latpred.graph.load_model`) when the case is a real model; "" for a random network
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def group(self) -> str:
+        """What the case measured: the model reference, or ``random<network>``."""
+        return self.model or f"random{self.network}"
 
 
 def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
@@ -269,17 +277,72 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
     each case's network is rebuilt from its seed, traced, and predicted under the case's condition."""
     if not cases:
         raise SpecError("no calibration case to refit from")
-    graphs: dict[int, Any] = {}
+    return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)})
+
+
+def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
+    """The cases with their composition features recomputed by ``predictor``: each random network is
+    rebuilt from its seed, each real model loaded from its reference, traced once, and predicted
+    under the case's condition (threads None = the predictor's default)."""
+    from .models import load_model
+    from .validate import graph_of
+
+    graphs: dict[str, Any] = {}
     out = []
     for c in cases:
-        if c.network not in graphs:
-            model, shape = random_network(seed * 100_003 + c.network)
-            graphs[c.network] = trace(model, torch.randn(1, *shape), name=f"random{c.network}")
-        g = graphs[c.network]
-        lat = predictor.predict_graph(g, batch_size=c.batch_size, utilization=c.utilization, threads=c.threads)
+        if c.group not in graphs:
+            if c.model:
+                graphs[c.group] = graph_of(load_model(c.model))
+            else:
+                model, shape = random_network(seed * 100_003 + c.network)
+                graphs[c.group] = trace(model, torch.randn(1, *shape), name=c.group)
+        g = graphs[c.group]
+        t = predictor.default_threads if c.threads is None else c.threads
+        lat = predictor.predict_graph(g, batch_size=c.batch_size, utilization=c.utilization, threads=t)
         out.append(CalibrationCase(c.network, c.batch_size, c.utilization, c.threads, c.measured_ms,
-                                   composition_features(predictor, g, lat.isolated_ms, c.batch_size).tolist(), c.gflops))
-    return composition_from_cases(out, {**(info or {}), "refit_from_cases": len(cases)})
+                                   composition_features(predictor, g, lat.isolated_ms, c.batch_size).tolist(), c.gflops,
+                                   c.model))
+    return out
+
+
+def cases_from_validation(predictor: Any, validation: Mapping[str, Any]) -> list[CalibrationCase]:
+    """Calibration cases from real-model measurements: the measured cases of a validation report
+    (``latpred validate --json FILE`` or ``ValidationReport.to_dict()``), with ``predictor``'s
+    composition features. Use them to fit the composition on a calibration set of real models that
+    are *not* the ones you deploy, or to cross-validate it with :func:`leave_one_model_out`."""
+    try:
+        rows = list(validation["cases"])
+        refs = dict(validation.get("settings", {}).get("refs", {}))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise SpecError(f"not a validation report (needs 'cases' and 'settings'): {e}") from None
+    names = sorted({r["model"] for r in rows if r.get("measured_ms")})
+    if not names:
+        raise SpecError("the validation report holds no measured case")
+    cases = []
+    for r in rows:
+        if not r.get("measured_ms"):
+            continue
+        ref = refs.get(r["model"], f"torchvision:{r['model']}")  # reports written before refs were recorded
+        cases.append(CalibrationCase(names.index(r["model"]), int(r["batch_size"]), float(r["utilization"]), r["threads"],
+                                     float(r["measured_ms"]), [], 0.0, ref))
+    return recompute_features(predictor, cases)
+
+
+def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[CalibrationCase] = ()) -> np.ndarray:
+    """Composed latency (ms) of every case, predicted by a composition fitted on the *other* models'
+    cases (plus ``extra``, e.g. random-network cases), so no model is evaluated with a composition
+    that saw it. Rows align with ``cases``; their features must be current (:func:`recompute_features`)."""
+    groups = np.array([c.group for c in cases])
+    if len(set(groups)) < 2:
+        raise SpecError("leave-one-model-out needs cases of at least two models")
+    F = np.array([c.features for c in cases])
+    out = np.empty(len(cases))
+    for g in sorted(set(groups)):
+        train = [c for c, gg in zip(cases, groups) if gg != g] + list(extra)
+        comp = composition_from_cases(train)
+        mine = groups == g
+        out[mine] = (F[mine] * comp.matrix(np.array([c.utilization for c in cases])[mine])).sum(axis=1)
+    return out
 
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None) -> Composition:

@@ -133,10 +133,11 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
     if not utilizations or any(not 0 <= u < 1 for u in utilizations):
         raise SpecError(f"utilizations must be in [0, 1), got {list(utilizations)}")
     models = [load_model(r) for r in refs]  # resolve every reference before measuring anything
+    ref_of = {m.name: r.strip() for m, r in zip(models, refs)}
     cases: list[ValidationCase] = []
     t0 = time.perf_counter()
     for ref in models:
-        graph = _graph(ref)
+        graph = graph_of(ref)
         cov = graph.coverage(predictor.ops).node_share
         conds = [(b, u, threads if u == 0 else loaded_threads) for u in utilizations for b in batch_sizes]
         b = np.array([c[0] for c in conds])
@@ -160,13 +161,14 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
                 f"{case.measured_ms if case.measured_ms else float('nan'):.2f} ms ({err})")
     if hasattr(device, "set_utilization"):
         device.set_utilization(0.0)
-    settings = {"models": [m.name for m in models], "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
+    settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
                 "threads": threads, "loaded_threads": loaded_threads, "elapsed_s": round(time.perf_counter() - t0, 1),
                 "composition": predictor.composition.describe()}
     return ValidationReport(cases, settings)
 
 
-def _graph(ref: ModelRef) -> Any:
+def graph_of(ref: ModelRef) -> Any:
+    """The :class:`~latpred.graph.ModelGraph` of a resolved model (ONNX import or fx trace at batch 1)."""
     if ref.onnx_path is not None:
         from .onnx import from_onnx
 
