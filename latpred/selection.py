@@ -5,7 +5,9 @@ one spec never straddle folds) gives out-of-fold predictions; the family is then
 data to measure its prediction time (µs/sample, batched and single) and serialized size. Per op,
 among the candidates whose acc10 is within ``tolerance`` of the best, the one with the lowest
 cost ``log(µs/sample) + log(bytes)`` is chosen; hard budgets (``max_predict_us``, ``max_bytes``)
-exclude candidates first. MEDN is trained once over all op types (multi-task) with the same folds.
+exclude candidates first, then candidates whose CV MAPE is more than
+``UNSTABLE_MAPE_FACTOR`` × the op's best MAPE + 10 points (rare, huge errors that acc10 does not
+see). MEDN is trained once over all op types (multi-task) with the same folds.
 The report also gives every single-family baseline (that family for all op types).
 """
 
@@ -32,10 +34,13 @@ from .regressors import FAMILIES, candidate_table, make_regressor
 from .regressors.medn import MEDNRegressor
 from .spec import ModuleSpec
 
-__all__ = ["fit_generic", "TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "DEFAULT_TOLERANCE"]
+__all__ = ["fit_generic", "TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "choose", "DEFAULT_TOLERANCE",
+           "UNSTABLE_MAPE_FACTOR"]
 
 #: candidates whose acc10 is within this of the best are considered equally accurate
 DEFAULT_TOLERANCE = 0.01
+#: a candidate whose CV MAPE exceeds this factor times the op's best MAPE (+10 points) is not selected
+UNSTABLE_MAPE_FACTOR = 2.0
 
 
 @dataclass
@@ -210,6 +215,40 @@ def _quiet_convergence(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def choose(candidates: Sequence[Candidate], tolerance: float = DEFAULT_TOLERANCE, max_predict_us: float | None = None,
+           max_bytes: int | None = None) -> Candidate:
+    """The selection rule for one op type's candidates (marks the ones it excludes, and why).
+
+    Budgets exclude first; then candidates whose CV MAPE exceeds :data:`UNSTABLE_MAPE_FACTOR` × the
+    best MAPE + 10 points (rare, huge errors, e.g. an extrapolating GP or polynomial, that acc10
+    does not see); among the rest within ``tolerance`` of the best acc10, the cheapest in
+    ``log(µs/sample) + log(bytes)`` wins.
+    """
+    op = candidates[0].op if candidates else "?"
+    for c in candidates:
+        if c.excluded is not None:
+            continue
+        if max_predict_us is not None and c.predict_us_batch > max_predict_us:
+            c.excluded = f"predict {c.predict_us_batch:.1f} us/sample > max_predict_us {max_predict_us:g}"
+        elif max_bytes is not None and c.size_bytes > max_bytes:
+            c.excluded = f"size {c.size_bytes} bytes > max_bytes {max_bytes}"
+    ok = [c for c in candidates if c.excluded is None]
+    if not ok:
+        raise SpecError(f"{op}: no candidate meets the budgets (max_predict_us={max_predict_us}, "
+                        f"max_bytes={max_bytes}); the cheapest needs "
+                        f"{min(c.predict_us_batch for c in candidates):.1f} us/sample and "
+                        f"{min(c.size_bytes for c in candidates)} bytes")
+    low = min(c.metrics["mape"] for c in ok)
+    for c in ok:
+        if c.metrics["mape"] > UNSTABLE_MAPE_FACTOR * low + 10.0:
+            c.excluded = f"unstable: CV MAPE {c.metrics['mape']:.1f}% > {UNSTABLE_MAPE_FACTOR:g} x the best {low:.1f}% + 10"
+    ok = [c for c in ok if c.excluded is None]
+    best = max(c.metrics["acc10"] for c in ok)
+    near = [c for c in ok if c.metrics["acc10"] >= best - tolerance]
+    return min(near, key=lambda c: (math.log(max(c.predict_us_batch, 1e-3)) + math.log(max(c.size_bytes, 1)),
+                                    -c.metrics["acc10"]))
+
+
 @_quiet_convergence
 def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int = 5,
            tolerance: float = DEFAULT_TOLERANCE, max_predict_us: float | None = None, max_bytes: int | None = None,
@@ -296,24 +335,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
 
     choice: dict[str, str] = {}
     for op in ops:
-        mine = [c for c in cands if c.op == op]
-        for c in mine:
-            if c.excluded is not None:
-                continue
-            if max_predict_us is not None and c.predict_us_batch > max_predict_us:
-                c.excluded = f"predict {c.predict_us_batch:.1f} us/sample > max_predict_us {max_predict_us:g}"
-            elif max_bytes is not None and c.size_bytes > max_bytes:
-                c.excluded = f"size {c.size_bytes} bytes > max_bytes {max_bytes}"
-        ok = [c for c in mine if c.excluded is None]
-        if not ok:
-            raise SpecError(f"{op}: no candidate meets the budgets (max_predict_us={max_predict_us}, "
-                            f"max_bytes={max_bytes}); the cheapest needs "
-                            f"{min(c.predict_us_batch for c in mine):.1f} us/sample and "
-                            f"{min(c.size_bytes for c in mine)} bytes")
-        best = max(c.metrics["acc10"] for c in ok)
-        near = [c for c in ok if c.metrics["acc10"] >= best - tolerance]
-        pick = min(near, key=lambda c: (math.log(max(c.predict_us_batch, 1e-3)) + math.log(max(c.size_bytes, 1)),
-                                        -c.metrics["acc10"]))
+        pick = choose([c for c in cands if c.op == op], tolerance, max_predict_us, max_bytes)
         pick.selected = True
         choice[op] = pick.family
 

@@ -10,7 +10,7 @@ import pytest
 from latpred.errors import SpecError, UnknownOpError
 from latpred.ops import get_op
 from latpred.predictor import Predictor, PredictorFormatError
-from latpred.selection import select
+from latpred.selection import Candidate, choose, select
 
 from .helpers_data import synthetic_data
 
@@ -31,7 +31,7 @@ def test_selection_report_and_baselines(trained):
         cells = [c for c in report.candidates if c.op == op]
         assert len(cells) == 4 and sum(c.selected for c in cells) == 1
         chosen = next(c for c in cells if c.selected)
-        assert chosen.metrics["acc10"] >= max(c.metrics["acc10"] for c in cells) - 0.01
+        assert chosen.metrics["acc10"] >= max(c.metrics["acc10"] for c in cells if c.excluded is None) - 0.01
         assert all(c.size_bytes > 0 and c.predict_us_batch > 0 for c in cells)
     assert {"auto-selection", "ridge-only", "knn-only", "gbdt-only", "medn-only"} <= set(report.overall)
     auto = report.overall["auto-selection"]["acc10"]
@@ -56,7 +56,23 @@ def test_budgets_are_honoured():
     with pytest.raises(SpecError, match="no candidate meets the budgets"):
         select(DATA, families=["gbdt"], cv=3, table=TABLE, max_bytes=100)
     _, fast = select(DATA, families=["ridge", "knn"], cv=3, table=TABLE, max_predict_us=1e9)
-    assert all(c.excluded is None for c in fast.candidates)
+    assert all(c.excluded is None or c.excluded.startswith("unstable") for c in fast.candidates)  # no budget exclusion
+
+
+def test_choose_prefers_accuracy_then_cost_and_skips_unstable_models():
+    def cand(family, acc10, mape, us, size):
+        return Candidate("conv2d", family, {"acc10": acc10, "mape": mape}, us, us, size, 0.0)
+
+    # within the tolerance the cheaper wins; a clearly more accurate one wins whatever it costs
+    assert choose([cand("a", 0.40, 20, 1.0, 1000), cand("b", 0.405, 21, 50.0, 10**6)]).family == "a"
+    assert choose([cand("a", 0.30, 20, 1.0, 1000), cand("b", 0.40, 21, 50.0, 10**6)]).family == "b"
+    # the best acc10 with a catastrophic MAPE (rare, huge errors) is excluded, with the reason
+    cells = [cand("gp", 0.42, 815.0, 5.0, 10**5), cand("medn", 0.41, 50.8, 1.0, 10**5)]
+    assert choose(cells).family == "medn"
+    assert cells[0].excluded.startswith("unstable: CV MAPE 815.0%")
+    # budgets exclude first
+    cells = [cand("a", 0.5, 20, 100.0, 10), cand("b", 0.3, 25, 1.0, 10)]
+    assert choose(cells, max_predict_us=10).family == "b" and "max_predict_us" in cells[0].excluded
 
 
 def test_save_load_roundtrip_is_identical(trained, tmp_path):
