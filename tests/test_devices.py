@@ -30,6 +30,11 @@ def test_protocol_windows_fill_the_window_and_cap_slow_calls():
     slow, n = TimingProtocol(warmup_ms=1, window_ms=1, repeats=50, min_repeats=2, max_sample_ms=60).time(
         lambda: time.sleep(0.02))
     assert n == 1 and 2 <= len(slow) <= 3
+    # a slow spec's last warm-up call is its first window: 2 warm-up calls + 3 windows = 4 calls, not 5
+    calls = []
+    slow, n = TimingProtocol(warmup_ms=1, window_ms=5, repeats=3, min_repeats=3).time(
+        lambda: (calls.append(1), time.sleep(0.012)))
+    assert n == 1 and len(slow) == 3 and len(calls) == 4 and all(t >= 12.0 for t in slow)
 
 
 @pytest.mark.parametrize("bad", [dict(window_ms=0), dict(repeats=2, min_repeats=3), dict(statistic="x"),

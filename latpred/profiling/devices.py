@@ -3,8 +3,8 @@
 Timing protocol (CPU and CUDA alike, see :class:`TimingProtocol`): build the module and inputs,
 warm up for ``warmup_ms``, calibrate how many calls fill a ``window_ms`` timing window, then time
 ``repeats`` windows (fewer for slow specs, never fewer than ``min_repeats``, capped by
-``max_sample_ms``) with the garbage collector paused. The per-call time of every window is
-kept. The reported latency is a statistic over windows: on an unloaded device the minimum
+``max_sample_ms``) with the garbage collector paused; for a slow spec (one call per window) the
+last warm-up call counts as the first window. The per-call time of every window is kept. The reported latency is a statistic over windows: on an unloaded device the minimum
 (interference on a shared machine only ever adds time, so the minimum estimates the op's own
 cost most repeatably), under a background load the median (the typical latency while the load
 runs; windows span several load periods). The profiler measures each spec in several passes
@@ -109,7 +109,11 @@ class TimingProtocol:
             window = n * per_call
             reps = min(self.repeats, max(self.min_repeats, int(self.max_sample_ms // max(window, 1e-6))))
             out: list[float] = []
-            for _ in range(reps):
+            if last > 5.0 and n == 1 and calls >= 2:
+                # the last warm-up call of a slow spec was a warm, synchronised one-call window: keep it
+                # as the first window instead of running the call once more (saves ~8% of a profile)
+                out.append(last)
+            while len(out) < reps:
                 t = clock()
                 for _ in range(n):
                     call()
