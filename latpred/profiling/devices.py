@@ -4,7 +4,8 @@ Timing protocol (CPU and CUDA alike, see :class:`TimingProtocol`): build the mod
 warm up for ``warmup_ms``, calibrate how many calls fill a ``window_ms`` timing window, then time
 ``repeats`` windows (fewer for slow specs, never fewer than ``min_repeats``, capped by
 ``max_sample_ms``) with the garbage collector paused; for a slow spec (one call per window) the
-last warm-up call counts as the first window. The per-call time of every window is kept. The reported latency is a statistic over windows: on an unloaded device the minimum
+last warm-up call counts as the first window. The per-call time of every window is kept. The
+reported latency is a statistic over windows: on an unloaded device the minimum
 (interference on a shared machine only ever adds time, so the minimum estimates the op's own
 cost most repeatably), under a background load the median (the typical latency while the load
 runs; windows span several load periods). The profiler measures each spec in several passes
