@@ -85,7 +85,13 @@ class Predictor:
             padded = np.full((X.shape[0], width), np.nan)
             padded[:, :X.shape[1]] = X
             return self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op)))
-        return np.asarray(self.models[op].predict(X), dtype=float)
+        from .regressors.fast import fast_predict
+
+        model = self.models[op]
+        width = getattr(model, "n_features_in_", X.shape[1])
+        if X.ndim != 2 or X.shape[1] != width:
+            raise SpecError(f"{op}: feature rows of shape {X.shape} do not match the model's {width} features")
+        return fast_predict(model, X)
 
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`predict_log` of several (op, X) groups; every MEDN group goes through one network call."""
@@ -130,7 +136,9 @@ class Predictor:
         """log(latency ms) of op-agnostic feature rows (:func:`~latpred.features.cost_features`)."""
         if self.generic is None:
             raise UnknownOpError("this predictor has no generic fallback model; retrain it with `latpred train`")
-        return np.asarray(self.generic.predict(X), dtype=float)
+        from .regressors.fast import fast_predict
+
+        return fast_predict(self.generic, X)
 
     @property
     def default_threads(self) -> int:

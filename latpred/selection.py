@@ -31,6 +31,7 @@ from .features import GENERIC_FEATURES, featurize
 from .metrics import accuracy_report
 from .predictor import Predictor
 from .regressors import FAMILIES, candidate_table, make_regressor
+from .regressors.fast import fast_predict
 from .regressors.medn import MEDNRegressor
 from .spec import ModuleSpec
 
@@ -298,7 +299,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
                 continue
             train_s = (time.perf_counter() - t0) / (cv + 1)
             oof[op, family], fitted[op, family] = pred, model
-            batch_us, single_us = _time_predict(model.predict, X[op])
+            batch_us, single_us = _time_predict(lambda x, m=model: fast_predict(m, x), X[op])
             cands.append(Candidate(op, family, accuracy_report(np.exp(pred), data.latency_ms[op]), batch_us, single_us,
                                    _size_bytes(model), train_s))
 

@@ -47,6 +47,11 @@ def test_predict_mixed_ops_matches_truth(trained):
     assert pred.shape == truth.shape and np.median(np.abs(pred / truth - 1)) < 0.1
     with pytest.raises(UnknownOpError, match="no model for op type 'softmax'"):
         predictor.predict([get_op("softmax").spec(rows=4, cols=4)])
+    ridge = trained[1].family_predictor("ridge", predictor)
+    op = DATA.ops[0]
+    X = ridge._features(DATA.specs[op][:3])
+    with pytest.raises(SpecError, match="do not match the model's"):
+        ridge.predict_log(op, X[:, :-1])
 
 
 def test_budgets_are_honoured():

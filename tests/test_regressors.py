@@ -8,6 +8,7 @@ from sklearn.exceptions import NotFittedError
 
 from latpred.errors import SpecError
 from latpred.regressors import FAMILIES, MEDNRegressor, candidate_params, make_regressor
+from latpred.regressors.fast import fast_predict
 
 from .helpers_data import synthetic_data
 
@@ -42,6 +43,9 @@ def test_battery(family):
     assert p.shape == Y.shape and np.all(np.isfinite(p))
     assert np.corrcoef(p, Y)[0, 1] > 0.9  # it learned something real
     assert np.allclose(roundtrip(m).predict(X), p)
+    if not isinstance(m, MEDNRegressor):  # the predictor's overhead-free path gives the same numbers
+        assert np.allclose(fast_predict(m, X), p, rtol=1e-9, atol=1e-9)
+        assert np.allclose(fast_predict(m, X[:1]), p[:1], rtol=1e-9, atol=1e-9)
     again = model(family).fit(X, Y).predict(X)
     assert np.allclose(again, p)  # deterministic under a seed
 
