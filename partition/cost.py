@@ -184,6 +184,11 @@ class CostModel:
             elif self.kinds[v] in ("constant", "view") and len(self.preds[v]) and weight[self.preds[v]].all():
                 weight[v] = True
         self.weight_idx = np.flatnonzero(weight & np.array([len(s) > 0 for s in self.succs]))
+        # edges grouped by producer, for the vectorised transfer count of evaluate()
+        self._senders = np.array([u for u in range(n) if len(self.succs[u])], dtype=np.intp)
+        self._edge_dst = np.concatenate([self.succs[u] for u in self._senders]) if len(self._senders) else np.zeros(0, np.intp)
+        counts = np.array([len(self.succs[u]) for u in self._senders], dtype=np.intp)
+        self._edge_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp) if len(counts) else counts
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -305,28 +310,26 @@ class CostModel:
         device_ms = np.stack([np.where(a == d, comp, 0.0).sum(axis=1) for d in range(k)], axis=1)
         compute_ms = device_ms.sum(axis=1)
 
-        transfer_ms = np.zeros(pop)
-        bytes_tx = np.zeros(pop)
-        n_tx = np.zeros(pop)
+        # a tensor is sent once to every other device that consumes it: recv[p, u, d] for producer u
+        # (vectorised over the population and all producers at once)
+        senders = self._senders
+        transfer_ms, bytes_tx, n_tx = np.zeros(pop), np.zeros(pop), np.zeros(pop)
         send_ms = np.zeros((pop, k))
-        rows = np.arange(pop)
-        for u in range(n):
-            s = self.succs[u]
-            if s.size == 0:
-                continue
-            src = a[:, u]
-            dst_dev = a[:, s]
-            size = self.out_bytes[u]
-            for d in range(k):
-                recv = (dst_dev == d).any(axis=1) & (src != d)
-                if not recv.any():
-                    continue
-                t = np.where(recv, self.transfer_fixed_ms[src, d] + self.transfer_ms_per_byte[src, d] * size, 0.0)
-                transfer_ms += t
-                bytes_tx += recv * size
-                n_tx += recv
-                if self.tx_power_w is not None:
-                    np.add.at(send_ms, (rows, src), t)
+        if len(senders):
+            dst_dev = a[:, self._edge_dst]  # (pop, E)
+            onehot = (dst_dev[:, :, None] == np.arange(k)[None, None, :]).astype(np.int8)  # (pop, E, k)
+            recv = np.maximum.reduceat(onehot, self._edge_start, axis=1).astype(bool)  # (pop, U, k)
+            src = a[:, senders]  # (pop, U)
+            recv &= src[:, :, None] != np.arange(k)[None, None, :]
+            size = self.out_bytes[senders][None, :, None]
+            t = np.where(recv, self.transfer_fixed_ms[src] + self.transfer_ms_per_byte[src] * size, 0.0)  # (pop, U, k)
+            transfer_ms = t.sum(axis=(1, 2))
+            bytes_tx = (recv * size).sum(axis=(1, 2))
+            n_tx = recv.sum(axis=(1, 2)).astype(float)
+            if self.tx_power_w is not None:
+                per_sender = t.sum(axis=2)  # (pop, U): time each producer's device spends sending
+                for d in range(k):
+                    send_ms[:, d] = np.where(src == d, per_sender, 0.0).sum(axis=1)
 
         edge_param = (a == 0).astype(float) @ self.param_bytes
         edge_act = self._edge_activation_peak(a)
