@@ -23,7 +23,9 @@ def accuracy_report(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     lp, lt = np.log(pred), np.log(true)
     ss_tot = float(np.sum((lt - lt.mean()) ** 2))
     r2 = 1.0 - float(np.sum((lp - lt) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
-    rho = float(spearmanr(pred, true).statistic) if pred.size > 2 else float("nan")
+    rho = float("nan")
+    if pred.size > 2 and np.ptp(pred) > 0 and np.ptp(true) > 0:  # a constant side has no rank correlation
+        rho = float(spearmanr(pred, true).statistic)
     return {"n": int(pred.size), "acc5": acc_within(pred, true, 0.05), "acc10": acc_within(pred, true, 0.10),
             "acc15": acc_within(pred, true, 0.15), "mape": float(np.mean(np.abs(rel)) * 100),
             "rmspe": float(np.sqrt(np.mean(rel ** 2)) * 100), "r2_log": r2, "spearman": rho}

@@ -205,6 +205,12 @@ def fit_generic(X: Mapping[str, np.ndarray], ylog: Mapping[str, np.ndarray], n_e
     return est.fit(np.vstack(cols), np.concatenate(list(ylog.values())))
 
 
+def _ms(log_ms: np.ndarray) -> np.ndarray:
+    """Milliseconds from out-of-fold log predictions; a wildly extrapolating family (log > 40) is
+    clipped instead of overflowing, and scored as the huge error it is."""
+    return np.exp(np.clip(log_ms, -40.0, 40.0))
+
+
 def _quiet_convergence(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Silence scikit-learn's ConvergenceWarning inside ``fn``: a GP kernel parameter at its bound or an
     MLP out of iterations is routine in cross-validation, and the CV score is what judges the fit."""
@@ -294,13 +300,13 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
                 # the family cannot be fitted on this op's data: excluded, and its single-family baseline
                 # predicts the op's mean for these rows
                 oof[op, family] = np.full(len(ylog[op]), ylog[op].mean())
-                cands.append(Candidate(op, family, accuracy_report(np.exp(oof[op, family]), data.latency_ms[op]),
+                cands.append(Candidate(op, family, accuracy_report(_ms(oof[op, family]), data.latency_ms[op]),
                                        float("inf"), float("inf"), 0, 0.0, excluded=f"cannot be fitted: {e}"))
                 continue
             train_s = (time.perf_counter() - t0) / (cv + 1)
             oof[op, family], fitted[op, family] = pred, model
             batch_us, single_us = _time_predict(lambda x, m=model: fast_predict(m, x), X[op])
-            cands.append(Candidate(op, family, accuracy_report(np.exp(pred), data.latency_ms[op]), batch_us, single_us,
+            cands.append(Candidate(op, family, accuracy_report(_ms(pred), data.latency_ms[op]), batch_us, single_us,
                                    _size_bytes(model), train_s))
 
     medn_model = None
@@ -331,7 +337,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
             m = T == i
             oof[op, "medn"] = pred[m]
             batch_us, single_us = _time_predict(lambda x, i=i: medn_model.predict(x, np.full(len(x), i)), Xp[m])
-            cands.append(Candidate(op, "medn", accuracy_report(np.exp(pred[m]), data.latency_ms[op]), batch_us,
+            cands.append(Candidate(op, "medn", accuracy_report(_ms(pred[m]), data.latency_ms[op]), batch_us,
                                    single_us, size, train_s))
 
     choice: dict[str, str] = {}
@@ -341,9 +347,9 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         choice[op] = pick.family
 
     true = np.concatenate([data.latency_ms[op] for op in ops])
-    overall = {"auto-selection": accuracy_report(np.exp(np.concatenate([oof[op, choice[op]] for op in ops])), true)}
+    overall = {"auto-selection": accuracy_report(_ms(np.concatenate([oof[op, choice[op]] for op in ops])), true)}
     for family in families:
-        overall[f"{family}-only"] = accuracy_report(np.exp(np.concatenate([oof[op, family] for op in ops])), true)
+        overall[f"{family}-only"] = accuracy_report(_ms(np.concatenate([oof[op, family] for op in ops])), true)
 
     say("generic fallback (all op types, op-agnostic features)")
     generic = fit_generic(X, ylog, len(data.extra_names), seed=seed, table=table)
