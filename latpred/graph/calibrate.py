@@ -1,4 +1,5 @@
-"""Calibrate the composition model on generated random networks (never on the evaluation models).
+"""Calibrate the composition model on generated random networks, or on real models that are not
+the ones evaluated (:func:`cases_from_validation`, scored by :func:`leave_one_model_out`).
 
 :func:`random_network` draws a CNN (plain, residual, inverted-residual with squeeze-excitation,
 dense-concatenation and channel-shuffle blocks) or a small vision transformer (patch embedding,
