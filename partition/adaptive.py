@@ -212,10 +212,26 @@ def _fast_exact_seeds(cm: CostModel) -> list[np.ndarray]:
     return out
 
 
+def _random_monotone(cm: CostModel, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random executable plans spread over the cut positions: device boundaries at random
+    positions in topological order, a few nodes flipped, then repaired. Independent uniform devices
+    per node would almost all repair to "everything after the first few nodes on the last device"
+    (the running max), leaving a cold population of near-duplicates that pymoo stops after one
+    generation."""
+    k, N = cm.k, cm.n_nodes
+    cuts = np.sort(rng.integers(0, N + 1, size=(n, k - 1)), axis=1)
+    pos = np.arange(N)[None, :]
+    a = (pos[:, :, None] >= cuts[:, None, :]).sum(axis=2)
+    flip = rng.random((n, N)) < 2.0 / max(N, 1)
+    a = np.where(flip, rng.integers(0, k, size=(n, N)), a)
+    return cm.repair(a)
+
+
 def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), constraints: Mapping[str, float | None] | None = None,
                *, seeds: Any = None, exact: str = "fast", pop_size: int = 40, n_gen: int = 100, time_budget_s: float | None = None,
                patience: int | None = None, target: float | None = None, seed: int = 0,
-               max_mating_iterations: int = 3) -> tuple[OptimizeResult, ReoptimizeInfo]:
+               max_mating_iterations: int = 3,
+               on_generation: Callable[[int, np.ndarray], Any] | None = None) -> tuple[OptimizeResult, ReoptimizeInfo]:
     """GA (one objective) / NSGA-II (several) over node placements, seeded and stopped early.
 
     Like :func:`partition.problems.optimize` but: ``seeds`` (full assignments, e.g. the previous plan and
@@ -225,7 +241,9 @@ def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), 
     spent (checked after each generation), when the best first objective has not improved for
     ``patience`` generations, or when it is ``<= target`` (benchmarks). ``max_mating_iterations``
     bounds pymoo's re-mating when repaired offspring are duplicates (pymoo's default, 100, makes one
-    generation cost up to 100 matings).
+    generation cost up to 100 matings). ``on_generation(n_evals, F)`` is called after every
+    generation with the objective values of the population's feasible members (e.g. to track
+    hypervolume in benchmarks).
 
     Returns:
         ``(OptimizeResult, ReoptimizeInfo)``; the result holds the best plan (one objective) or the
@@ -252,7 +270,7 @@ def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), 
     rng = np.random.default_rng(seed)
     x0 = np.unique(problem.encode(np.array(seed_list)), axis=0) if seed_list else np.zeros((0, problem.n_var), dtype=np.intp)
     n_rand = max(pop_size - len(x0), 0)
-    x_rand = rng.integers(problem.xl, np.asarray(problem.xu) + 1, size=(n_rand, problem.n_var))
+    x_rand = problem.encode(_random_monotone(cm, n_rand, rng)) if n_rand else np.zeros((0, problem.n_var), dtype=np.intp)
     X0 = np.vstack([x0, x_rand]) if n_rand else x0
     ops = dict(sampling=X0, crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
                mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=MonotoneRepair(), eliminate_duplicates=True)
@@ -274,6 +292,8 @@ def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), 
         stall = stall + 1 if cur >= best - 1e-12 else 0
         best = min(best, cur)
         info.trace.append((int(algo.evaluator.n_eval), best))
+        if on_generation is not None:
+            on_generation(int(algo.evaluator.n_eval), F[ok])
         gens = len(info.trace) - 1  # the first step evaluates the initial population
         if target is not None and best <= target:
             info.stop = "target"
