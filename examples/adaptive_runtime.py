@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt-ms", type=float, default=5.0)
     ap.add_argument("--out-dir", default="latpred-out/adaptive")
     ap.add_argument("--scripted", action="store_true", help="no background load: observe the phases' nominal utilization")
+    ap.add_argument("--phases", default="0:50,0.5:50,0.9:5", help="UTIL:MBPS per phase (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="a few seconds: small input, short phases, one load worker")
     args = ap.parse_args(argv)
 
@@ -69,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     size = args.input_size or (64 if args.quick else 224)
     phase_s = args.phase_s or (3.0 if args.quick else 20.0)
     interval_s = 0.5 if args.quick else 1.0
-    phases = [(0.0, 50.0), (0.5, 50.0), (0.9, 5.0)]  # (edge utilization, bandwidth Mbit/s)
+    try:  # (edge utilization, bandwidth Mbit/s) per phase
+        phases = [(float(u), float(bw)) for u, bw in (p.split(":") for p in args.phases.split(","))]
+    except ValueError:
+        sys.exit(f"error: --phases {args.phases!r}: expected UTIL:MBPS,UTIL:MBPS,... e.g. 0:50,0.5:500,0.9:5")
     shape, seed = (3, size, size), 0
     torch.set_num_threads(1)
 
