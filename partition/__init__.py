@@ -34,6 +34,7 @@ from .observers import (
     CpuObserver,
     GpuObserver,
     LinkObserver,
+    LinkProber,
     Observer,
     ScriptedObserver,
 )
@@ -103,7 +104,7 @@ __all__ = [
     "JointPruningProblem", "JointPlan", "JointResult", "optimize_joint", "joint_metrics",
     # partition.adaptive / partition.observers
     "AdaptiveController", "ChangeDetector", "Threshold", "Decision", "Change", "reoptimize", "plot_timeline",
-    "read_decision_log", "Observer", "CpuObserver", "GpuObserver", "BatchSizeObserver", "LinkObserver", "ScriptedObserver",
+    "read_decision_log", "Observer", "CpuObserver", "GpuObserver", "BatchSizeObserver", "LinkObserver", "LinkProber", "ScriptedObserver",
     "CompositeObserver", "METHOD_REGISTER",
     # partition.runtime
     "ModelRecipe",

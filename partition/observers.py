@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Observer", "CpuObserver", "GpuObserver", "BatchSizeObserver", "LinkObserver", "ScriptedObserver",
+__all__ = ["Observer", "CpuObserver", "GpuObserver", "BatchSizeObserver", "LinkObserver", "LinkProber", "ScriptedObserver",
            "CompositeObserver", "CONDITION_KEYS"]
 
 #: the condition keys observers report
@@ -140,13 +140,20 @@ class LinkObserver:
     ``fallback``). A round trip costs ``rtt_ms + bytes * 8 / bandwidth``; with a window of transfers of
     different sizes (e.g. across plan changes) both are fitted by least squares; with same-size
     transfers the RTT cannot be told apart, so the last fitted (or the given ``rtt_ms``) RTT is kept
-    and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). Fallbacks
-    and duplicates are ignored. Real loopback costs (encoding, gRPC) count as link time.
+    and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). A sample
+    whose bandwidth differs from the estimate by more than ``reset_factor`` (either way) is a step
+    change: the window is cleared and the estimate restarts from it. Fallbacks and duplicates are
+    ignored. Real loopback costs (encoding, gRPC) count as link time. When no request crosses the
+    link, :class:`LinkProber` feeds it probes.
     """
 
-    def __init__(self, alpha: float = 0.3, rtt_ms: float = 0.0, window: int = 32, min_size_spread: float = 1.5) -> None:
+    def __init__(self, alpha: float = 0.3, rtt_ms: float = 0.0, window: int = 32, min_size_spread: float = 1.5,
+                 reset_factor: float | None = 2.0) -> None:
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+        if reset_factor is not None and not reset_factor > 1:
+            raise ValueError(f"reset_factor must be > 1 (or None), got {reset_factor!r}")
+        self.reset_factor = reset_factor
         self.alpha = float(alpha)
         self.rtt_ms: float = float(rtt_ms)
         self.bandwidth_mbps: float | None = None
@@ -154,6 +161,12 @@ class LinkObserver:
         self._window: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(2, int(window)))
         self._lock = threading.Lock()
         self.n_samples = 0
+        self.last_sample_s: float | None = None  # time.monotonic() of the last recorded transfer
+
+    def idle_s(self) -> float:
+        """Seconds since the last recorded transfer (``inf`` before the first)."""
+        last = self.last_sample_s
+        return math.inf if last is None else time.monotonic() - last
 
     def record(self, timings: Mapping[str, Any]) -> None:
         """Add the timings of one request (ignored unless it reached the cloud)."""
@@ -168,8 +181,17 @@ class LinkObserver:
     def record_transfer(self, size_bytes: float, transfer_ms: float) -> None:
         """Add one round trip of ``size_bytes`` (both directions) that took ``transfer_ms``."""
         with self._lock:
+            wire_ms = transfer_ms - self.rtt_ms
+            if self.reset_factor and self.bandwidth_mbps and wire_ms > 0:
+                ratio = size_bytes * 8 / (wire_ms / 1e3) / 1e6 / self.bandwidth_mbps
+                if not 1 / self.reset_factor <= ratio <= self.reset_factor:
+                    # a step change of the link: forget the old regime (its samples would bend the RTT fit) and
+                    # take the new sample's bandwidth at once instead of easing towards it
+                    self._window.clear()
+                    self.bandwidth_mbps = None
             self._window.append((float(size_bytes), float(transfer_ms)))
             self.n_samples += 1
+            self.last_sample_s = time.monotonic()
             sizes = [s for s, _ in self._window]
             if len(self._window) >= 4 and max(sizes) >= self.min_size_spread * min(sizes):
                 n = len(self._window)
@@ -189,6 +211,59 @@ class LinkObserver:
     def observe(self) -> dict[str, Any]:
         with self._lock:
             return {"bandwidth_mbps": self.bandwidth_mbps, "rtt_ms": self.rtt_ms if self.n_samples else None}
+
+
+class LinkProber:
+    """Keeps a :class:`LinkObserver` current with probes while no request crosses the link.
+
+    Real transfers fed to ``link_observer.record`` are the best measurement, but a plan that keeps every
+    node on the edge sends nothing: the estimate would freeze at its last value and a link that became
+    fast enough to offload would never be noticed. On each :meth:`observe`, when the link observer has
+    had no sample for ``idle_s`` seconds, this sends a pair of probes through ``runner.probe_link``
+    (e.g. :meth:`partition.runtime.EdgeRunner.probe_link`, which travels the same gRPC channel and
+    emulated link as requests): one ``spread`` times smaller than the other, so the observer can fit RTT
+    and bandwidth apart. The larger probe is sized to about ``target_ms`` of wire time at the current
+    estimate (64 KiB before the first), clipped to ``[min_bytes, max_bytes]``. Returns the link
+    observer's estimate, so it replaces the link observer in a :class:`CompositeObserver`.
+    """
+
+    def __init__(self, runner: Any, link_observer: LinkObserver, idle_s: float = 2.0, target_ms: float = 20.0, spread: float = 4.0,
+                 min_bytes: int = 4096, max_bytes: int = 4 << 20, timeout_s: float = 2.0) -> None:
+        if not callable(getattr(runner, "probe_link", None)):
+            raise TypeError(f"runner must have probe_link(size_bytes, reply_bytes, timeout_s), got {type(runner).__name__}")
+        if not (idle_s >= 0 and target_ms > 0 and spread > 1 and 0 < min_bytes <= max_bytes and timeout_s > 0):
+            raise ValueError("LinkProber needs idle_s >= 0, target_ms > 0, spread > 1, 0 < min_bytes <= max_bytes, timeout_s > 0; got "
+                             f"{idle_s!r}, {target_ms!r}, {spread!r}, {min_bytes!r}, {max_bytes!r}, {timeout_s!r}")
+        self.runner, self.link = runner, link_observer
+        self.idle_s, self.target_ms, self.spread = float(idle_s), float(target_ms), float(spread)
+        self.min_bytes, self.max_bytes, self.timeout_s = int(min_bytes), int(max_bytes), float(timeout_s)
+        self.n_probes = 0
+        self.n_failed = 0
+
+    def probe_sizes(self) -> tuple[int, int]:
+        """(small, large) probe sizes in bytes for the current bandwidth estimate."""
+        bw = self.link.observe()["bandwidth_mbps"]
+        large = 65536 if not bw else int(bw * 1e6 / 8 * self.target_ms / 1e3)
+        large = min(self.max_bytes, max(self.min_bytes, large))
+        return max(self.min_bytes, int(large / self.spread)), large
+
+    def probe(self) -> int:
+        """Send one pair of probes now; returns how many were answered (and recorded)."""
+        ok = 0
+        for size in self.probe_sizes():
+            tm = self.runner.probe_link(size, 0, self.timeout_s)
+            self.n_probes += 1
+            if tm is None:
+                self.n_failed += 1
+                continue
+            self.link.record(tm)
+            ok += 1
+        return ok
+
+    def observe(self) -> dict[str, Any]:
+        if self.link.idle_s() >= self.idle_s:
+            self.probe()
+        return self.link.observe()
 
 
 class ScriptedObserver:

@@ -68,11 +68,15 @@ from .transport import (
 )
 
 __all__ = ["ModelRecipe", "BuiltSplit", "build_split", "CloudServer", "EdgeRunner", "SplitMeasurement", "measure_split",
-           "serve", "READY_PREFIX", "METHOD_REGISTER"]
+           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES"]
 
 READY_PREFIX = "PARTITION_CLOUD_READY"
 #: gRPC method of the plan registration (JSON ``{"recipe", "placement"}`` in, JSON ``{"fingerprint", ...}`` out)
 METHOD_REGISTER = f"/{SERVICE}/RegisterPlan"
+#: gRPC method of a link probe (``{"pad": bytes}`` + ``{"reply_bytes", "link"}`` in, ``reply_bytes`` of padding out)
+METHOD_ECHO = f"/{SERVICE}/Echo"
+#: largest probe, each way
+MAX_PROBE_BYTES = 64 << 20
 
 
 # -- the shared recipe ------------------------------------------------------------------------------
@@ -272,6 +276,22 @@ class _CloudService:
         EmulatedLink.from_meta(meta.get("link", {})).send(len(reply))
         return reply
 
+    def echo(self, request: bytes, context: Any) -> bytes:
+        """A link probe: ``reply_bytes`` of padding back, after the emulated link delay; no model work."""
+        import grpc
+
+        try:
+            _, meta = decode_message(request)
+            n = meta.get("reply_bytes", 0)
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_PROBE_BYTES:
+                raise ValueError(f"reply_bytes must be an integer in [0, {MAX_PROBE_BYTES}], got {n!r}")
+            link = EmulatedLink.from_meta(meta.get("link", {}))
+        except (TensorCodecError, ValueError, TypeError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad probe: {e}")
+        reply = encode_message({"pad": torch.zeros(n, dtype=torch.uint8)}, {"probe": True})
+        link.send(len(reply))
+        return reply
+
     def ping(self, request: bytes, context: Any) -> bytes:
         with self.plans_lock:
             by_plan = {fp: sp.n_computed for fp, sp in self.plans.items()}
@@ -298,6 +318,7 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
     handlers = {"Infer": grpc.unary_unary_rpc_method_handler(service.infer),
                 "Ping": grpc.unary_unary_rpc_method_handler(service.ping),
+                "Echo": grpc.unary_unary_rpc_method_handler(service.echo),
                 "RegisterPlan": grpc.unary_unary_rpc_method_handler(service.register)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(f"{config.get('host', '127.0.0.1')}:{int(config.get('port', 0))}")
@@ -522,6 +543,8 @@ class EdgeRunner:
             METHOD_PING, request_serializer=None, response_deserializer=None)
         self._register = None if self._channel is None else self._channel.unary_unary(
             METHOD_REGISTER, request_serializer=None, response_deserializer=None)
+        self._echo = None if self._channel is None else self._channel.unary_unary(
+            METHOD_ECHO, request_serializer=None, response_deserializer=None)
 
     # -- the current plan (what a new request starts with) -------------------------------------
     @property
@@ -625,6 +648,35 @@ class EdgeRunner:
             return json.loads(self._ping(b"", timeout=timeout_s))
         except grpc.RpcError:
             return None
+
+    def probe_link(self, size_bytes: int, reply_bytes: int = 0, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """Measure the link with one round trip that carries no model work: ``size_bytes`` of padding to
+        the cloud and ``reply_bytes`` back, each way through the emulated link like a request.
+
+        Returns timings shaped like :meth:`infer`'s (``bytes_sent``, ``bytes_received``, ``transfer_ms``,
+        ``attempts`` = 1, ``fallback`` = False, ``probe`` = True), ready for
+        :meth:`partition.observers.LinkObserver.record`; ``None`` if the cloud is unreachable or the call
+        timed out. Use it to keep the bandwidth estimate current while no request crosses the link
+        (an all-edge plan sends nothing).
+        """
+        import grpc
+
+        for name, v in (("size_bytes", size_bytes), ("reply_bytes", reply_bytes)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_PROBE_BYTES:
+                raise ValueError(f"{name} must be an integer in [0, {MAX_PROBE_BYTES}], got {v!r}")
+        if self._echo is None:
+            return None
+        link = self.link
+        payload = encode_message({"pad": torch.zeros(size_bytes, dtype=torch.uint8)},
+                                 {"reply_bytes": reply_bytes, "link": link.to_meta()})
+        t0 = time.perf_counter()
+        link.send(len(payload))
+        try:
+            reply = self._echo(payload, timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+        return {"bytes_sent": len(payload), "bytes_received": len(reply), "transfer_ms": (time.perf_counter() - t0) * 1e3,
+                "attempts": 1, "fallback": False, "duplicate": False, "probe": True}
 
     def infer(self, *inputs: Any, request_id: str | None = None) -> tuple[Any, dict[str, Any]]:
         """Run one request split edge | cloud, on the plan current when it starts.

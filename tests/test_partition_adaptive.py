@@ -13,7 +13,7 @@ grpc = pytest.importorskip("grpc")
 from latpred.graph.trace import trace  # noqa: E402
 from partition import CloudServer, EdgeRunner, Link  # noqa: E402
 from partition.adaptive import AdaptiveController, ChangeDetector, Threshold, plot_timeline, read_decision_log  # noqa: E402
-from partition.observers import BatchSizeObserver, CompositeObserver, LinkObserver, ScriptedObserver  # noqa: E402
+from partition.observers import BatchSizeObserver, CompositeObserver, LinkObserver, LinkProber, ScriptedObserver  # noqa: E402
 
 MODEL = "tests.test_partition_adaptive:tiny_cnn"
 SHAPE = (3, 32, 32)
@@ -96,6 +96,45 @@ def test_observers():
     assert got == [0.0, 0.0, 0.5, 0.5]
     merged = CompositeObserver(sc, bs, link).observe()
     assert merged["batch_size"] == 4 and merged["utilization"] == 0.5 and merged["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
+
+
+class _FakeLinkRunner:
+    """probe_link over an ideal link: rtt_ms + bytes * 8 / bandwidth (no sleeping); None while down."""
+
+    def __init__(self, mbps: float, rtt_ms: float = 2.0) -> None:
+        self.mbps, self.rtt_ms, self.down, self.sizes = mbps, rtt_ms, False, []
+
+    def probe_link(self, size_bytes: int, reply_bytes: int = 0, timeout_s: float = 2.0):
+        self.sizes.append(size_bytes)
+        if self.down:
+            return None
+        return {"bytes_sent": size_bytes, "bytes_received": reply_bytes, "attempts": 1, "fallback": False, "probe": True,
+                "transfer_ms": self.rtt_ms + (size_bytes + reply_bytes) * 8 / (self.mbps * 1e3)}
+
+
+def test_link_prober_probes_only_while_the_link_is_idle():
+    runner, link = _FakeLinkRunner(8.0), LinkObserver(alpha=1.0)
+    prober = LinkProber(runner, link, idle_s=0.5, target_ms=20.0, spread=4.0)
+    first = prober.observe()  # nothing seen yet: a pair of probes, 16 KiB and 64 KiB
+    # two samples: too few to fit the RTT apart (it counts as wire time), hence a little low
+    assert runner.sizes == [16384, 65536] and first["bandwidth_mbps"] == pytest.approx(8.0, rel=0.05)
+    assert prober.observe() == first and len(runner.sizes) == 2  # a fresh sample: no probe
+    link.last_sample_s -= 1.0  # idle for longer than idle_s: probe again, sized to ~20 ms at 8 Mbit/s
+    second = prober.observe()  # four samples of two sizes: RTT and bandwidth fitted apart
+    assert runner.sizes[3] == pytest.approx(20000, rel=0.05) and runner.sizes[2] == int(runner.sizes[3] / 4)
+    assert second["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01) and second["rtt_ms"] == pytest.approx(2.0, abs=0.05)
+    runner.mbps = 80.0  # the link got faster while nothing crossed it: a step change, the estimate restarts
+    link.last_sample_s -= 1.0
+    got = prober.observe()
+    assert runner.sizes[5] == pytest.approx(20000, rel=0.01)  # sized for the 8 Mbit/s estimate of before
+    assert got["bandwidth_mbps"] == pytest.approx(80.0, rel=0.05) and got["rtt_ms"] == pytest.approx(2.0, abs=0.1)
+    runner.down = True  # an unreachable cloud: probes fail, the last estimate stays
+    link.last_sample_s -= 1.0
+    assert prober.observe()["bandwidth_mbps"] == pytest.approx(got["bandwidth_mbps"]) and prober.n_failed == 2
+    with pytest.raises(TypeError, match="probe_link"):
+        LinkProber(object(), link)
+    with pytest.raises(ValueError, match="spread"):
+        LinkProber(runner, link, spread=1.0)
 
 
 # -- the controller ---------------------------------------------------------------------------------

@@ -191,3 +191,38 @@ def test_killed_cloud_falls_back(server, reference):
         assert not srv.is_alive()
         out, tm = edge.infer(x)
     assert tm["fallback"] and torch.allclose(out, y, atol=1e-5)
+
+
+def test_link_probe_measures_the_emulated_link(server, reference):
+    """Probes cross the same channel and emulated link as requests, with no model work: the bandwidth a
+    LinkObserver fits from them follows the emulated link (here 20 then 200 Mbit/s, RTT 10 ms)."""
+    from partition.observers import LinkObserver, LinkProber
+
+    plan, _, _ = reference
+    with _edge(plan, server.address, bandwidth_mbps=20.0, rtt_ms=10.0) as edge:
+        before = edge.ping()["n_computed"]
+        tm = edge.probe_link(50_000)
+        assert tm["probe"] and tm["bytes_sent"] >= 50_000 and tm["bytes_received"] > 0
+        # at least the emulated delays of both directions: 10 ms RTT + 50 kB at 20 Mbit/s (20 ms)
+        assert tm["transfer_ms"] >= EmulatedLink(20.0, 10.0).delay_ms(tm["bytes_sent"]) + 5.0
+        obs = LinkObserver(alpha=1.0)
+        prober = LinkProber(edge, obs, idle_s=0.0, target_ms=40.0)
+        estimates = []
+        for bw in (20.0, 200.0):
+            edge.set_link(bw, 10.0)
+            for _ in range(3):
+                prober.observe()
+            estimates.append(obs.observe()["bandwidth_mbps"])
+        assert edge.ping()["n_computed"] == before  # probes run no model stage
+        with pytest.raises(ValueError, match="size_bytes"):
+            edge.probe_link(-1)
+    assert prober.n_failed == 0 and prober.n_probes == 12
+    assert 20.0 * 0.5 < estimates[0] < 20.0 * 1.5, estimates
+    assert estimates[1] > 3 * estimates[0], estimates
+    assert obs.observe()["rtt_ms"] == pytest.approx(10.0, abs=8.0)
+
+
+def test_link_probe_without_a_cloud_is_none(reference):
+    plan, _, _ = reference
+    with _edge(plan, None) as edge:
+        assert edge.probe_link(1000) is None
