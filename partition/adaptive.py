@@ -19,6 +19,7 @@ Conditions (keys of observations, see :mod:`partition.observers`): ``utilization
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -98,6 +99,7 @@ DEFAULT_THRESHOLDS: dict[str, Threshold] = {
     "bandwidth_mbps": Threshold(rel=0.3),
     "rtt_ms": Threshold(abs=5.0),
     "batch_size": Threshold(any=True),
+    "edge_scale": Threshold(rel=0.3),
 }
 
 
@@ -424,6 +426,9 @@ class AdaptiveController:
         observe_interval_s: period of the :meth:`run` loop.
         edge_threads, cloud_threads: ``threads`` condition passed to predictors.
         utilization_step: utilization is rounded to this step before prediction (the cache key).
+        feedback_window, feedback_min: latency feedback (:meth:`record_request`): the ``edge_scale``
+            condition is the median of the last ``feedback_window`` ratios of measured to predicted edge
+            compute, reported once ``feedback_min`` requests computed on the edge (0: no feedback).
         log_path: JSON-lines decision log (appended).
         device_names: names in the handed-over :class:`~partition.plan.PartitionPlan`.
         clock: seconds (default ``time.monotonic``); decision times are relative to construction.
@@ -436,7 +441,8 @@ class AdaptiveController:
                  initial_n_gen: int = 60, min_gain: float = 0.02, observe_interval_s: float = 1.0,
                  edge_threads: int | None = None, cloud_threads: int | None = None, utilization_step: float = 0.01,
                  log_path: str | Path | None = None, device_names: Sequence[str] = ("edge", "cloud"),
-                 clock: Callable[[], float] | None = None, seed: int = 0) -> None:
+                 clock: Callable[[], float] | None = None, seed: int = 0, feedback_window: int = 8,
+                 feedback_min: int = 3) -> None:
         if not isinstance(link, Link):
             raise ValueError(f"link must be a partition.Link, got {type(link).__name__}")
         self.graph = graph
@@ -463,7 +469,10 @@ class AdaptiveController:
         self.n_cache_hits = 0
         self.n_cache_misses = 0
         self.conditions: dict[str, Any] = {"utilization": 0.0, "batch_size": graph.batch_size,
-                                           "bandwidth_mbps": link.bandwidth_mbps, "rtt_ms": link.rtt_ms}
+                                           "bandwidth_mbps": link.bandwidth_mbps, "rtt_ms": link.rtt_ms, "edge_scale": 1.0}
+        self.feedback_min = int(feedback_min)
+        self._edge_ratios: collections.deque[float] = collections.deque(maxlen=max(1, int(feedback_window)))
+        self._handover_t = -math.inf  # controller time of the last plan hand-over
         self.assignment: np.ndarray | None = None
         self.pareto: np.ndarray | None = None
         self.plan: PartitionPlan | None = None
@@ -557,7 +566,9 @@ class AdaptiveController:
     def build_cost_model(self, conditions: Mapping[str, Any]) -> CostModel:
         """The :class:`CostModel` of the graph under ``conditions``."""
         g = self.graph_at(int(conditions.get("batch_size") or self.graph.batch_size))
-        return CostModel(g, [self.node_ms(0, conditions), self.node_ms(1, conditions)], self.link_for(conditions))
+        scale = float(conditions.get("edge_scale") or 1.0)
+        edge = self.node_ms(0, conditions)
+        return CostModel(g, [edge * scale if scale != 1.0 else edge, self.node_ms(1, conditions)], self.link_for(conditions))
 
     # -- planning ----------------------------------------------------------------------------------
     def _partition_plan(self, cm: CostModel, res: OptimizeResult) -> PartitionPlan:
@@ -626,6 +637,7 @@ class AdaptiveController:
             self.assignment = new.copy()
             self.plan = self._partition_plan(cm, res)
             handoff_ms = self._hand_over(self.plan)
+            self._handover_t = self.now_s()
         self.pareto = res.assignments.copy()
         self.cost_model = cm
         self.conditions = dict(cond)
@@ -661,17 +673,58 @@ class AdaptiveController:
                 d = self.initialize(obs)
                 self.detector.reset(self.conditions, t)
                 return d
+            if self.feedback_min > 0 and "edge_scale" not in obs:
+                obs.update(self.feedback())
             change = self.detector.update(obs, t)
             if change is None:
                 return None
             cond = {**self.conditions, **change.conditions}
-            return self._replan(cond, "change", {k: list(v) for k, v in change.changed.items()})
+            if "utilization" in change.changed:
+                # the correction belonged to the old load: start over from the predictor's own figures
+                cond["edge_scale"] = 1.0
+                self._edge_ratios.clear()
+            d = self._replan(cond, "change", {k: list(v) for k, v in change.changed.items()})
+            self.detector.reset(self.conditions, t)
+            return d
 
     def record_measurement(self, total_ms: float, t_s: float | None = None) -> None:
         """Record a measured end-to-end latency (for :func:`plot_timeline`), next to the current prediction."""
         with self._lock:
             pred = self.decisions[-1].predicted_new_ms if self.decisions else math.nan
             self.measurements.append((self.now_s() if t_s is None else float(t_s), float(total_ms), float(pred)))
+
+    def record_request(self, timings: Mapping[str, Any], t_s: float | None = None) -> float | None:
+        """Feed one answered request (:meth:`partition.runtime.EdgeRunner.infer`'s timings): records its
+        ``total_ms`` (:meth:`record_measurement`) and, when it computed on the edge with the current plan
+        (not a fallback, started after the last hand-over), the ratio of its measured ``edge_ms`` to the
+        predicted edge compute of the plan under the current conditions. The median of recent ratios is
+        observed as the ``edge_scale`` condition (it multiplies the edge's predicted node latencies), so a
+        load the predictor under-estimates (another core layout, a noisy neighbour, thermal throttling)
+        still leads to a re-plan. Returns the ratio, or ``None`` when the request gave none."""
+        t = self.now_s() if t_s is None else float(t_s)
+        total = float(timings.get("total_ms", math.nan))
+        self.record_measurement(total, t)
+        with self._lock:
+            if self.assignment is None or timings.get("fallback") or t - total / 1e3 < self._handover_t:
+                return None
+            cond = self.conditions
+            g = self.graph_at(int(cond.get("batch_size") or self.graph.batch_size))
+            if len(g.nodes) != len(self.assignment):
+                return None
+            predicted = float(self.node_ms(0, cond)[self.assignment == 0].sum())
+            measured = float(timings.get("edge_ms", 0.0))
+            if predicted < 0.05 or not measured > 0:  # (almost) nothing computed on the edge
+                return None
+            ratio = measured / predicted
+            self._edge_ratios.append(ratio)
+            return ratio
+
+    def feedback(self) -> dict[str, float]:
+        """``{"edge_scale": median of recent ratios}`` once ``feedback_min`` were recorded, else ``{}``."""
+        with self._lock:
+            if self.feedback_min <= 0 or len(self._edge_ratios) < self.feedback_min:
+                return {}
+            return {"edge_scale": float(statistics.median(self._edge_ratios))}
 
     def run(self, stop: threading.Event | None = None, max_steps: int | None = None) -> None:
         """Observe every ``observe_interval_s`` and :meth:`step` until ``stop`` (or :meth:`stop`) is set."""

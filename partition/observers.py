@@ -42,35 +42,56 @@ class Observer(Protocol):
 class CpuObserver:
     """Edge CPU utilization over the window since the previous :meth:`observe` (psutil).
 
-    ``utilization = (machine busy CPU time - CPU time of the excluded processes) / (wall time x logical
-    cores)``, i.e. the load *other* work puts on the machine, which is what the predictor's
-    ``utilization`` condition means. Our own process (``exclude_self``) and ``exclude_pids`` (e.g. a
-    cloud server process co-located for a demo) are excluded; their children are not. The value is
-    clipped to ``[0, max_utilization]``.
+    ``utilization = (busy CPU time - CPU time of the excluded processes) / (wall time x cores)``, i.e. the
+    load *other* work puts on the machine, which is what the predictor's ``utilization`` condition means.
+    Our own process (``exclude_self``) and ``exclude_pids`` (e.g. a cloud server process co-located for a
+    demo) are excluded; their children are not. The value is clipped to ``[0, max_utilization]``.
+
+    ``cpus`` restricts the measurement to those logical cores (e.g. the cores an edge process is pinned
+    to, when an emulated cloud runs on the others): busy time and wall time count those cores only, and an
+    excluded process counts only while its CPU affinity lies within them (elsewhere it is not in the
+    measured busy time to begin with).
     """
 
-    def __init__(self, exclude_self: bool = True, exclude_pids: Iterable[int] = (), max_utilization: float = 0.95) -> None:
+    def __init__(self, exclude_self: bool = True, exclude_pids: Iterable[int] = (), max_utilization: float = 0.95,
+                 cpus: Sequence[int] | None = None) -> None:
         import psutil
 
         self._psutil = psutil
         self.exclude_pids = set(int(p) for p in exclude_pids) | ({os.getpid()} if exclude_self else set())
         self.max_utilization = float(max_utilization)
-        self.n_cpus = psutil.cpu_count(logical=True) or 1
+        n_all = psutil.cpu_count(logical=True) or 1
+        if cpus is not None:
+            cpus = sorted({int(c) for c in cpus})
+            if not cpus or cpus[0] < 0 or cpus[-1] >= n_all:
+                raise ValueError(f"cpus must be logical core indices in [0, {n_all}), got {cpus!r}")
+        self.cpus = cpus
+        self.n_cpus = n_all if cpus is None else len(cpus)
         self._t0 = self._sample()
 
     def _excluded_cpu_s(self) -> float:
         total = 0.0
         for pid in list(self.exclude_pids):
             try:
-                t = self._psutil.Process(pid).cpu_times()
+                proc = self._psutil.Process(pid)
+                if self.cpus is not None and not set(proc.cpu_affinity()) <= set(self.cpus):
+                    continue
+                t = proc.cpu_times()
             except self._psutil.Error:  # exited
                 continue
             total += t.user + t.system
         return total
 
+    @staticmethod
+    def _busy(t: Any) -> float:
+        return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
     def _sample(self) -> tuple[float, float, float]:
-        t = self._psutil.cpu_times()
-        busy = t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        if self.cpus is None:
+            busy = self._busy(self._psutil.cpu_times())
+        else:
+            per = self._psutil.cpu_times(percpu=True)
+            busy = sum(self._busy(per[c]) for c in self.cpus)
         return time.monotonic(), busy, self._excluded_cpu_s()
 
     def observe(self) -> dict[str, Any]:

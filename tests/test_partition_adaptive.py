@@ -1,8 +1,12 @@
 """Adaptive runtime: change detection, re-planning with warm start, decision log, plan hot-swap exactly once."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -98,6 +102,27 @@ def test_observers():
     assert merged["batch_size"] == 4 and merged["utilization"] == 0.5 and merged["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
+def test_cpu_observer_on_chosen_cores():
+    """A busy process pinned to the last core: the observer of that core sees it, unless it is excluded."""
+    from partition.observers import CpuObserver
+
+    core = (os.cpu_count() or 2) - 1
+    code = f"import os, time; os.sched_setaffinity(0, {{{core}}}); t = time.time()\nwhile time.time() - t < 2.0: pass"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.3)  # let it pin itself
+        seen, hidden = CpuObserver(cpus=[core]), CpuObserver(cpus=[core], exclude_pids=[child.pid])
+        time.sleep(0.8)
+        u_seen, u_hidden = seen.observe()["utilization"], hidden.observe()["utilization"]
+    finally:
+        child.kill()
+        child.wait()
+    assert u_seen >= 0.6 and u_hidden <= u_seen - 0.3, (u_seen, u_hidden)
+    with pytest.raises(ValueError, match="cpus"):
+        CpuObserver(cpus=[os.cpu_count() or 1])
+
+
 class _FakeLinkRunner:
     """probe_link over an ideal link: rtt_ms + bytes * 8 / bandwidth (no sleeping); None while down."""
 
@@ -166,6 +191,35 @@ def test_controller_replans_when_the_edge_gets_slower(graph, tmp_path):
     ctl.record_measurement(12.0, 3.5)
     png = plot_timeline(tmp_path / "timeline.png", ctl.history, ctl.decisions, ctl.measurements)
     assert png.stat().st_size > 1000
+
+
+def test_latency_feedback_corrects_an_underestimated_edge(graph):
+    """The predictor says the edge is fast; requests say it is 20x slower (a load it does not model). The
+    measured/predicted edge ratio becomes the edge_scale condition and moves work to the cloud; a later
+    utilization change starts the correction over."""
+    w = _weights(graph)
+    ctl = AdaptiveController(graph, w, w * 0.1, Link(100.0, rtt_ms=30.0), detector=ChangeDetector(confirm=2, min_interval_s=0.0),
+                             time_budget_s=1.0, initial_n_gen=20, feedback_window=4, feedback_min=3)
+    d0 = ctl.step({"utilization": 0.0}, now_s=0.0)
+    assert d0.new_plan["compute_nodes_per_device"][1] == 0 and ctl.feedback() == {}
+    predicted_edge = float(w.sum())
+    assert ctl.record_request({"total_ms": 1.0, "edge_ms": predicted_edge, "fallback": False}, t_s=0.5) == pytest.approx(1.0)
+    assert ctl.record_request({"total_ms": 1.0, "edge_ms": 5.0, "fallback": True}, t_s=0.6) is None  # fallbacks say nothing
+    for i in range(3):
+        ctl.record_request({"total_ms": 1.0, "edge_ms": 20 * predicted_edge, "fallback": False}, t_s=1.0 + i / 10)
+    assert ctl.feedback()["edge_scale"] == pytest.approx(20.0)  # median of the last 4 ratios: 1, 20, 20, 20
+    assert ctl.step({"utilization": 0.0}, now_s=2.0) is None  # pending (confirm=2)
+    d1 = ctl.step({"utilization": 0.0}, now_s=3.0)
+    assert d1 is not None and "edge_scale" in d1.changed and d1.conditions["edge_scale"] == pytest.approx(20.0)
+    assert d1.swapped and d1.new_plan["compute_nodes_per_device"][1] > 0
+    assert ctl.predicted_ms() == pytest.approx(d1.predicted_new_ms)
+    # a request that started before the hand-over ran the old plan: not a sample of the new one
+    assert ctl.record_request({"total_ms": 2000.0, "edge_ms": 1.0, "fallback": False}, t_s=3.5) is None
+    # the load changes: the old correction is void, edge_scale restarts at 1 and the edge is fast again
+    ctl.step({"utilization": 0.5}, now_s=4.0)
+    d2 = ctl.step({"utilization": 0.5}, now_s=5.0)
+    assert d2 is not None and d2.conditions["edge_scale"] == 1.0 and ctl.feedback() == {}
+    assert d2.new_plan["compute_nodes_per_device"][1] == 0
 
 
 def test_warm_start_keeps_the_previous_plan_when_nothing_better(graph):
