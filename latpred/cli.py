@@ -167,7 +167,8 @@ def cmd_space_show(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    report = run_quickstart(Path(args.out), progress=not args.no_progress, model=args.model, networks=args.networks)
+    report = run_quickstart(Path(args.out), progress=not args.no_progress, model=args.model, networks=args.networks,
+                            cloud=args.cloud)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     return 0
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="resnet18", help="torchvision model to predict and partition (default: %(default)s)")
     q.add_argument("--networks", type=int, default=8,
                    help="random networks measured to calibrate the composition (default: %(default)s)")
+    q.add_argument("--cloud", default="auto",
+                   help="cloud device of the split: auto (the GPU predictor shipped in data/gpu/ when the checkout has one, "
+                        "else this CPU), cpu (this CPU, all threads, no load) or a predictor directory (default: %(default)s)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pr = add("profile", "measure the specs of a parameter space on a device into a SQLite store", cmd_profile)

@@ -6,8 +6,10 @@
 3. calibrate the composition model on a few generated random networks measured on this CPU;
 4. trace a real model (torchvision resnet18, or a built-in CNN without torchvision), predict it per node
    and in total, and measure it once per condition -> ``layers.png``, ``predicted_vs_measured.png``;
-5. optimise an edge-cloud split (edge = this CPU on 1 thread under 50% load, cloud = all threads, no
-   load) for latency and edge memory at several bandwidths -> ``pareto.png``, ``graph_cut.png``;
+5. optimise an edge-cloud split (edge = this CPU on 1 thread under 50% load; cloud = the GPU whose
+   predictor the repository ships in ``data/gpu/``, predicted only, or, without one or with
+   ``cloud="cpu"``, this CPU on all threads with no load) for latency and edge memory at several
+   bandwidths -> ``pareto.png``, ``graph_cut.png``;
 6. write ``report.json`` and ``report.md``.
 """
 
@@ -19,10 +21,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_quickstart", "builtin_cnn"]
+__all__ = ["run_quickstart", "builtin_cnn", "shipped_gpu_predictor"]
 
 BANDWIDTHS_MBPS = (1.0, 10.0, 100.0)
 RTT_MS = 5.0
+#: where a source checkout keeps the GPU predictors it ships (absent from a wheel install)
+SHIPPED_GPU_DIR = Path(__file__).resolve().parents[1] / "data" / "gpu"
+
+
+def shipped_gpu_predictor() -> Path | None:
+    """The newest GPU predictor shipped in the repository (``data/gpu/predictor_*``), or ``None``."""
+    if not SHIPPED_GPU_DIR.is_dir():
+        return None
+    found = sorted(p for p in SHIPPED_GPU_DIR.glob("predictor_*") if (p / "predictor.json").is_file())
+    return found[-1] if found else None
+
+
+def _cloud_predictor(cloud: str | Path) -> tuple[Any, str, Path | None]:
+    """(predictor or None for this CPU, label, path) for ``cloud`` = "auto", "cpu" or a predictor directory."""
+    from .errors import SpecError
+    from .predictor import Predictor, PredictorFormatError
+
+    path = shipped_gpu_predictor() if cloud == "auto" else None if cloud == "cpu" else Path(cloud)
+    if path is None:
+        return None, "cloud (this CPU, all threads, no load)", None
+    try:
+        pred = Predictor.load(path)
+    except (PredictorFormatError, OSError) as e:
+        raise SpecError(f"cloud predictor {str(path)!r}: {e}") from None
+    dev = pred.metadata.get("device") or {}
+    name = dev.get("gpu_name") or dev.get("cpu_model") or "remote device"
+    return pred, f"cloud ({name}, no load; predicted, not measured here)", path
 
 
 def builtin_cnn() -> Any:
@@ -61,11 +90,13 @@ def _model(name: str) -> tuple[Any, str]:
 
 def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", networks: int = 8,
                    say: Callable[[str], None] = print, space: Any = "quick", families: Any = None,
-                   input_size: int = 224) -> dict[str, Any]:
+                   input_size: int = 224, cloud: str | Path = "auto") -> dict[str, Any]:
     """Run every step; returns the report (also written to ``out/report.json``).
 
-    ``space`` (a built-in name or a :class:`~latpred.ParameterSpace`) and ``families`` (regression
-    families to try, default all) exist so tests can run the whole job on a tiny space.
+    ``cloud``: ``"auto"`` (the GPU predictor shipped in ``data/gpu/`` when the checkout has one, else
+    this CPU), ``"cpu"`` (this CPU on all threads, no load) or a predictor directory of the cloud
+    device. ``space`` (a built-in name or a :class:`~latpred.ParameterSpace`) and ``families``
+    (regression families to try, default all) exist so tests can run the whole job on a tiny space.
     """
     import torch
 
@@ -79,6 +110,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     from .profiling.store import ProfileStore
     from .selection import load_training_data, select
 
+    cloud_pred, cloud_label, cloud_path = _cloud_predictor(cloud)  # a bad path fails before any measuring
     out.mkdir(parents=True, exist_ok=True)
     db, pred_dir = out / "profiles.sqlite", out / "predictor"
     t_all = time.perf_counter()
@@ -147,7 +179,8 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         graph = trace(module, x, name=name)
         cov = graph.coverage(pred.ops)
         say(f"[4/6] {graph.summary()}\n      {cov.summary()}")
-        conds = {"edge (1 thread, 50% load)": (0.5, 1), "cloud (all threads, no load)": (0.0, pred.default_threads)}
+        cpu_cloud = "cloud (this CPU, all threads, no load)" if cloud_pred is None else "this CPU (all threads, no load)"
+        conds = {"edge (1 thread, 50% load)": (0.5, 1), cpu_cloud: (0.0, pred.default_threads)}
         rows, lats = [], {}
         for label, (u, th) in conds.items():
             lat = pred.predict_graph(graph, batch_size=1, utilization=u, threads=th)
@@ -165,15 +198,22 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
                                          str(out / "predicted_vs_measured.png"), title=f"{name}: whole-model latency")
         report["model"] = {"name": name, "summary": graph.summary(), "coverage": cov.to_dict(), "cases": rows,
                            "top_nodes_edge": lats[edge_label].top(10)}
+        if cloud_pred is not None:
+            lats[cloud_label] = cloud_pred.predict_graph(graph, batch_size=1, utilization=0.0)
+            total = float(lats[cloud_label].total_ms)
+            say(f"      {cloud_label}: predicted {total:.2f} ms by {cloud_path}")
+            report["model"]["cloud"] = {"condition": cloud_label, "predictor": str(cloud_path), "predicted_ms": total,
+                                        "coverage": graph.coverage(cloud_pred.ops).to_dict()}
         timings["model_s"] = time.perf_counter() - t
 
         # 5 -- edge-cloud split
         t = time.perf_counter()
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
-        say(f"[5/6] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps")
-        edge_ms, cloud_ms = (lats[label].node_ms for label in conds)
-        report["partition"] = _partition(graph, edge_ms, cloud_ms, out, plots, say)
+        say(f"[5/6] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps; {cloud_label}")
+        edge_ms, cloud_ms = lats[edge_label].node_ms, lats[cloud_label if cloud_pred is not None else cpu_cloud].node_ms
+        report["partition"] = {**_partition(graph, edge_ms, cloud_ms, out, plots, say),
+                               "edge": edge_label, "cloud": cloud_label if cloud_pred is not None else cpu_cloud}
         timings["partition_s"] = time.perf_counter() - t
     finally:
         device.close()
@@ -230,10 +270,13 @@ def _markdown(r: dict[str, Any]) -> str:
         lines += [f"**Model:** {m['summary']}", "", "| condition | predicted ms | measured ms | error |", "|---|---|---|---|"]
         lines += [f"| {c['condition']} | {c['predicted_ms']:.2f} | {c['measured_ms']:.2f} | {100 * c['error']:+.1f}% |"
                   for c in m["cases"]]
+        if m.get("cloud"):
+            lines += [f"| {m['cloud']['condition']} | {m['cloud']['predicted_ms']:.2f} | — | — |"]
         lines += ["", "![per-layer latency](layers.png)", "", "![predicted vs measured](predicted_vs_measured.png)", ""]
     p = r.get("partition", {})
     if p:
-        lines += ["## Edge-cloud split", "", "| bandwidth (Mbps) | latency ms | compute nodes on edge | kB sent | edge MiB |",
+        lines += ["## Edge-cloud split", "", f"Edge: {p.get('edge')}; {p.get('cloud')}; RTT {p.get('rtt_ms')} ms.", "",
+                  "| bandwidth (Mbps) | latency ms | compute nodes on edge | kB sent | edge MiB |",
                   "|---|---|---|---|---|"]
         lines += [f"| {x['bandwidth_mbps']:g} | {x['latency_ms']:.2f} | {x['compute_nodes_on_edge']} | "
                   f"{x['bytes_transferred'] / 1e3:.0f} | {x['edge_memory_mib']:.1f} |" for x in p["per_bandwidth"]]

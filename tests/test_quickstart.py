@@ -1,7 +1,11 @@
 """The main job end to end on a tiny space: every step runs, the outputs exist, a re-run resumes."""
 
 import json
+from pathlib import Path
 
+import pytest
+
+from latpred.errors import SpecError
 from latpred.profiling.space import ParameterSpace
 from latpred.quickstart import run_quickstart
 
@@ -38,7 +42,8 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     lines: list[str] = []
     kw = dict(progress=False, model="builtin", networks=2, space=space, families=["ridge", "knn"], input_size=32,
               say=lines.append)
-    report = run_quickstart(out, **kw)
+    cloud = Path(__file__).resolve().parents[1] / "data" / "cpu" / "predictor_cpu2_2026-11-26"  # any other device's predictor
+    report = run_quickstart(out, cloud=cloud, **kw)
     for name in ("profiles.sqlite", "predictor/predictor.json", "predictor/selection_report.json", "report.json",
                  "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png"):
         assert (out / name).is_file(), name
@@ -47,9 +52,20 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     assert report["model"]["name"] == "builtin_cnn" and len(report["model"]["cases"]) == 2
     assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in report["model"]["cases"])
     assert len(report["partition"]["per_bandwidth"]) == 3
+    # the cloud of the split is the other device's predictor (predicted only, never measured here)
+    assert report["model"]["cloud"]["predicted_ms"] > 0 and report["model"]["cloud"]["predictor"] == str(cloud)
+    assert report["partition"]["cloud"] == report["model"]["cloud"]["condition"] and "AMD EPYC" in report["partition"]["cloud"]
+    assert "predicted, not measured" in (out / "report.md").read_text()
     assert report["composition"]["calibrated"] is True
     assert json.loads((out / "report.json").read_text())["model"]["summary"].startswith("builtin_cnn")
     # a second run finds everything in the store and the predictor up to date
-    again = run_quickstart(out, **kw)
+    again = run_quickstart(out, cloud="cpu", **kw)
+    assert "cloud" not in again["model"] and again["partition"]["cloud"] == "cloud (this CPU, all threads, no load)"
     assert again["profile"]["measured"] == 0 and again["profile"]["already_done"] == len(space.specs())
     assert any("not retrained" in line for line in lines)
+
+
+def test_quickstart_rejects_a_bad_cloud_predictor_before_measuring(tmp_path):
+    with pytest.raises(SpecError, match="cloud predictor"):
+        run_quickstart(tmp_path / "qs", cloud=tmp_path / "no-such-predictor", progress=False, say=lambda _m: None)
+    assert not (tmp_path / "qs").exists()
