@@ -51,6 +51,17 @@ class _PhaseObserver:
         return {"utilization": self.utilization}
 
 
+def _pin_process(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process ``pid`` (sched_setaffinity on a pid moves its main thread only)."""
+    import psutil
+
+    for th in psutil.Process(pid).threads():
+        try:
+            os.sched_setaffinity(th.id, cpus)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--predictor", default="latpred-out/predictor", help="latpred predictor directory of the edge device")
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as edge, \
             EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as static:
         if pin and srv.pid:
-            os.sched_setaffinity(srv.pid, set(range(1, n_cores)))
+            _pin_process(srv.pid, set(range(1, n_cores)))
         link_obs = LinkObserver(rtt_ms=args.rtt_ms)
         phase_obs = _PhaseObserver()
         cpu = phase_obs if args.scripted else CpuObserver(exclude_pids=[srv.pid] if srv.pid else [], cpus=[0] if pin else None)
@@ -132,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             if pin:
                 for pid in load.pids:
-                    os.sched_setaffinity(pid, {0})
+                    _pin_process(pid, {0})
+        cpu.observe()  # start the first window now: the load workers' start-up (unpinned) is not edge load
         ctl.start()
         try:
             n_seen = 1
@@ -146,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
                 ad, st = [], []
                 t_end = time.monotonic() + phase_s
                 while time.monotonic() < t_end:
+                    first_static = len(ad) % 2 == 1  # alternate which runner goes first: no order bias
+                    if first_static:
+                        st.append(static.infer(x)[1]["total_ms"])
                     _, tm = edge.infer(x)
                     link_obs.record(tm)
                     ctl.record_request(tm)  # measured latency + edge feedback
                     ad.append(tm["total_ms"])
-                    _, tm2 = static.infer(x)
-                    st.append(tm2["total_ms"])
+                    if not first_static:
+                        st.append(static.infer(x)[1]["total_ms"])
                 for d in ctl.decisions[n_seen:]:
                     print(f"  re-plan at {d.t_s:6.2f} s: conditions u={d.conditions.get('utilization', 0):.2f} "
                           f"bw={d.conditions.get('bandwidth_mbps', 0):.1f} Mbps edge x{d.conditions.get('edge_scale', 1):.2f} "

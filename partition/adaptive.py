@@ -675,16 +675,22 @@ class AdaptiveController:
                 return d
             if self.feedback_min > 0 and "edge_scale" not in obs:
                 obs.update(self.feedback())
+            last_change_s = self.detector.last_change_s
             change = self.detector.update(obs, t)
             if change is None:
                 return None
             cond = {**self.conditions, **change.conditions}
-            if "utilization" in change.changed:
-                # the correction belonged to the old load: start over from the predictor's own figures
+            u_old, u_new = change.changed.get("utilization", (None, None))
+            if u_old is not None and u_new is not None and u_new < u_old:
+                # the load went down: the correction measured under the heavier load would keep work off an edge
+                # that may be fast again (and with no edge work, no request would tell): start over from the
+                # predictor's own figures. A heavier load keeps it: it is then, if anything, an under-correction
+                # (and moving work off the edge itself raises the load others put on the edge's core).
                 cond["edge_scale"] = 1.0
                 self._edge_ratios.clear()
             d = self._replan(cond, "change", {k: list(v) for k, v in change.changed.items()})
-            self.detector.reset(self.conditions, t)
+            # min_interval_s guards against flapping plans: a re-plan that kept the plan does not hold back the next one
+            self.detector.reset(self.conditions, t if d.swapped else last_change_s)
             return d
 
     def record_measurement(self, total_ms: float, t_s: float | None = None) -> None:
@@ -700,7 +706,8 @@ class AdaptiveController:
         predicted edge compute of the plan under the current conditions. The median of recent ratios is
         observed as the ``edge_scale`` condition (it multiplies the edge's predicted node latencies), so a
         load the predictor under-estimates (another core layout, a noisy neighbour, thermal throttling)
-        still leads to a re-plan. Returns the ratio, or ``None`` when the request gave none."""
+        still leads to a re-plan. A confirmed drop of the utilization resets it to 1. Returns the ratio,
+        or ``None`` when the request gave none."""
         t = self.now_s() if t_s is None else float(t_s)
         total = float(timings.get("total_ms", math.nan))
         self.record_measurement(total, t)

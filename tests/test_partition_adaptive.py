@@ -195,8 +195,8 @@ def test_controller_replans_when_the_edge_gets_slower(graph, tmp_path):
 
 def test_latency_feedback_corrects_an_underestimated_edge(graph):
     """The predictor says the edge is fast; requests say it is 20x slower (a load it does not model). The
-    measured/predicted edge ratio becomes the edge_scale condition and moves work to the cloud; a later
-    utilization change starts the correction over."""
+    measured/predicted edge ratio becomes the edge_scale condition and moves work to the cloud; a heavier
+    load keeps the correction, a lighter one starts it over."""
     w = _weights(graph)
     ctl = AdaptiveController(graph, w, w * 0.1, Link(100.0, rtt_ms=30.0), detector=ChangeDetector(confirm=2, min_interval_s=0.0),
                              time_budget_s=1.0, initial_n_gen=20, feedback_window=4, feedback_min=3)
@@ -215,11 +215,30 @@ def test_latency_feedback_corrects_an_underestimated_edge(graph):
     assert ctl.predicted_ms() == pytest.approx(d1.predicted_new_ms)
     # a request that started before the hand-over ran the old plan: not a sample of the new one
     assert ctl.record_request({"total_ms": 2000.0, "edge_ms": 1.0, "fallback": False}, t_s=3.5) is None
-    # the load changes: the old correction is void, edge_scale restarts at 1 and the edge is fast again
+    # a heavier load keeps the correction (the work stays on the cloud) ...
     ctl.step({"utilization": 0.5}, now_s=4.0)
     d2 = ctl.step({"utilization": 0.5}, now_s=5.0)
-    assert d2 is not None and d2.conditions["edge_scale"] == 1.0 and ctl.feedback() == {}
-    assert d2.new_plan["compute_nodes_per_device"][1] == 0
+    assert d2 is not None and d2.conditions["edge_scale"] == pytest.approx(20.0) and not d2.swapped
+    # ... a lighter one voids it: edge_scale restarts at 1 and the edge is fast again
+    ctl.step({"utilization": 0.0}, now_s=6.0)
+    d3 = ctl.step({"utilization": 0.0}, now_s=7.0)
+    assert d3 is not None and d3.conditions["edge_scale"] == 1.0 and ctl.feedback() == {}
+    assert d3.swapped and d3.new_plan["compute_nodes_per_device"][1] == 0
+
+
+def test_a_kept_plan_does_not_start_the_min_interval(graph):
+    """min_interval_s spaces out plan *changes*: a re-plan that kept the plan (a change that did not matter)
+    must not delay the reaction to the next one."""
+    w = _weights(graph)
+    ctl = AdaptiveController(graph, lambda c: w * (1 + 20 * c["utilization"]), w * 0.1, Link(100.0, rtt_ms=30.0),
+                             detector=ChangeDetector(confirm=1, min_interval_s=10.0), time_budget_s=1.0, initial_n_gen=20)
+    ctl.step({"utilization": 0.0, "rtt_ms": 30.0}, now_s=0.0)
+    d1 = ctl.step({"utilization": 0.0, "rtt_ms": 40.0}, now_s=11.0)  # all on the edge: the RTT does not matter
+    assert d1 is not None and not d1.swapped
+    d2 = ctl.step({"utilization": 0.9, "rtt_ms": 40.0}, now_s=12.0)  # 1 s later: not held back
+    assert d2 is not None and d2.swapped
+    assert ctl.step({"utilization": 0.0, "rtt_ms": 40.0}, now_s=13.0) is None  # a swap does start it
+    assert ctl.detector.n_suppressed == 1
 
 
 def test_warm_start_keeps_the_previous_plan_when_nothing_better(graph):
