@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     q = add("quickstart", "the main job on embedded defaults: profile this CPU (quick space), train and auto-select, "
-            "calibrate, predict a real model per layer, optimise an edge-cloud split, write a report with pictures",
+            "calibrate, predict a real model per layer, optimise an edge-cloud split, re-plan it as conditions change, "
+            "write a report with pictures",
             cmd_quickstart)
     q.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
     q.add_argument("--model", default="resnet18", help="torchvision model to predict and partition (default: %(default)s)")

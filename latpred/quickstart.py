@@ -10,7 +10,10 @@
    predictor the repository ships in ``data/gpu/``, predicted only, or, without one or with
    ``cloud="cpu"``, this CPU on all threads with no load) for latency and edge memory at several
    bandwidths -> ``pareto.png``, ``graph_cut.png``;
-6. write ``report.json`` and ``report.md``.
+6. replay a condition trace (edge load 0 -> 0.5 -> 0.9, bandwidth 10 -> 100 -> 1 Mbps) through the
+   adaptive controller of :mod:`partition.adaptive`, which re-plans the split as the conditions change
+   (predicted; ``examples/adaptive_runtime.py`` does it for real) -> ``adaptive.png``;
+7. write ``report.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ __all__ = ["run_quickstart", "builtin_cnn", "shipped_gpu_predictor"]
 
 BANDWIDTHS_MBPS = (1.0, 10.0, 100.0)
 RTT_MS = 5.0
+#: the adaptive step's scripted trace: (edge utilization, bandwidth Mbit/s) per phase
+ADAPTIVE_PHASES = ((0.0, 10.0), (0.5, 10.0), (0.9, 10.0), (0.9, 100.0), (0.0, 1.0))
 #: where a source checkout keeps the GPU predictors it ships (absent from a wheel install)
 SHIPPED_GPU_DIR = Path(__file__).resolve().parents[1] / "data" / "gpu"
 
@@ -120,7 +125,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     try:
         # 1 -- profile
         t = time.perf_counter()
-        say(f"[1/6] profiling this CPU with the {space if isinstance(space, str) else space.name} space into {db} "
+        say(f"[1/7] profiling this CPU with the {space if isinstance(space, str) else space.name} space into {db} "
             "(resumes if interrupted)")
         with ProfileStore(db) as store:
             sp = ParameterSpace.builtin(space) if isinstance(space, str) else space
@@ -142,14 +147,14 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         except PredictorFormatError:
             pass
         if pred is None:
-            say(f"[2/6] training regression models per op type and auto-selecting ({sum(len(v) for v in data.specs.values())} samples)")
+            say(f"[2/7] training regression models per op type and auto-selecting ({sum(len(v) for v in data.specs.values())} samples)")
             pred, sel = select(data, families=families, cv=3, progress=(lambda m: say(f"      fitting {m}")) if progress else None)
             pred.save(pred_dir)
             (pred_dir / "selection_report.json").write_text(json.dumps(sel.to_dict(), indent=2, default=str))
             plots.plot_fit(sel, data, pred, str(out / "fit.png"))
             report["selection"] = {"overall": sel.overall, "choice": sel.per_op_choice}
         else:
-            say(f"[2/6] predictor in {pred_dir} already matches the store: not retrained")
+            say(f"[2/7] predictor in {pred_dir} already matches the store: not retrained")
             sel_file = pred_dir / "selection_report.json"
             if sel_file.is_file():
                 doc = json.loads(sel_file.read_text())
@@ -159,9 +164,9 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         # 3 -- composition
         t = time.perf_counter()
         if pred.composition.calibrated and pred.composition.info.get("networks") == networks:
-            say("[3/6] composition already calibrated on this CPU")
+            say("[3/7] composition already calibrated on this CPU")
         else:
-            say(f"[3/6] calibrating the composition on {networks} random networks measured on this CPU")
+            say(f"[3/7] calibrating the composition on {networks} random networks measured on this CPU")
             bar = _bar(progress, networks * 4, "calibrating")
             comp, _ = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
             if bar:
@@ -178,7 +183,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         x = torch.randn(1, 3, input_size, input_size)
         graph = trace(module, x, name=name)
         cov = graph.coverage(pred.ops)
-        say(f"[4/6] {graph.summary()}\n      {cov.summary()}")
+        say(f"[4/7] {graph.summary()}\n      {cov.summary()}")
         cpu_cloud = "cloud (this CPU, all threads, no load)" if cloud_pred is None else "this CPU (all threads, no load)"
         conds = {"edge (1 thread, 50% load)": (0.5, 1), cpu_cloud: (0.0, pred.default_threads)}
         rows, lats = [], {}
@@ -210,21 +215,27 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         t = time.perf_counter()
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
-        say(f"[5/6] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps; {cloud_label}")
+        say(f"[5/7] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps; {cloud_label}")
         edge_ms, cloud_ms = lats[edge_label].node_ms, lats[cloud_label if cloud_pred is not None else cpu_cloud].node_ms
         report["partition"] = {**_partition(graph, edge_ms, cloud_ms, out, plots, say),
                                "edge": edge_label, "cloud": cloud_label if cloud_pred is not None else cpu_cloud}
         timings["partition_s"] = time.perf_counter() - t
+
+        # 6 -- adaptive re-planning on a scripted trace
+        t = time.perf_counter()
+        say("[6/7] adaptive re-planning as the conditions change (scripted trace, predicted)")
+        report["adaptive"] = _adaptive(graph, pred, cloud_ms, out, say)
+        timings["adaptive_s"] = time.perf_counter() - t
     finally:
         device.close()
 
-    # 6 -- report
+    # 7 -- report
     timings["total_s"] = time.perf_counter() - t_all
     report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(_markdown(report))
-    say(f"[6/6] report: {out / 'report.md'} (+ report.json, layers.png, predicted_vs_measured.png, pareto.png, "
-        f"graph_cut.png, fit.png) in {timings['total_s']:.0f} s")
+    say(f"[7/7] report: {out / 'report.md'} (+ report.json, layers.png, predicted_vs_measured.png, pareto.png, "
+        f"graph_cut.png, adaptive.png, fit.png) in {timings['total_s']:.0f} s")
     return report
 
 
@@ -255,6 +266,39 @@ def _partition(graph: Any, edge: Any, cloud: Any, out: Path, plots: Any, say: Ca
     return {"rtt_ms": RTT_MS, "per_bandwidth": results, "pictured_bandwidth_mbps": bw}
 
 
+def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Replay :data:`ADAPTIVE_PHASES` through an :class:`~partition.adaptive.AdaptiveController` (three
+    observations per phase, confirm=2) on a simulated clock; the edge is ``pred`` at 1 thread."""
+    import numpy as np
+
+    from partition import Link
+    from partition.adaptive import AdaptiveController, ChangeDetector, plot_timeline
+
+    now = [0.0]
+    ctl = AdaptiveController(graph, pred, np.asarray(cloud_ms, dtype=float), Link(ADAPTIVE_PHASES[0][1], rtt_ms=RTT_MS),
+                             detector=ChangeDetector(confirm=2, min_interval_s=0.0), edge_threads=1, feedback_min=0,
+                             clock=lambda: now[0])
+    phases = []
+    for u, bw in ADAPTIVE_PHASES:
+        n0 = len(ctl.decisions)
+        for _ in range(3):
+            ctl.step({"utilization": u, "bandwidth_mbps": bw, "rtt_ms": RTT_MS})
+            now[0] += 1.0
+        new = ctl.decisions[n0:]
+        plan = ctl.decisions[-1].new_plan
+        row = {"utilization": u, "bandwidth_mbps": bw, "compute_nodes_per_device": plan["compute_nodes_per_device"],
+               "predicted_ms": ctl.predicted_ms(), "re_plans": len(new), "swaps": sum(d.swapped for d in new),
+               "decision_ms": max((d.decision_ms for d in new), default=0.0)}
+        phases.append(row)
+        say(f"      load {u:.1f}, {bw:5g} Mbps: {row['compute_nodes_per_device'][0]} compute nodes on the edge, "
+            f"{row['compute_nodes_per_device'][1]} on the cloud, {row['predicted_ms']:8.2f} ms predicted"
+            + (f" (initial plan, {row['decision_ms']:.0f} ms)" if n0 == 0 else
+               f" ({'swapped' if row['swaps'] else 'kept'} after {row['re_plans']} re-plan(s), {row['decision_ms']:.0f} ms)"
+               if new else ""))
+    plot_timeline(out / "adaptive.png", ctl.history, ctl.decisions, title=f"{graph.name}: adaptive re-planning (predicted)")
+    return {"rtt_ms": RTT_MS, "phases": phases, "swaps": sum(d.swapped for d in ctl.decisions[1:])}
+
+
 def _bar(progress: bool, total: int, desc: str) -> Any:
     if not progress:
         return None
@@ -281,6 +325,14 @@ def _markdown(r: dict[str, Any]) -> str:
         lines += [f"| {x['bandwidth_mbps']:g} | {x['latency_ms']:.2f} | {x['compute_nodes_on_edge']} | "
                   f"{x['bytes_transferred'] / 1e3:.0f} | {x['edge_memory_mib']:.1f} |" for x in p["per_bandwidth"]]
         lines += ["", "![Pareto front](pareto.png)", "", "![graph with the cut](graph_cut.png)", ""]
+    a = r.get("adaptive", {})
+    if a:
+        lines += ["## Adaptive re-planning (scripted conditions, predicted)", "",
+                  "| edge load | Mbps | compute nodes edge / cloud | predicted ms | re-plans | swaps |", "|---|---|---|---|---|---|"]
+        lines += [f"| {x['utilization']:.1f} | {x['bandwidth_mbps']:g} | {x['compute_nodes_per_device'][0]} / "
+                  f"{x['compute_nodes_per_device'][1]} | {x['predicted_ms']:.2f} | {x['re_plans']} | {x['swaps']} |"
+                  for x in a["phases"]]
+        lines += ["", "![adaptive timeline](adaptive.png)", ""]
     sel = r.get("selection") or {}
     if sel.get("overall"):
         lines += ["## Regression models (cross-validated)", "", "| models | acc10 | MAPE |", "|---|---|---|"]

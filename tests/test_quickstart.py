@@ -45,7 +45,8 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     cloud = Path(__file__).resolve().parents[1] / "data" / "cpu" / "predictor_cpu2_2026-11-26"  # any other device's predictor
     report = run_quickstart(out, cloud=cloud, **kw)
     for name in ("profiles.sqlite", "predictor/predictor.json", "predictor/selection_report.json", "report.json",
-                 "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png"):
+                 "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png",
+                 "adaptive.png"):
         assert (out / name).is_file(), name
     n = len(space.specs())
     assert report["profile"]["continued"] == n and report["profile"]["measurements"] == 2 * n  # resumed, not restarted
@@ -57,6 +58,11 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     assert report["partition"]["cloud"] == report["model"]["cloud"]["condition"] and "AMD EPYC" in report["partition"]["cloud"]
     assert "predicted, not measured" in (out / "report.md").read_text()
     assert report["composition"]["calibrated"] is True
+    # the adaptive step re-planned through every phase of its trace
+    phases = report["adaptive"]["phases"]
+    assert [(p["utilization"], p["bandwidth_mbps"]) for p in phases] == [(0.0, 10.0), (0.5, 10.0), (0.9, 10.0), (0.9, 100.0), (0.0, 1.0)]
+    assert all(p["re_plans"] >= 1 and p["predicted_ms"] > 0 for p in phases)
+    assert "Adaptive re-planning" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["model"]["summary"].startswith("builtin_cnn")
     # a second run finds everything in the store and the predictor up to date
     again = run_quickstart(out, cloud="cpu", **kw)
