@@ -278,11 +278,12 @@ def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[st
     ctl = AdaptiveController(graph, pred, np.asarray(cloud_ms, dtype=float), Link(ADAPTIVE_PHASES[0][1], rtt_ms=RTT_MS),
                              detector=ChangeDetector(confirm=2, min_interval_s=0.0), edge_threads=1, feedback_min=0,
                              clock=lambda: now[0])
-    phases = []
+    phases, predicted = [], []
     for u, bw in ADAPTIVE_PHASES:
         n0 = len(ctl.decisions)
         for _ in range(3):
             ctl.step({"utilization": u, "bandwidth_mbps": bw, "rtt_ms": RTT_MS})
+            predicted.append((now[0], float("nan"), ctl.predicted_ms()))  # nothing measured: the plan's prediction only
             now[0] += 1.0
         new = ctl.decisions[n0:]
         plan = ctl.decisions[-1].new_plan
@@ -295,7 +296,7 @@ def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[st
             + (f" (initial plan, {row['decision_ms']:.0f} ms)" if n0 == 0 else
                f" ({'swapped' if row['swaps'] else 'kept'} after {row['re_plans']} re-plan(s), {row['decision_ms']:.0f} ms)"
                if new else ""))
-    plot_timeline(out / "adaptive.png", ctl.history, ctl.decisions, title=f"{graph.name}: adaptive re-planning (predicted)")
+    plot_timeline(out / "adaptive.png", ctl.history, ctl.decisions, predicted, title=f"{graph.name}: adaptive re-planning (predicted)")
     return {"rtt_ms": RTT_MS, "phases": phases, "swaps": sum(d.swapped for d in ctl.decisions[1:])}
 
 
