@@ -163,7 +163,8 @@ class LinkObserver:
     transfers the RTT cannot be told apart, so the last fitted (or the given ``rtt_ms``) RTT is kept
     and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). A sample
     whose bandwidth differs from the estimate by more than ``reset_factor`` (either way) is a step
-    change: the window is cleared and the estimate restarts from it. Fallbacks and duplicates are
+    change, once the RTT is known (given or fitted): the window is cleared and the estimate restarts
+    from it. Fallbacks and duplicates are
     ignored. Real loopback costs (encoding, gRPC) count as link time. When no request crosses the
     link, :class:`LinkProber` feeds it probes.
     """
@@ -183,6 +184,9 @@ class LinkObserver:
         self._lock = threading.Lock()
         self.n_samples = 0
         self.last_sample_s: float | None = None  # time.monotonic() of the last recorded transfer
+        # step changes are only judged once the RTT is known (given, or fitted): with an unknown RTT a small transfer
+        # looks much slower than a large one, and would read as a step change on every size change
+        self._rtt_known = self.rtt_ms > 0
 
     def idle_s(self) -> float:
         """Seconds since the last recorded transfer (``inf`` before the first)."""
@@ -203,7 +207,7 @@ class LinkObserver:
         """Add one round trip of ``size_bytes`` (both directions) that took ``transfer_ms``."""
         with self._lock:
             wire_ms = transfer_ms - self.rtt_ms
-            if self.reset_factor and self.bandwidth_mbps and wire_ms > 0:
+            if self.reset_factor and self._rtt_known and self.bandwidth_mbps and wire_ms > 0:
                 ratio = size_bytes * 8 / (wire_ms / 1e3) / 1e6 / self.bandwidth_mbps
                 if not 1 / self.reset_factor <= ratio <= self.reset_factor:
                     # a step change of the link: forget the old regime (its samples would bend the RTT fit) and
@@ -220,9 +224,10 @@ class LinkObserver:
                 my = sum(m for _, m in self._window) / n
                 sxx = sum((s - mx) ** 2 for s in sizes)
                 slope = sum((s - mx) * (m - my) for s, m in self._window) / sxx if sxx > 0 else 0.0
-                if slope > 0:
-                    rtt = max(0.0, my - slope * mx)
+                rtt = my - slope * mx
+                if slope > 0 and rtt >= 0:  # a negative intercept is noise (e.g. size-dependent host costs): keep the last RTT
                     self.rtt_ms = (1 - self.alpha) * self.rtt_ms + self.alpha * rtt
+                    self._rtt_known = True
             wire_ms = transfer_ms - self.rtt_ms
             if wire_ms <= 0:
                 return
