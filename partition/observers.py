@@ -163,8 +163,8 @@ class LinkObserver:
     transfers the RTT cannot be told apart, so the last fitted (or the given ``rtt_ms``) RTT is kept
     and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). A sample
     whose bandwidth differs from the estimate by more than ``reset_factor`` (either way) is a step
-    change, once the RTT is known (given or fitted): the window is cleared and the estimate restarts
-    from it. Fallbacks and duplicates are
+    change, once the RTT is known (given or fitted): the window is cleared and the estimate jumps to
+    the sample's bandwidth, by at most ``reset_factor``² per sample. Fallbacks and duplicates are
     ignored. Real loopback costs (encoding, gRPC) count as link time. When no request crosses the
     link, :class:`LinkProber` feeds it probes.
     """
@@ -207,13 +207,15 @@ class LinkObserver:
         """Add one round trip of ``size_bytes`` (both directions) that took ``transfer_ms``."""
         with self._lock:
             wire_ms = transfer_ms - self.rtt_ms
-            if self.reset_factor and self._rtt_known and self.bandwidth_mbps and wire_ms > 0:
-                ratio = size_bytes * 8 / (wire_ms / 1e3) / 1e6 / self.bandwidth_mbps
+            jump_from = None
+            if self.reset_factor and self._rtt_known and self.bandwidth_mbps:
+                ratio = math.inf if wire_ms <= 0 else size_bytes * 8 / (wire_ms / 1e3) / 1e6 / self.bandwidth_mbps
                 if not 1 / self.reset_factor <= ratio <= self.reset_factor:
-                    # a step change of the link: forget the old regime (its samples would bend the RTT fit) and
-                    # take the new sample's bandwidth at once instead of easing towards it
+                    # a step change of the link: forget the old regime (its samples would bend the RTT fit) and jump to
+                    # the new sample's bandwidth instead of easing towards it, by at most reset_factor² per sample (one
+                    # small transfer whose wire time is lost in the RTT's noise must not read as a 100x faster link)
                     self._window.clear()
-                    self.bandwidth_mbps = None
+                    jump_from, self.bandwidth_mbps = self.bandwidth_mbps, None
             self._window.append((float(size_bytes), float(transfer_ms)))
             self.n_samples += 1
             self.last_sample_s = time.monotonic()
@@ -229,10 +231,12 @@ class LinkObserver:
                     self.rtt_ms = (1 - self.alpha) * self.rtt_ms + self.alpha * rtt
                     self._rtt_known = True
             wire_ms = transfer_ms - self.rtt_ms
-            if wire_ms <= 0:
-                return
-            bw = size_bytes * 8 / (wire_ms / 1e3) / 1e6
-            self.bandwidth_mbps = bw if self.bandwidth_mbps is None else (1 - self.alpha) * self.bandwidth_mbps + self.alpha * bw
+            bw = math.inf if wire_ms <= 0 else size_bytes * 8 / (wire_ms / 1e3) / 1e6
+            if jump_from is not None:
+                f2 = self.reset_factor ** 2  # type: ignore[operator]
+                self.bandwidth_mbps = min(max(bw, jump_from / f2), jump_from * f2)
+            elif math.isfinite(bw):
+                self.bandwidth_mbps = bw if self.bandwidth_mbps is None else (1 - self.alpha) * self.bandwidth_mbps + self.alpha * bw
 
     def observe(self) -> dict[str, Any]:
         with self._lock:

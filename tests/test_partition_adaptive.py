@@ -100,6 +100,13 @@ def test_observers():
     assert got == [0.0, 0.0, 0.5, 0.5]
     merged = CompositeObserver(sc, bs, link).observe()
     assert merged["batch_size"] == 4 and merged["utilization"] == 0.5 and merged["bandwidth_mbps"] == pytest.approx(8.0, rel=0.01)
+    # a step to 80 Mbit/s whose first sample is a small transfer lost in the RTT's noise (it implies 1,000 Mbit/s):
+    # the estimate jumps at most 4x per sample, then settles on the real rate
+    link.record_transfer(1000, 2.0 + 0.008)
+    assert link.observe()["bandwidth_mbps"] == pytest.approx(32.0)
+    for _ in range(3):
+        link.record_transfer(40_000, 2.0 + 40_000 * 8 / 80e3)
+    assert link.observe()["bandwidth_mbps"] == pytest.approx(80.0, rel=0.01)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
