@@ -164,7 +164,7 @@ class LinkObserver:
     and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). A sample
     whose bandwidth differs from the estimate by more than ``reset_factor`` (either way) is a step
     change, once the RTT is known (given or fitted): the window is cleared and the estimate jumps to
-    the sample's bandwidth, by at most ``reset_factor``² per sample. Fallbacks and duplicates are
+    the sample's bandwidth (upwards by at most ``reset_factor``² per sample). Fallbacks and duplicates are
     ignored. Real loopback costs (encoding, gRPC) count as link time. When no request crosses the
     link, :class:`LinkProber` feeds it probes.
     """
@@ -212,8 +212,9 @@ class LinkObserver:
                 ratio = math.inf if wire_ms <= 0 else size_bytes * 8 / (wire_ms / 1e3) / 1e6 / self.bandwidth_mbps
                 if not 1 / self.reset_factor <= ratio <= self.reset_factor:
                     # a step change of the link: forget the old regime (its samples would bend the RTT fit) and jump to
-                    # the new sample's bandwidth instead of easing towards it, by at most reset_factor² per sample (one
-                    # small transfer whose wire time is lost in the RTT's noise must not read as a 100x faster link)
+                    # the new sample's bandwidth instead of easing towards it; upwards by at most reset_factor² per
+                    # sample (one small transfer whose wire time is lost in the RTT's noise must not read as a 100x
+                    # faster link), downwards at once (a transfer that took far longer is clear evidence)
                     self._window.clear()
                     jump_from, self.bandwidth_mbps = self.bandwidth_mbps, None
             self._window.append((float(size_bytes), float(transfer_ms)))
@@ -234,7 +235,7 @@ class LinkObserver:
             bw = math.inf if wire_ms <= 0 else size_bytes * 8 / (wire_ms / 1e3) / 1e6
             if jump_from is not None:
                 f2 = self.reset_factor ** 2  # type: ignore[operator]
-                self.bandwidth_mbps = min(max(bw, jump_from / f2), jump_from * f2)
+                self.bandwidth_mbps = min(bw, jump_from * f2)
             elif math.isfinite(bw):
                 self.bandwidth_mbps = bw if self.bandwidth_mbps is None else (1 - self.alpha) * self.bandwidth_mbps + self.alpha * bw
 

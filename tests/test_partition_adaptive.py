@@ -107,6 +107,8 @@ def test_observers():
     for _ in range(3):
         link.record_transfer(40_000, 2.0 + 40_000 * 8 / 80e3)
     assert link.observe()["bandwidth_mbps"] == pytest.approx(80.0, rel=0.01)
+    link.record_transfer(40_000, 2.0 + 40_000 * 8 / 1e3)  # down to 1 Mbit/s: a long transfer is believed at once
+    assert link.observe()["bandwidth_mbps"] == pytest.approx(1.0, rel=0.01)
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
