@@ -50,6 +50,8 @@ def _cloud_predictor(cloud: str | Path) -> tuple[Any, str, Path | None]:
     path = shipped_gpu_predictor() if cloud == "auto" else None if cloud == "cpu" else Path(cloud)
     if path is None:
         return None, "cloud (this CPU, all threads, no load)", None
+    if not path.exists():
+        raise SpecError(f"cloud predictor {str(path)!r}: no such directory (expected auto, cpu or a predictor directory)")
     try:
         pred = Predictor.load(path)
     except (PredictorFormatError, OSError) as e:

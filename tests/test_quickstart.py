@@ -7,7 +7,7 @@ import pytest
 
 from latpred.errors import SpecError
 from latpred.profiling.space import ParameterSpace
-from latpred.quickstart import run_quickstart
+from latpred.quickstart import _cloud_predictor, run_quickstart, shipped_gpu_predictor
 
 TINY = {
     "name": "tiny", "seed": 0,
@@ -75,3 +75,11 @@ def test_quickstart_rejects_a_bad_cloud_predictor_before_measuring(tmp_path):
     with pytest.raises(SpecError, match="cloud predictor"):
         run_quickstart(tmp_path / "qs", cloud=tmp_path / "no-such-predictor", progress=False, say=lambda _m: None)
     assert not (tmp_path / "qs").exists()
+
+
+def test_auto_cloud_is_the_shipped_gpu_predictor():
+    shipped = shipped_gpu_predictor()
+    assert shipped is not None and shipped.parent.name == "gpu"  # this checkout ships one (data/gpu/)
+    pred, label, path = _cloud_predictor("auto")
+    assert path == shipped and "H200" in label and pred.ops
+    assert _cloud_predictor("cpu") == (None, "cloud (this CPU, all threads, no load)", None)
