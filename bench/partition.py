@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,13 +69,19 @@ def optimizer_part(pred: Predictor, refs: list[str], say) -> dict:
             "resnet50_optimize_s_max": max(r50) if r50 else None}
 
 
-def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_requests: int, n_cuts: int, say) -> dict:
+def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_requests: int, n_cuts: int, say,
+              pin: bool = False) -> dict:
+    """``pin``: edge on core 0, cloud process on the other cores (and predicted with that many threads), so the two
+    sides do not share cores, as a real edge and cloud would not; otherwise both float over all cores."""
     rows = []
+    n_cores = os.cpu_count() or 1
+    cloud_threads = n_cores - 1 if pin else pred.default_threads
+    cpus = {"edge_cpus": [0], "cloud_cpus": list(range(1, n_cores))} if pin else {}
     for name in models:
         ref = load_model(f"torchvision:{name}")
         g = trace(ref.module, ref.example_input(1), name=name)
         edge = pred.predict_graph(g, utilization=0.0, threads=1).node_ms
-        cloud = pred.predict_graph(g, utilization=0.0, threads=pred.default_threads).node_ms
+        cloud = pred.predict_graph(g, utilization=0.0, threads=cloud_threads).node_ms
         for bw in bandwidths:
             cm = CostModel(g, [edge, cloud], Link(bw, rtt_ms=RTT_MS))
             chosen = optimize(cm, ("latency",), pop_size=50, n_gen=60, seed=0)
@@ -90,7 +97,7 @@ def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_req
             for label, a in plans.items():
                 plan = PartitionPlan(tuple(int(x) for x in a), cm.node_names)
                 m = measure_split(f"torchvision:{name}", plan, bandwidth_mbps=bw, rtt_ms=RTT_MS, n_requests=n_requests,
-                                  edge_threads=1, cloud_threads=pred.default_threads)
+                                  edge_threads=1, cloud_threads=cloud_threads, **cpus)
                 predicted = float(cm.evaluate(np.asarray(a)[None, :])["latency_ms"][0])
                 measured[label] = {"predicted_ms": predicted, "measured_ms": m.median_ms, "fallbacks": m.n_fallback}
                 say(f"{name} {bw:g} Mbps {label}: predicted {predicted:.2f} ms, measured {m.median_ms:.2f} ms")
@@ -101,7 +108,7 @@ def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_req
                          "chosen_vs_best_measured_cut": c["measured_ms"] / best_cut - 1})
     errs = np.array([r["chosen_error"] for r in rows])
     vs = np.array([r["chosen_vs_best_measured_cut"] for r in rows])
-    return {"cases": rows, "within_15pct": float(np.mean(np.abs(errs) <= 0.15)),
+    return {"cases": rows, "pinned": pin, "cloud_threads": cloud_threads, "within_15pct": float(np.mean(np.abs(errs) <= 0.15)),
             "chosen_within_10pct_of_best": float(np.mean(vs <= 0.10))}
 
 
@@ -114,24 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=10)
     ap.add_argument("--cuts", type=int, default=4, help="predicted-best single cuts measured per case (plus all-edge/all-cloud)")
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-optimizer", action="store_true", help="only the real splits")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                    help="real splits: edge on core 0, cloud on the others (default: on with >= 2 cores on Linux)")
     ap.add_argument("--json", default="bench/results/partition.json")
     args = ap.parse_args(argv)
     say = lambda m: print(" ", m, file=sys.stderr, flush=True)  # noqa: E731
     pred = Predictor.load(args.predictor)
-    doc = {"optimizer": optimizer_part(pred, parse_model_refs(args.models), say)}
+    pin = (hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2) if args.pin is None else args.pin
+    doc = {} if args.skip_optimizer else {"optimizer": optimizer_part(pred, parse_model_refs(args.models), say)}
     if not args.skip_real:
         doc["real"] = real_part(pred, args.real_models.split(","), [float(b) for b in args.real_bandwidths.split(",")],
-                                args.requests, args.cuts, say)
+                                args.requests, args.cuts, say, pin=pin)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
-    o = doc["optimizer"]
-    line = (f"partition: {len(o['cases'])} cases, GA within 1% of the exact optimum in {100 * o['within_1pct']:.0f}% "
-            f"(within 5%: {100 * o['within_5pct']:.0f}%; without exact seeds {100 * o['unseeded_within_1pct']:.0f}%/"
-            f"{100 * o['unseeded_within_5pct']:.0f}%), resnet50 optimisation <= {o['resnet50_optimize_s_max'] or float('nan'):.2f} s")
+    line = "partition:"
+    if "optimizer" in doc:
+        o = doc["optimizer"]
+        line += (f" {len(o['cases'])} cases, GA within 1% of the exact optimum in {100 * o['within_1pct']:.0f}% "
+                 f"(within 5%: {100 * o['within_5pct']:.0f}%; without exact seeds {100 * o['unseeded_within_1pct']:.0f}%/"
+                 f"{100 * o['unseeded_within_5pct']:.0f}%), resnet50 optimisation <= {o['resnet50_optimize_s_max'] or float('nan'):.2f} s")
     if "real" in doc:
         r = doc["real"]
-        line += (f"; real splits: {100 * r['within_15pct']:.0f}% within ±15% of predicted, chosen plan within 10% of the "
-                 f"best measured cut in {100 * r['chosen_within_10pct_of_best']:.0f}%")
+        line += (f"; real splits{' (pinned)' if r['pinned'] else ''}: {100 * r['within_15pct']:.0f}% within ±15% of predicted, "
+                 f"chosen plan within 10% of the best measured cut in {100 * r['chosen_within_10pct_of_best']:.0f}%")
     print(line + f" -> {args.json}")
     return 0
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from partition import CloudServer, EdgeRunner, Link  # noqa: E402
+from partition import CloudServer, EdgeRunner, Link, pin_process  # noqa: E402
 from partition.adaptive import AdaptiveController, ChangeDetector, plot_timeline  # noqa: E402
 from partition.observers import CompositeObserver, CpuObserver, LinkObserver, LinkProber  # noqa: E402
 
@@ -49,17 +49,6 @@ class _PhaseObserver:
 
     def observe(self) -> dict:
         return {"utilization": self.utilization}
-
-
-def _pin_process(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of process ``pid`` (sched_setaffinity on a pid moves its main thread only)."""
-    import psutil
-
-    for th in psutil.Process(pid).threads():
-        try:
-            os.sched_setaffinity(th.id, cpus)
-        except ProcessLookupError:  # the thread ended meanwhile
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     load = CpuLoad(0.0, workers=1 if args.quick or pin else None)
     rows = []
-    with CloudServer(args.model, static_plan, seed=seed, input_shape=shape, threads=1, cwd=str(ROOT)) as srv, \
+    with CloudServer(args.model, static_plan, seed=seed, input_shape=shape, threads=1, cwd=str(ROOT),
+                     cpus=range(1, n_cores) if pin else None) as srv, \
             EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as edge, \
             EdgeRunner(args.model, static_plan, srv.address, phases[0][1], args.rtt_ms, seed=seed, input_shape=shape) as static:
-        if pin and srv.pid:
-            _pin_process(srv.pid, set(range(1, n_cores)))
         link_obs = LinkObserver(rtt_ms=args.rtt_ms)
         phase_obs = _PhaseObserver()
         cpu = phase_obs if args.scripted else CpuObserver(exclude_pids=[srv.pid] if srv.pid else [], cpus=[0] if pin else None)
@@ -143,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             load.start()
             if pin:
                 for pid in load.pids:
-                    _pin_process(pid, {0})
+                    pin_process(pid, {0})
         cpu.observe()  # start the first window now: the load workers' start-up (unpinned) is not edge load
         ctl.start()
         try:

@@ -71,7 +71,17 @@ from .pruning import (
     analyze_pruning,
     kept_channels,
 )
-from .runtime import METHOD_REGISTER, BuiltSplit, CloudServer, EdgeRunner, ModelRecipe, SplitMeasurement, build_split, measure_split
+from .runtime import (
+    METHOD_REGISTER,
+    BuiltSplit,
+    CloudServer,
+    EdgeRunner,
+    ModelRecipe,
+    SplitMeasurement,
+    build_split,
+    measure_split,
+    pin_process,
+)
 from .transport import EmulatedLink, TensorCodecError, decode_message, encode_message
 
 __all__ = [
@@ -114,6 +124,7 @@ __all__ = [
     "EdgeRunner",
     "SplitMeasurement",
     "measure_split",
+    "pin_process",
     # partition.transport
     "TensorCodecError",
     "EmulatedLink",

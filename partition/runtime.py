@@ -68,7 +68,7 @@ from .transport import (
 )
 
 __all__ = ["ModelRecipe", "BuiltSplit", "build_split", "CloudServer", "EdgeRunner", "SplitMeasurement", "measure_split",
-           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES"]
+           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES", "pin_process"]
 
 READY_PREFIX = "PARTITION_CLOUD_READY"
 #: gRPC method of the plan registration (JSON ``{"recipe", "placement"}`` in, JSON ``{"fingerprint", ...}`` out)
@@ -77,6 +77,36 @@ METHOD_REGISTER = f"/{SERVICE}/RegisterPlan"
 METHOD_ECHO = f"/{SERVICE}/Echo"
 #: largest probe, each way
 MAX_PROBE_BYTES = 64 << 20
+
+
+def _check_cpus(cpus: Sequence[int] | None, what: str) -> set[int] | None:
+    if cpus is None:
+        return None
+    n = os.cpu_count() or 1
+    got = {int(c) for c in cpus}
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"{what}: pinning needs os.sched_setaffinity (Linux)")
+    if not got or min(got) < 0 or max(got) >= n:
+        raise ValueError(f"{what} must be logical core indices in [0, {n}), got {sorted(got)}")
+    return got
+
+
+def pin_process(pid: int, cpus: Sequence[int]) -> set[int]:
+    """Pin every thread of process ``pid`` to ``cpus`` (``os.sched_setaffinity`` on a pid moves one thread
+    only; threads started later inherit their creator's affinity). Returns the previous affinity of the
+    process's main thread, for restoring."""
+    import psutil
+
+    got = _check_cpus(cpus, "cpus")
+    if got is None:
+        raise ValueError("pin_process needs the cores to pin to, got None")
+    before = os.sched_getaffinity(pid)
+    for th in psutil.Process(pid).threads():
+        try:
+            os.sched_setaffinity(th.id, got)
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    return before
 
 
 # -- the shared recipe ------------------------------------------------------------------------------
@@ -304,11 +334,14 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
     """Start a cloud gRPC server in this process; returns ``(grpc server, port, service)``.
 
     ``config``: ``recipe`` (:meth:`ModelRecipe.to_dict`), ``placement`` (``{node name: device}``),
-    optional ``threads``, ``host`` (default ``127.0.0.1``), ``port`` (0: any free port),
-    ``cache_size`` (replies kept for deduplication), ``max_plans`` (built plans kept for hot-swap).
+    optional ``threads``, ``cpus`` (pin this process to these cores first, so every thread it starts
+    inherits them), ``host`` (default ``127.0.0.1``), ``port`` (0: any free port), ``cache_size``
+    (replies kept for deduplication), ``max_plans`` (built plans kept for hot-swap).
     """
     import grpc
 
+    if config.get("cpus"):
+        pin_process(os.getpid(), config["cpus"])
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     recipe = ModelRecipe.from_dict(config["recipe"])
@@ -351,6 +384,8 @@ class CloudServer:
         input_shape: per-sample input shape (``None``: the reference's default).
         batch_size: batch size the model is traced at.
         threads: ``torch.set_num_threads`` of the server process (``None``: torch's default).
+        cpus: logical cores the server process is pinned to (``None``: not pinned), e.g. to emulate a
+            separate cloud machine beside an edge process pinned to other cores.
         host, port: where to listen (port 0: a free port, read back from the process).
         startup_timeout_s: how long :meth:`start` waits for the server to be ready.
         cache_size: replies kept for request deduplication.
@@ -364,10 +399,12 @@ class CloudServer:
     def __init__(self, model_ref: str, plan: Any, *, seed: int = 0, input_shape: Sequence[int] | None = None,
                  batch_size: int = 1, threads: int | None = None, host: str = "127.0.0.1", port: int = 0,
                  startup_timeout_s: float = 120.0, cache_size: int = 64, max_plans: int = 16,
-                 cwd: str | None = None) -> None:
+                 cwd: str | None = None, cpus: Sequence[int] | None = None) -> None:
         recipe = ModelRecipe(model_ref, int(seed), None if input_shape is None else tuple(int(d) for d in input_shape), int(batch_size))
+        pinned = _check_cpus(cpus, "cpus")
         self.config = {"recipe": recipe.to_dict(), "placement": placement_of(plan), "threads": threads, "host": host,
-                       "port": int(port), "cache_size": int(cache_size), "max_plans": int(max_plans)}
+                       "port": int(port), "cache_size": int(cache_size), "max_plans": int(max_plans),
+                       "cpus": None if pinned is None else sorted(pinned)}
         self.host = host
         self.startup_timeout_s = float(startup_timeout_s)
         self.cwd = cwd
@@ -802,20 +839,25 @@ class SplitMeasurement:
 def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = None, rtt_ms: float = 0.0, n_requests: int = 20,
                   warmup: int = 2, edge_threads: int | None = None, cloud_threads: int | None = None, seed: int = 0,
                   input_shape: Sequence[int] | None = None, batch_size: int = 1, timeout_s: float = 30.0,
-                  server_address: str | None = None) -> SplitMeasurement:
+                  server_address: str | None = None, edge_cpus: Sequence[int] | None = None,
+                  cloud_cpus: Sequence[int] | None = None) -> SplitMeasurement:
     """Measure a plan for real: start a :class:`CloudServer` process (unless ``server_address`` is given
     or the plan runs all on the edge), run ``warmup + n_requests`` requests through an
     :class:`EdgeRunner` and return the median timings (:class:`SplitMeasurement`; ``median_ms`` is
-    the median end-to-end latency in ms)."""
+    the median end-to-end latency in ms). ``edge_cpus`` pins this process for the measurement (restored
+    after) and ``cloud_cpus`` the server process, so that one machine can stand in for an edge and a
+    cloud that do not share cores."""
     if n_requests < 1:
         raise ValueError(f"n_requests must be >= 1, got {n_requests}")
+    _check_cpus(edge_cpus, "edge_cpus")
     placement = placement_of(plan)
     remote = any(d >= 1 for d in placement.values())
     server = None
+    restore = pin_process(os.getpid(), edge_cpus) if edge_cpus is not None else None
     try:
         if remote and server_address is None:
             server = CloudServer(model_ref, placement, seed=seed, input_shape=input_shape, batch_size=batch_size,
-                                 threads=cloud_threads).start()
+                                 threads=cloud_threads, cpus=cloud_cpus).start()
             server_address = server.address
         with EdgeRunner(model_ref, placement, server_address if remote else None, bandwidth_mbps, rtt_ms, timeout_s,
                         edge_threads, seed=seed, input_shape=input_shape, batch_size=batch_size) as edge:
@@ -828,6 +870,8 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
     finally:
         if server is not None:
             server.stop()
+        if restore is not None:
+            pin_process(os.getpid(), restore)
 
     def med(key: str) -> float:
         return float(statistics.median(s[key] for s in samples))

@@ -1,6 +1,7 @@
 """Real split execution over gRPC: a cloud server process on localhost and an edge runner in this process."""
 
 import io
+import os
 import pickle
 import socket
 
@@ -226,3 +227,24 @@ def test_link_probe_without_a_cloud_is_none(reference):
     plan, _, _ = reference
     with _edge(plan, None) as edge:
         assert edge.probe_link(1000) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
+def test_pinned_split_measurement(reference):
+    """edge_cpus / cloud_cpus: the server process (every thread) runs on its cores, this process is pinned
+    for the measurement only, and bad core lists are clear errors before anything starts."""
+    plan, x, y = reference
+    last = (os.cpu_count() or 2) - 1
+    before = os.sched_getaffinity(0)
+    with CloudServer(MODEL, plan, seed=SEED, input_shape=SHAPE, threads=1, cpus=[last]) as srv:
+        import psutil
+
+        assert {tuple(os.sched_getaffinity(t.id)) for t in psutil.Process(srv.pid).threads()} == {(last,)}
+    m = measure_split(MODEL, plan, n_requests=2, warmup=1, edge_threads=1, cloud_threads=1, seed=SEED, input_shape=SHAPE,
+                      edge_cpus=[0], cloud_cpus=[last])
+    assert m.n_requests == 2 and m.n_fallback == 0 and m.median_ms > 0
+    assert os.sched_getaffinity(0) == before  # restored
+    with pytest.raises(ValueError, match="cloud|cpus"):
+        CloudServer(MODEL, plan, cpus=[os.cpu_count() or 1])
+    with pytest.raises(ValueError, match="edge_cpus"):
+        measure_split(MODEL, plan, edge_cpus=[-1])
