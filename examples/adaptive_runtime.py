@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: --pin needs Linux (os.sched_setaffinity) and at least 2 cores")
     speedup = args.cloud_speedup or (1.0 if pin else 4.0)
     if pin:
-        os.sched_setaffinity(0, {0})
+        pin_process(os.getpid(), [0])
 
     torch.manual_seed(seed)
     ref = load_model(args.model, shape)

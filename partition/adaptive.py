@@ -714,11 +714,7 @@ class AdaptiveController:
         with self._lock:
             if self.assignment is None or timings.get("fallback") or t - total / 1e3 < self._handover_t:
                 return None
-            cond = self.conditions
-            g = self.graph_at(int(cond.get("batch_size") or self.graph.batch_size))
-            if len(g.nodes) != len(self.assignment):
-                return None
-            predicted = float(self.node_ms(0, cond)[self.assignment == 0].sum())
+            predicted = float(self.node_ms(0, self.conditions)[self.assignment == 0].sum())
             measured = float(timings.get("edge_ms", 0.0))
             if predicted < 0.05 or not measured > 0:  # (almost) nothing computed on the edge
                 return None
