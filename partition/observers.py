@@ -154,12 +154,36 @@ class BatchSizeObserver:
         return {"batch_size": next(s for s in reversed(sizes) if counts[s] == best)}
 
 
+def _lower_envelope_fit(samples: Iterable[tuple[float, float]], bucket: float = 1.25) -> tuple[float, float]:
+    """(slope, intercept) of ``ms = intercept + slope * size`` fitted to the fastest transfer of each size.
+
+    Delays on a shared machine are one-sided (a scheduling hiccup only adds time), so, as link probers
+    such as pathchar do, each size bucket (sizes within a factor ``bucket``) keeps its minimum time and
+    the line goes through those minima: one slow transfer no longer drags the fitted RTT. With a single
+    bucket (or a degenerate spread) the slope is 0."""
+    mins: dict[int, tuple[float, float]] = {}
+    for size, ms in samples:
+        key = int(math.floor(math.log(size) / math.log(bucket)))
+        if key not in mins or ms < mins[key][1]:
+            mins[key] = (size, ms)
+    pts = list(mins.values())
+    n = len(pts)
+    mx = sum(s for s, _ in pts) / n
+    my = sum(m for _, m in pts) / n
+    sxx = sum((s - mx) ** 2 for s, _ in pts)
+    if n < 2 or sxx <= 0:
+        return 0.0, my
+    slope = sum((s - mx) * (m - my) for s, m in pts) / sxx
+    return slope, my - slope * mx
+
+
 class LinkObserver:
     """Link bandwidth and RTT estimated from real transfers (the timings of :meth:`EdgeRunner.infer`).
 
     Feed it with :meth:`record` (a timings dict: ``bytes_sent``, ``bytes_received``, ``transfer_ms``,
     ``fallback``). A round trip costs ``rtt_ms + bytes * 8 / bandwidth``; with a window of transfers of
-    different sizes (e.g. across plan changes) both are fitted by least squares; with same-size
+    different sizes (e.g. across plan changes) both are fitted by least squares through the fastest
+    transfer of each size (delays on a shared machine only add time); with same-size
     transfers the RTT cannot be told apart, so the last fitted (or the given ``rtt_ms``) RTT is kept
     and only the bandwidth is updated. Estimates are EWMAs (weight ``alpha`` of a new sample). A sample
     whose bandwidth differs from the estimate by more than ``reset_factor`` (either way) is a step
@@ -222,12 +246,7 @@ class LinkObserver:
             self.last_sample_s = time.monotonic()
             sizes = [s for s, _ in self._window]
             if len(self._window) >= 4 and max(sizes) >= self.min_size_spread * min(sizes):
-                n = len(self._window)
-                mx = sum(sizes) / n
-                my = sum(m for _, m in self._window) / n
-                sxx = sum((s - mx) ** 2 for s in sizes)
-                slope = sum((s - mx) * (m - my) for s, m in self._window) / sxx if sxx > 0 else 0.0
-                rtt = my - slope * mx
+                slope, rtt = _lower_envelope_fit(self._window)
                 if slope > 0 and rtt >= 0:  # a negative intercept is noise (e.g. size-dependent host costs): keep the last RTT
                     self.rtt_ms = (1 - self.alpha) * self.rtt_ms + self.alpha * rtt
                     self._rtt_known = True

@@ -220,7 +220,8 @@ def test_link_probe_measures_the_emulated_link(server, reference):
     assert prober.n_failed == 0 and prober.n_probes == 12
     assert 20.0 * 0.5 < estimates[0] < 20.0 * 1.5, estimates
     assert estimates[1] > 3 * estimates[0], estimates
-    assert obs.observe()["rtt_ms"] == pytest.approx(10.0, abs=8.0)
+    # the emulated 10 ms plus the real fixed costs of a loopback gRPC round trip (a few ms on a loaded 2-core machine)
+    assert 8.0 <= obs.observe()["rtt_ms"] <= 20.0, obs.observe()
 
 
 def test_link_probe_without_a_cloud_is_none(reference):
