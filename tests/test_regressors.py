@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import skops.io as sio
+import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -78,6 +79,16 @@ def test_medn_multitask_is_small_and_learns_every_task():
     p = m.predict(Xp, tasks=T)
     for i in range(len(ops)):
         assert np.corrcoef(p[T == i], Yl[T == i])[0, 1] > 0.9
+    # the inference path (task runs, heads into one buffer) gives the training network's numbers, for
+    # interleaved rows (sorted internally) as for grouped ones, and nothing for no rows
+    mix = np.random.default_rng(0).permutation(len(T))
+    Z, _ = m._normalise(Xp[mix], T[mix])
+    with torch.no_grad():
+        ref, _ = m._net()(torch.from_numpy(Z), torch.from_numpy(T[mix]), decode=False)
+    ref = ref.numpy() * m.y_std_[T[mix]] + m.y_mean_[T[mix]]
+    np.testing.assert_allclose(m.predict(Xp[mix], tasks=T[mix]), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.predict(Xp[mix], tasks=T[mix])[np.argsort(mix)], p, rtol=1e-5, atol=1e-5)
+    assert m.predict(Xp[:0], tasks=T[:0]).shape == (0,)
     with pytest.raises(SpecError, match="task index"):
         m.predict(Xp[:2], tasks=np.array([0, 7]))
     with pytest.raises(SpecError, match="features"):
