@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LatpredError, SpecError, UnknownOpError
-from .features import feature_names, featurize
+from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
 
 __all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION"]
@@ -91,7 +91,9 @@ class Predictor:
         width = getattr(model, "n_features_in_", X.shape[1])
         if X.ndim != 2 or X.shape[1] != width:
             raise SpecError(f"{op}: feature rows of shape {X.shape} do not match the model's {width} features")
-        return fast_predict(model, X)
+        # the runtime conditions (utilization, threads, extras) close every feature row: a hint that lets a GP
+        # factor its kernel when rows are specs x conditions
+        return fast_predict(model, X, condition_tail=len(RUNTIME) - RUNTIME.index("utilization") + len(self.extra_names))
 
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`predict_log` of several (op, X) groups; every MEDN group goes through one network call."""

@@ -51,6 +51,41 @@ def test_battery(family):
     assert np.allclose(again, p)  # deterministic under a seed
 
 
+@pytest.mark.parametrize("family", ["rf", "ridge_trees", "poly", "gp", "svr"])
+def test_fast_paths_agree_for_few_and_many_rows(family, monkeypatch):
+    """Forests are walked all trees at once for a few rows and tree by tree for many; polynomial features
+    are gathered per degree (degree 3 here): both give sklearn's numbers."""
+    import latpred.regressors.fast as fast
+
+    params = {"degree": 3} if family == "poly" else {}
+    m = make_regressor(family, "conv2d", seed=0, **{**FAST.get(family, {}), **params}).fit(X, Y)
+    p = m.predict(X)
+    for limit in (0, 10**9):
+        monkeypatch.setattr(fast, "_FLAT_FOREST_MAX", limit)
+        assert np.allclose(fast_predict(m, X), p, rtol=1e-9, atol=1e-9)
+        assert np.allclose(fast_predict(m, X[3:5]), p[3:5], rtol=1e-9, atol=1e-9)
+    m.fit(X, -Y)  # a refit of the same object: nothing derived from the first fit is reused
+    assert np.allclose(fast_predict(m, X[3:5]), m.predict(X[3:5]), rtol=1e-9, atol=1e-9)
+
+
+def test_gp_factors_its_kernel_over_specs_and_conditions(monkeypatch):
+    """Rows that are specs x conditions (the trailing utilization/threads columns): the GP's kernel is
+    factored over the two column blocks, and the numbers are sklearn's."""
+    import latpred.regressors.fast as fast
+
+    m = make_regressor("gp", "conv2d", seed=0).fit(X, Y)
+    specs = X[:8]
+    conds = np.array([[u, t] for u in np.linspace(0.0, 0.9, 10) for t in (1.0, 2.0)])
+    rows = np.hstack([np.repeat(specs[:, :-2], len(conds), axis=0), np.tile(conds, (len(specs), 1))])
+    calls = []
+    real = fast._factored_gp_mean
+    monkeypatch.setattr(fast, "_factored_gp_mean", lambda *a: calls.append(real(*a)) or calls[-1])
+    got = fast_predict(m, rows, condition_tail=2)
+    assert len(calls) == 1 and calls[0] is not None  # the factored path ran
+    assert np.allclose(got, m.predict(rows), rtol=1e-9, atol=1e-9)
+    assert np.allclose(fast_predict(m, rows), got, rtol=1e-9, atol=1e-9)  # the hint changes nothing but the cost
+
+
 def test_candidate_table_is_data_with_per_op_overrides():
     table = {"knn": {"params": {"n_neighbors": 5}, "ops": {"linear": {"n_neighbors": 9}}}}
     assert candidate_params("knn", "conv2d", table) == {"n_neighbors": 5}

@@ -15,7 +15,7 @@ import numpy as np
 import sklearn
 
 from ..errors import SpecError, UnknownOpError
-from ..features import StaticFeatures, cost_features, featurize_conditions, prepare_specs
+from ..features import StaticFeatures, cost_features, featurize_conditions_many, prepare_specs
 from .compose import class_index
 from .model_graph import ModelGraph
 
@@ -154,7 +154,7 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
     iso = np.zeros((C, N))
     fallback = [graph.nodes[j].name for j in plan.generic_cols]
     extras = {k: cond[k] for k in predictor.extra_names}
-    groups: list[tuple[str, np.ndarray]] = []
+    covered: list[tuple[str, StaticFeatures]] = []
     placed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (rows, unique index per node, node columns)
     uncovered: list[tuple[StaticFeatures, np.ndarray, np.ndarray]] = []
     for op, (static, uidx, cols) in plan.groups.items():
@@ -162,9 +162,10 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
             uncovered.append((static, uidx, cols))
             fallback.extend(graph.nodes[j].name for j in cols)
             continue
-        X = featurize_conditions(static, b, u, t, extras, predictor.extra_names)
-        groups.append((op, X.reshape(-1, X.shape[-1])))
+        covered.append((op, static))
         placed.append((len(static.params), uidx, cols))
+    Xs = featurize_conditions_many([s for _, s in covered], b, u, t, extras, predictor.extra_names)
+    groups = [(op, X.reshape(-1, X.shape[-1])) for (op, _), X in zip(covered, Xs)]
     with sklearn.config_context(assume_finite=True):
         for (rows, uidx, cols), y in zip(placed, predictor.predict_log_many(groups)):
             iso[:, cols] = np.exp(y).reshape(rows, C)[uidx].T

@@ -3,27 +3,61 @@
 Optimizers call the predictor thousands of times with a few dozen rows each, where scikit-learn's
 input validation and (for forests) joblib's per-tree dispatch cost far more than the arithmetic: a
 200-tree ExtraTrees model took ~35 ms per call on cpu2 whatever the row count. :func:`fast_predict`
-walks the fitted model and evaluates the pieces directly — scalers, polynomial features, linear
-models, Gaussian-process means, tree ensembles, :class:`~latpred.regressors.residual.ResidualRegressor`
-— and falls back to ``model.predict`` for anything else. Results equal ``model.predict`` to rounding
-(tests check every family). Inputs must be finite float arrays of the fitted width (the predictor's
+walks the fitted model and evaluates the pieces directly — scalers, polynomial features (one gather
+per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds),
+tree ensembles (for a few rows, all trees walked together level by level over flattened node
+arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
+``model.predict`` for anything else. Results equal ``model.predict`` to rounding (tests check every
+family). Inputs must be finite float arrays of the fitted width (the predictor's
 own features are).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, Product, Sum, WhiteKernel
 from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+from sklearn.svm import SVR
 
 from .residual import ResidualRegressor
 
 __all__ = ["fast_predict"]
+
+
+# derived arrays of fitted models (flattened forests, polynomial index tables, ...), built on first use and
+# dropped with the model; kept outside the estimators so that saving a model never saves them
+_CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+# up to this many (row, tree) pairs a forest is walked level by level for all trees at once (a few dozen
+# numpy calls); above it, tree by tree (sklearn's compiled walk, one call per tree)
+_FLAT_FOREST_MAX = 20_000
+
+
+def _cached(model: Any, token: Any, build: Any) -> Any:
+    """``build(model)``, kept until ``token`` (a fitted attribute that a refit replaces) changes."""
+    got = _CACHE.get(model)
+    if got is None or not (got[0] is token or (isinstance(token, tuple) and got[0] == token)):
+        got = _CACHE[model] = (token, build(model))
+    return got[1]
+
+
+def _poly_index(step: PolynomialFeatures) -> np.ndarray:
+    """Per output column, the input columns it multiplies (padded with the index of a column of ones)."""
+    powers = np.asarray(step.powers_)
+    ones = powers.shape[1]
+    degree = max(1, int(powers.sum(axis=1).max()))
+    idx = np.full((len(powers), degree), ones, dtype=np.intp)
+    for j, row in enumerate(powers):
+        cols = np.repeat(np.arange(len(row)), row)
+        idx[j, :len(cols)] = cols
+    return idx
 
 
 def _transform(step: Any, X: np.ndarray) -> np.ndarray:
@@ -34,36 +68,189 @@ def _transform(step: Any, X: np.ndarray) -> np.ndarray:
         if step.with_std and step.scale_ is not None:
             out = out / step.scale_
         return out
+    if isinstance(step, PolynomialFeatures) and X.shape[1] == step.n_features_in_:
+        idx = _cached(step, (step.n_features_in_, step.n_output_features_, step.degree, step.interaction_only,
+                                   step.include_bias), _poly_index)
+        XeT = np.vstack([X.T, np.ones((1, len(X)))])  # feature-major: each gather copies whole rows
+        out = XeT[idx[:, 0]]
+        for k in range(1, idx.shape[1]):
+            out *= XeT[idx[:, k]]
+        return out.T
     return step.transform(X)
+
+
+def _flat_forest(model: Any) -> tuple[np.ndarray, ...]:
+    """Every tree's nodes in one set of arrays; a leaf points to itself, so extra levels keep it."""
+    feats, thrs, lefts, rights, values, roots = [], [], [], [], [], []
+    offset, depth = 0, 0
+    for est in model.estimators_:
+        t = est.tree_
+        n = t.node_count
+        leaf = t.children_left < 0
+        own = np.arange(n) + offset
+        lefts.append(np.where(leaf, own, t.children_left + offset))
+        rights.append(np.where(leaf, own, t.children_right + offset))
+        feats.append(np.where(leaf, 0, t.feature))
+        thrs.append(np.where(leaf, np.inf, t.threshold))
+        values.append(t.value.reshape(n, -1)[:, 0])
+        roots.append(offset)
+        offset += n
+        depth = max(depth, t.max_depth)
+    return (np.concatenate(feats), np.concatenate(thrs), np.concatenate(lefts), np.concatenate(rights),
+            np.concatenate(values), np.asarray(roots), depth)
 
 
 def _forest(model: Any, X: np.ndarray) -> np.ndarray:
     X32 = np.ascontiguousarray(X, dtype=np.float32)
+    n_trees = len(model.estimators_)
+    if len(X) * n_trees <= _FLAT_FOREST_MAX:
+        feat, thr, left, right, value, roots, depth = _cached(model, model.estimators_, _flat_forest)
+        Xd = X32.astype(np.float64)  # sklearn compares the float32 features against float64 thresholds
+        rows = np.repeat(np.arange(len(X)), n_trees)
+        node = np.tile(roots, len(X))
+        for _ in range(depth):
+            node = np.where(Xd[rows, feat[node]] <= thr[node], left[node], right[node])
+        return value[node].reshape(len(X), n_trees).mean(axis=1)
     total = np.zeros(len(X))
     for tree in model.estimators_:
         total += tree.tree_.predict(X32).reshape(len(X), -1)[:, 0]
-    return total / len(model.estimators_)
+    return total / n_trees
 
 
-def _gp(model: GaussianProcessRegressor, X: np.ndarray) -> np.ndarray:
-    y = model.kernel_(X, model.X_train_) @ model.alpha_
+def _sqdist(X: np.ndarray, Y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
+    d = (X * X).sum(axis=1)[:, None] + y_sq[None, :] - 2.0 * (X @ Y.T)
+    return np.maximum(d, 0.0)
+
+
+def _kernel(kernel: Any, X: np.ndarray, Y: np.ndarray, memo: dict[int, Any] | None = None) -> np.ndarray | float:
+    """``kernel(X, Y)`` for X != Y, evaluated directly for the kernels the GP family builds (constant
+    parts as scalars, broadcast by the sums and products around them). ``memo`` keeps what depends on
+    ``Y`` alone (the GP's training rows) between calls."""
+    if isinstance(kernel, Sum):
+        return _kernel(kernel.k1, X, Y, memo) + _kernel(kernel.k2, X, Y, memo)
+    if isinstance(kernel, Product):
+        return _kernel(kernel.k1, X, Y, memo) * _kernel(kernel.k2, X, Y, memo)
+    if isinstance(kernel, ConstantKernel) and np.ndim(kernel.constant_value) == 0:
+        return float(kernel.constant_value)
+    if isinstance(kernel, WhiteKernel):
+        return 0.0  # white noise only on the diagonal of k(X, X)
+    if isinstance(kernel, DotProduct):
+        return X @ Y.T + kernel.sigma_0 ** 2
+    if isinstance(kernel, RBF):
+        ls = np.asarray(kernel.length_scale, dtype=np.float64)
+        if memo is None or id(kernel) not in memo:
+            Ys = Y / ls
+            got = (Ys, (Ys * Ys).sum(axis=1))
+            if memo is not None:
+                memo[id(kernel)] = got
+        Ys, ysq = got if memo is None else memo[id(kernel)]
+        return np.exp(-0.5 * _sqdist(X / ls, Ys, ysq))
+    return kernel(X, Y)
+
+
+def _rbf(X: np.ndarray, Y: np.ndarray, ls: np.ndarray) -> np.ndarray:
+    Ys = Y / ls
+    return np.exp(-0.5 * _sqdist(X / ls, Ys, (Ys * Ys).sum(axis=1)))
+
+
+def _terms(kernel: Any) -> list[Any]:
+    return _terms(kernel.k1) + _terms(kernel.k2) if isinstance(kernel, Sum) else [kernel]
+
+
+def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``A`` (float64) and each row's index among them (rows compared bytewise).
+
+    Rows are grouped by a 64-bit hash of their bytes (sorting integers is far cheaper than sorting
+    row-sized keys), and the grouping is checked exactly; a hash collision falls back to the bytewise sort."""
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    words = A.view(np.uint64)
+    mult = np.uint64(0x9E3779B97F4A7C15) ^ np.arange(1, A.shape[1] + 1, dtype=np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+    with np.errstate(over="ignore"):
+        h = ((words ^ (words >> np.uint64(29))) * mult).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if np.array_equal(words[first][inverse], words):
+        return A[first], inverse
+    keys = A.view(np.dtype((np.void, A.dtype.itemsize * A.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return A[first], inverse.ravel()
+
+
+def _factored_gp_mean(model: GaussianProcessRegressor, X: np.ndarray, tail: int) -> np.ndarray | None:
+    """The GP's (normalised) mean for rows whose last ``tail`` columns vary independently of the others.
+
+    A graph's rows are specs x conditions: the leading columns take few distinct values (specs x batch
+    sizes) and so do the trailing ones (utilization, threads, ...), but their pairs are many. An RBF is a
+    product over columns, so ``k(x, y) = k_lead(x, y) * k_tail(x, y)`` and, with ``KA``/``KB`` the
+    kernels of the distinct leading/trailing rows, ``sum_j k(x_i, y_j) a_j = (KA diag(a) KB^T)[ia_i, ib_i]``:
+    one matrix product instead of an exp per (row, training row). Returns None where the kernel has
+    another form or the rows share too little for this to pay."""
+    terms = _terms(model.kernel_)
+    A, ia = _unique_rows(X[:, :-tail])
+    B, ib = _unique_rows(X[:, -tail:])
+    if len(A) * len(B) > 8 * len(X):
+        return None
+    Y, alpha = model.X_train_, np.asarray(model.alpha_, dtype=np.float64)
+    if alpha.ndim != 1:
+        return None
+    y = np.zeros(len(X))
+    for term in terms:
+        scale, rbf = 1.0, term
+        if isinstance(term, Product) and isinstance(term.k1, ConstantKernel) and np.ndim(term.k1.constant_value) == 0:
+            scale, rbf = float(term.k1.constant_value), term.k2
+        if isinstance(term, WhiteKernel):
+            continue
+        if isinstance(term, ConstantKernel) and np.ndim(term.constant_value) == 0:
+            y += float(term.constant_value) * alpha.sum()
+        elif isinstance(term, DotProduct):
+            y += X @ (Y.T @ alpha) + term.sigma_0 ** 2 * alpha.sum()
+        elif isinstance(rbf, RBF):
+            ls = np.broadcast_to(np.asarray(rbf.length_scale, dtype=np.float64), (X.shape[1],))
+            KA, KB = _rbf(A, Y[:, :-tail], ls[:-tail]), _rbf(B, Y[:, -tail:], ls[-tail:])
+            y += scale * ((KA * alpha) @ KB.T)[ia, ib]
+        else:
+            return None
+    return y
+
+
+def _gp(model: GaussianProcessRegressor, X: np.ndarray, tail: int = 0) -> np.ndarray:
+    y = _factored_gp_mean(model, X, tail) if 0 < tail < X.shape[1] and len(X) >= 64 else None
+    if y is None:
+        memo = _cached(model, model.X_train_, lambda m: {})  # per fitted model: its training rows never change
+        k = np.broadcast_to(_kernel(model.kernel_, X, model.X_train_, memo), (len(X), len(model.X_train_)))
+        y = k @ model.alpha_
     y = model._y_train_std * y + model._y_train_mean
     return y.reshape(len(X), -1)[:, 0] if y.ndim > 1 else y
 
 
-def fast_predict(model: Any, X: np.ndarray) -> np.ndarray:
-    """``model.predict(X)`` for a fitted zoo model, without per-call validation and dispatch overhead."""
+def _svr(model: SVR, X: np.ndarray) -> np.ndarray:
+    sv = model.support_vectors_
+    sv_sq = _cached(model, sv, lambda m: (m.support_vectors_ ** 2).sum(axis=1))
+    k = np.exp(-model._gamma * _sqdist(X, sv, sv_sq))
+    return k @ model.dual_coef_[0] + model.intercept_[0]
+
+
+def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarray:
+    """``model.predict(X)`` for a fitted zoo model, without per-call validation and dispatch overhead.
+
+    ``condition_tail``: how many trailing columns vary independently of the others (the runtime
+    conditions of specs x conditions rows); a Gaussian process then factors its kernel over the
+    two column blocks. Only a hint: the result is the same without it."""
     X = np.asarray(X, dtype=np.float64)
     if isinstance(model, Pipeline):
         for _, step in model.steps[:-1]:
+            if not isinstance(step, StandardScaler):  # a column-wise scaler keeps the column blocks apart
+                condition_tail = 0
             X = _transform(step, X)
-        return fast_predict(model.steps[-1][1], X)
+        return fast_predict(model.steps[-1][1], X, condition_tail)
     if isinstance(model, ResidualRegressor):
-        return fast_predict(model.base_, X) + fast_predict(model.residual_, X)
+        return fast_predict(model.base_, X, condition_tail) + fast_predict(model.residual_, X, condition_tail)
     if isinstance(model, (Ridge, RidgeCV)) and np.ndim(model.coef_) == 1:
         return X @ model.coef_ + model.intercept_
     if isinstance(model, (ExtraTreesRegressor, RandomForestRegressor)) and model.n_outputs_ == 1:
         return _forest(model, X)
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
-        return _gp(model, X)
+        return _gp(model, X, condition_tail)
+    if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False):
+        return _svr(model, X)
     return np.asarray(model.predict(X), dtype=np.float64)
