@@ -32,28 +32,31 @@ from latpred.predictor import Predictor
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--predictor", required=True)
-    ap.add_argument("--validation", required=True, help="JSON of bench/whole_model.py or latpred validate --json")
+    ap.add_argument("--validation", required=True, action="append",
+                    help="JSON of bench/whole_model.py or latpred validate --json (repeat it for several)")
     ap.add_argument("--calibration-cases", help="random-network cases written by latpred calibrate --cases")
     ap.add_argument("--json", default="bench/results/composition_lomo.json")
     args = ap.parse_args(argv)
 
     pred = Predictor.load(args.predictor)
-    cases = cases_from_validation(pred, json.loads(Path(args.validation).read_text()))
+    cases = [c for path in args.validation for c in cases_from_validation(pred, json.loads(Path(path).read_text()))]
     true = np.array([c.measured_ms for c in cases])
     F = np.array([c.features for c in cases])
     u = np.array([c.utilization for c in cases])
+    threads, dt = [c.threads for c in cases], pred.default_threads
     variants = {"plain_sum": F[:, :4].sum(axis=1),
-                "predictor": (F * pred.composition.matrix(u)).sum(axis=1),
-                "lomo_models": leave_one_model_out(cases)}
+                "predictor": (F * pred.composition.matrix(u, threads, dt)).sum(axis=1),
+                "lomo_models": leave_one_model_out(cases, default_threads=dt)}
     if args.calibration_cases:
         extra = recompute_features(pred, [CalibrationCase(**c) for c in json.loads(Path(args.calibration_cases).read_text())])
-        variants["lomo_models_random"] = leave_one_model_out(cases, extra)
+        variants["lomo_models_random"] = leave_one_model_out(cases, extra, default_threads=dt)
     groups = sorted({c.group for c in cases})
     doc = {"validation": args.validation, "predictor": args.predictor, "n_cases": len(cases), "models": groups,
            "metrics": {k: accuracy_report(v, true) for k, v in variants.items()},
            "per_model": {k: {g: accuracy_report(v[[c.group == g for c in cases]], true[[c.group == g for c in cases]])["mape"]
                              for g in groups} for k, v in variants.items()},
-           "cases": [{"model": c.model, "batch_size": c.batch_size, "utilization": c.utilization, "measured_ms": c.measured_ms,
+           "cases": [{"model": c.model, "batch_size": c.batch_size, "utilization": c.utilization, "threads": c.threads,
+                      "measured_ms": c.measured_ms,
                       **{k: float(v[i]) for k, v in variants.items()}} for i, c in enumerate(cases)]}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))

@@ -117,11 +117,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             except (OSError, ValueError, TypeError) as e:
                 raise SpecError(f"--from-cases {args.from_cases}: not a calibration case file ({e})") from None
             cases = recompute_features(pred, cases, seed=args.seed)
-        if args.from_validation:
+        for path in args.from_validation or ():
             try:
-                report = json.loads(Path(args.from_validation).read_text())
+                report = json.loads(Path(path).read_text())
             except (OSError, ValueError) as e:
-                raise SpecError(f"--from-validation {args.from_validation}: cannot read a JSON report ({e})") from None
+                raise SpecError(f"--from-validation {path}: cannot read a JSON report ({e})") from None
             cases += cases_from_validation(pred, report)
         old = pred.composition.info
         keep = ("networks", "seed", "conditions", "source", "calibration_s") if args.from_cases and not args.from_validation else ()
@@ -129,7 +129,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.from_validation:
             info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
                               + (" + random networks" if args.from_cases else ""))
-        comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)})
+        comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads)
         comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
@@ -139,7 +139,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         finally:
             device.close()
     pred.composition = comp
-    pred.save(args.predictor)
+    pred.save_composition(args.predictor)
     if args.cases:
         Path(args.cases).write_text(json.dumps([c.to_dict() for c in cases], indent=2))
     info = comp.info
@@ -222,8 +222,9 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--cases", help="also write the measured cases to this JSON file")
     c.add_argument("--from-cases", help="refit from cases written earlier with --cases (no measurement): after retraining")
-    c.add_argument("--from-validation", help="fit on the measured cases of a `latpred validate --json` report (real models; "
-                   "no measurement), alone or with --from-cases. Keep the models you evaluate out of it")
+    c.add_argument("--from-validation", action="append", metavar="REPORT",
+                   help="fit on the measured cases of a `latpred validate --json` report (real models; no measurement), "
+                   "alone or with --from-cases; repeat it for several reports. Keep the models you evaluate out of it")
 
     v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
             json_file=True)

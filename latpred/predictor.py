@@ -192,6 +192,25 @@ class Predictor:
         (d / "predictor.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return d
 
+    def save_composition(self, path: str | Path) -> Path:
+        """Rewrite only the composition of the predictor saved at ``path`` (the same op models): the model
+        files stay byte for byte as they are (skops archives differ on every save), so a recalibration
+        changes one small JSON file."""
+        d = Path(path)
+        index = d / "predictor.json"
+        try:
+            doc = json.loads(index.read_text())
+        except (OSError, ValueError) as e:
+            raise PredictorFormatError(f"{index}: cannot update the composition of a predictor that is not there ({e}); "
+                                       "use Predictor.save") from None
+        if doc.get("format") != FORMAT or sorted(doc.get("ops", {})) != sorted(self.families):
+            raise PredictorFormatError(f"{index} holds other op models than this predictor; save it whole with Predictor.save")
+        doc["composition"] = self.composition.to_dict()
+        tmp = index.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+        tmp.replace(index)
+        return d
+
     @classmethod
     def load(cls, path: str | Path) -> Predictor:
         """Read a predictor directory written by :meth:`save`; refuses anything it cannot trust."""

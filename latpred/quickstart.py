@@ -108,7 +108,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     import torch
 
     from . import plots
-    from .graph.calibrate import calibrate
+    from .graph.calibrate import DEFAULT_CONDITIONS, calibrate
     from .graph.trace import trace
     from .predictor import Predictor, PredictorFormatError
     from .profiling.devices import CpuDevice
@@ -169,12 +169,12 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
             say("[3/7] composition already calibrated on this CPU")
         else:
             say(f"[3/7] calibrating the composition on {networks} random networks measured on this CPU")
-            bar = _bar(progress, networks * 4, "calibrating")
+            bar = _bar(progress, networks * len(DEFAULT_CONDITIONS), "calibrating")
             comp, _ = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
             if bar:
                 bar.close()
             pred.composition = comp
-            pred.save(pred_dir)
+            pred.save_composition(pred_dir)
         say(f"      {pred.composition.describe()}")
         report["composition"] = pred.composition.to_dict()
         timings["calibrate_s"] = time.perf_counter() - t

@@ -88,10 +88,41 @@ def test_composition_fit_recovers_known_coefficients():
         assert comp.coef[r][:3] == pytest.approx(want[:3], rel=1e-6)
         assert comp.coef[r][4:] == pytest.approx(want[4:], rel=1e-6)
         assert comp.coef[r][3] == 1.0  # no generic nodes in the rows: keeps scale 1
+    assert comp.coef["single_thread"] == comp.coef["unloaded"]  # no single-thread rows: borrows unloaded's
     back = Composition.from_dict(comp.to_dict())
     assert back.coef == comp.coef
     with pytest.raises(SpecError, match="non-negative"):
         Composition({"unloaded": [1.0] * 8, "loaded": [-1.0] * 8})
+    # a file written before the single-thread regime loads with unloaded's coefficients for it
+    old = comp.to_dict()
+    del old["coef"]["single_thread"]
+    assert Composition.from_dict(old).coef["single_thread"] == comp.coef["unloaded"]
+
+
+def test_composition_single_thread_regime():
+    """Unloaded cases on 1 thread of a multi-threaded device are their own regime; on a 1-thread device,
+    or with the default thread count (None / 0), they are plain unloaded."""
+    from latpred.graph.compose import regime
+
+    u = np.array([0.0, 0.0, 0.0, 0.5, 0.0])
+    t = [None, 1, 2, 1, 0]
+    assert regime(u, t, 2).tolist() == [0, 2, 0, 1, 0]
+    assert regime(u, t, 1).tolist() == [0, 0, 0, 1, 0]
+    assert regime(u).tolist() == [0, 0, 0, 1, 0]
+    rng = np.random.default_rng(1)
+    F = np.column_stack([rng.uniform(1, 50, 90), rng.uniform(0, 20, 90), rng.uniform(0, 10, 90), np.zeros(90),
+                         rng.integers(10, 300, 90), np.zeros(90), rng.uniform(1, 300, 90), rng.uniform(1, 500, 90)])
+    reg = np.arange(90) % 3  # unloaded, loaded, single-thread rows
+    u = np.where(reg == 1, 0.5, 0.0)
+    threads = [1 if r == 2 else (1 if r == 1 else None) for r in reg]
+    true = np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
+                     [1.9, 1.0, 1.3, 1.0, 0.01, 0.0, 0.2, 0.05]])
+    y = (F * true[reg]).sum(axis=1)
+    comp = Composition.fit(F, y, u, threads=threads, default_threads=2)
+    assert comp.info["rows_per_regime"] == {"unloaded": 30, "loaded": 30, "single_thread": 30}
+    assert comp.coef["single_thread"][:3] == pytest.approx(true[2][:3], rel=1e-6)
+    assert (F * comp.matrix(u, threads, 2)).sum(axis=1) == pytest.approx(y, rel=1e-6)
+    assert not np.allclose((F * comp.matrix(u)).sum(axis=1), y)  # without threads, single-thread rows read as unloaded
 
 
 def test_calibration_on_the_fake_device_recovers_its_composition(predictor, tmp_path):
@@ -130,3 +161,18 @@ def test_random_networks_are_deterministic_and_fully_covered():
         g1, g2 = trace(m1, x1), trace(m2, x1)
         assert [n.spec for n in g1.nodes] == [n.spec for n in g2.nodes]
         assert g1.coverage().node_share == 1.0, g1.coverage().fallback
+
+
+def test_save_composition_rewrites_only_the_index(predictor, tmp_path):
+    """A recalibration rewrites predictor.json alone: every model file stays byte for byte."""
+    from latpred.predictor import PredictorFormatError
+
+    d = predictor.save(tmp_path / "p")
+    before = {f.name: f.read_bytes() for f in d.iterdir() if f.name != "predictor.json"}
+    p = Predictor.load(d)
+    p.composition = Composition({"unloaded": [1.5] * 4 + [0.01] * 4, "loaded": [2.0] * 4 + [0.02] * 4}, calibrated=True)
+    p.save_composition(d)
+    assert {f.name: f.read_bytes() for f in d.iterdir() if f.name != "predictor.json"} == before
+    assert Predictor.load(d).composition.coef == p.composition.coef
+    with pytest.raises(PredictorFormatError, match="not there"):
+        p.save_composition(tmp_path / "nothing")

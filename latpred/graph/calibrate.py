@@ -30,8 +30,10 @@ from .trace import trace
 __all__ = ["random_network", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS", "composition_from_cases",
            "recompute_features", "cases_from_validation", "leave_one_model_out"]
 
-#: (batch size, utilization, threads) measured per network; threads None = the device default
-DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = ((1, 0.0, None), (8, 0.0, None), (1, 0.5, 1), (8, 0.5, 1))
+#: (batch size, utilization, threads) measured per network; threads None = the device default (the
+#: single-thread unloaded cases feed the composition's single_thread regime)
+DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = ((1, 0.0, None), (8, 0.0, None), (1, 0.5, 1), (8, 0.5, 1),
+                                                                 (1, 0.0, 1), (8, 0.0, 1))
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
 
 
@@ -269,7 +271,8 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
         device_close(0.0)
     comp = composition_from_cases(cases, {"networks": n_networks, "seed": seed, "conditions": [list(c) for c in conditions],
                                           "calibration_s": round(time.perf_counter() - t0, 1),
-                                          "source": "generated random networks (latpred.graph.calibrate.random_network)"})
+                                          "source": "generated random networks (latpred.graph.calibrate.random_network)"},
+                                  default_threads=predictor.default_threads)
     return comp, cases
 
 
@@ -278,7 +281,8 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
     each case's network is rebuilt from its seed, traced, and predicted under the case's condition."""
     if not cases:
         raise SpecError("no calibration case to refit from")
-    return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)})
+    return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)},
+                                  default_threads=predictor.default_threads)
 
 
 def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
@@ -329,30 +333,36 @@ def cases_from_validation(predictor: Any, validation: Mapping[str, Any]) -> list
     return recompute_features(predictor, cases)
 
 
-def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[CalibrationCase] = ()) -> np.ndarray:
+def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[CalibrationCase] = (),
+                        default_threads: int | None = None) -> np.ndarray:
     """Composed latency (ms) of every case, predicted by a composition fitted on the *other* models'
     cases (plus ``extra``, e.g. random-network cases), so no model is evaluated with a composition
-    that saw it. Rows align with ``cases``; their features must be current (:func:`recompute_features`)."""
+    that saw it (``extra`` cases of the held-out model are left out too). Rows align with ``cases``; their
+    features must be current (:func:`recompute_features`)."""
     groups = np.array([c.group for c in cases])
     if len(set(groups)) < 2:
         raise SpecError("leave-one-model-out needs cases of at least two models")
     F = np.array([c.features for c in cases])
     out = np.empty(len(cases))
     for g in sorted(set(groups)):
-        train = [c for c, gg in zip(cases, groups) if gg != g] + list(extra)
-        comp = composition_from_cases(train)
+        train = [c for c, gg in zip(cases, groups) if gg != g] + [c for c in extra if c.group != g]  # extra may hold g too
+        comp = composition_from_cases(train, default_threads=default_threads)
         mine = groups == g
-        out[mine] = (F[mine] * comp.matrix(np.array([c.utilization for c in cases])[mine])).sum(axis=1)
+        u = np.array([c.utilization for c in cases])[mine]
+        out[mine] = (F[mine] * comp.matrix(u, [c.threads for c, m in zip(cases, mine) if m], default_threads)).sum(axis=1)
     return out
 
 
-def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None) -> Composition:
-    """Fit a :class:`Composition` from calibration cases."""
+def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None,
+                           default_threads: int | None = None) -> Composition:
+    """Fit a :class:`Composition` from calibration cases (``default_threads``: the device's default thread
+    count, which decides whether a 1-thread case is the single-thread regime; None: it is)."""
     if not cases:
         raise SpecError("no calibration case was measured")
     F_ = np.array([c.features for c in cases])
     y = np.array([c.measured_ms for c in cases])
     u = np.array([c.utilization for c in cases])
-    return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)))
+    return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)), threads=[c.threads for c in cases],
+                           default_threads=default_threads)
 
 

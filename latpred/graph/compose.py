@@ -16,8 +16,11 @@ but fitted as 0, see :meth:`Composition.fit`), and a cost per MiB of
 weights and of output activations (in a model, weights are read cold once per inference and
 activations leave the cache between layers; profiling repeats each module with both hot). Scales
 capture what remains. Coefficients are fitted by non-negative least squares on *relative*
-error over whole-network measurements, separately for unloaded (utilization 0) and loaded
-conditions when both are present. They are fitted on generated random networks
+error over whole-network measurements, separately per regime: unloaded (utilization 0),
+loaded, and unloaded on a single thread of a multi-threaded device (measured on the 2-core CPU: at
+one thread the zoo composes differently — vit_b_16 ran 19–23% above the unloaded 2-thread
+composition — see docs/benchmarks.md). A regime without enough measurements shares the
+coefficients of the nearest one (single-thread → unloaded; otherwise all rows). They are fitted on generated random networks
 (:mod:`latpred.graph.calibrate`) and/or on measured real models that are not the ones evaluated
 (``latpred calibrate --from-validation``; ``bench/composition_lomo.py`` scores it leave-one-model-out).
 """
@@ -38,7 +41,7 @@ CLASSES = ("conv", "gemm", "memory", "generic")
 _CLASS_OF = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "gemm", "matmul": "gemm", "sdpa": "gemm",
              "mha": "gemm", "embedding": "gemm"}
 #: conditions the composition is fitted for separately
-REGIMES = ("unloaded", "loaded")
+REGIMES = ("unloaded", "loaded", "single_thread")
 #: regression features of a model: isolated ms per class, node counts, weight and activation MiB of compute nodes
 FEATURES = (*CLASSES, "compute_nodes", "view_nodes", "param_mib", "activation_mib")
 _N_FEATURES = len(FEATURES)
@@ -52,9 +55,16 @@ def node_class(op: str | None) -> str:
     return _CLASS_OF.get(op, "memory")
 
 
-def regime(utilization: np.ndarray) -> np.ndarray:
-    """0 (unloaded) or 1 (loaded) per condition."""
-    return (np.asarray(utilization) > 0).astype(int)
+def regime(utilization: Any, threads: Any = None, default_threads: int | None = None) -> np.ndarray:
+    """Index in :data:`REGIMES` per condition: loaded (utilization > 0), single_thread (unloaded, 1 thread,
+    on a device whose default is more; ``threads`` None or 0 = the default), else unloaded."""
+    u = np.asarray(utilization, dtype=float)
+    out = (u > 0).astype(int)
+    if threads is not None and default_threads != 1:
+        t = np.broadcast_to(np.asarray([0 if v is None else v for v in np.ravel(threads)], dtype=float).reshape(np.shape(threads)),
+                            u.shape)
+        out[(u <= 0) & (t == 1)] = REGIMES.index("single_thread")
+    return out
 
 
 @dataclass
@@ -68,27 +78,30 @@ class Composition:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if "single_thread" not in self.coef and "unloaded" in self.coef:  # written before the single-thread regime
+            self.coef = {**self.coef, "single_thread": list(self.coef["unloaded"])}
         for r in REGIMES:
             c = self.coef.get(r)
             if c is None or len(c) != _N_FEATURES or not all(np.isfinite(c)) or min(c) < 0:
                 raise SpecError(f"composition coefficients for {r!r} must be {_N_FEATURES} non-negative numbers, got {c!r}")
 
     # -- applying ---------------------------------------------------------------------------
-    def matrix(self, utilization: np.ndarray) -> np.ndarray:
-        """Coefficient rows (conditions, features) for the regime of each condition."""
+    def matrix(self, utilization: Any, threads: Any = None, default_threads: int | None = None) -> np.ndarray:
+        """Coefficient rows (conditions, features) for the regime of each condition (see :func:`regime`)."""
         table = np.array([self.coef[r] for r in REGIMES])
-        return table[regime(utilization)]
+        return table[regime(utilization, threads, default_threads)]
 
     def apply(self, isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
               utilization: np.ndarray, param_mib: np.ndarray | None = None,
-              activation_mib: np.ndarray | None = None) -> np.ndarray:
+              activation_mib: np.ndarray | None = None, threads: Any = None, default_threads: int | None = None) -> np.ndarray:
         """Composed per-node ms (conditions, nodes) from isolated ms (conditions, nodes).
 
         ``classes`` is each node's index in :data:`CLASSES` (-1 for nodes with no compute), ``compute``
         and ``view`` are boolean masks of the compute and view nodes, ``param_mib`` (nodes,) and
-        ``activation_mib`` (conditions, nodes) the weight and output MiB of the compute nodes.
+        ``activation_mib`` (conditions, nodes) the weight and output MiB of the compute nodes;
+        ``threads`` per condition (with the device's ``default_threads``) picks the single-thread regime.
         """
-        coef = self.matrix(utilization)  # (C, F)
+        coef = self.matrix(utilization, threads, default_threads)  # (C, F)
         scale = np.where(classes[None, :] >= 0, coef[:, np.maximum(classes, 0)], 0.0)
         out = scale * isolated_ms + coef[:, _K:_K + 1] * compute[None, :] + coef[:, _K + 1:_K + 2] * view[None, :]
         if param_mib is not None:
@@ -116,11 +129,14 @@ class Composition:
 
     @classmethod
     def fit(cls, features: np.ndarray, measured_ms: np.ndarray, utilization: np.ndarray,
-            info: dict[str, Any] | None = None, min_rows: int = 8) -> Composition:
+            info: dict[str, Any] | None = None, min_rows: int = 8, threads: Any = None,
+            default_threads: int | None = None) -> Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
-        A regime with fewer than ``min_rows`` measurements shares the coefficients fitted on all rows.
-        Classes absent from the calibration set, and the generic fallback class, keep scale 1.
+        Rows are split by :func:`regime` (``threads`` per row, None = the device default). A regime with
+        fewer than ``min_rows`` measurements shares the coefficients fitted on all rows, except
+        single_thread, which then shares unloaded's. Classes absent from the calibration set, and the
+        generic fallback class, keep scale 1.
         """
         from scipy.optimize import nnls
 
@@ -130,7 +146,7 @@ class Composition:
             raise SpecError(f"composition features must be (rows, {_N_FEATURES}) matching the measurements")
         if len(y) < min_rows or not np.all(y > 0):
             raise SpecError(f"composition fit needs at least {min_rows} positive measurements, got {len(y)}")
-        reg = regime(utilization)
+        reg = regime(utilization, threads, default_threads)
 
         g = CLASSES.index("generic")
         view = FEATURES.index("view_nodes")
@@ -155,8 +171,11 @@ class Composition:
 
         everything = solve(np.ones(len(y), dtype=bool))
         coef = {r: solve(reg == i) if (reg == i).sum() >= min_rows else everything for i, r in enumerate(REGIMES)}
+        single = REGIMES.index("single_thread")
+        if (reg == single).sum() < min_rows:
+            coef["single_thread"] = coef["unloaded"]
         comp = cls(coef, True, dict(info or {}))
-        pred = (F * comp.matrix(utilization)).sum(axis=1)
+        pred = (F * comp.matrix(utilization, threads, default_threads)).sum(axis=1)
         rel = pred / y - 1
         comp.info.update({"rows": int(len(y)), "rows_per_regime": {r: int((reg == i).sum()) for i, r in enumerate(REGIMES)},
                           "fit_mape": float(np.mean(np.abs(rel)) * 100), "fit_acc10": float(np.mean(np.abs(rel) <= 0.10)),
@@ -173,7 +192,8 @@ class Composition:
         if list(d.get("classes", [])) != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
-        return cls({r: list(map(float, d["coef"][r])) for r in REGIMES}, bool(d.get("calibrated")), dict(d.get("info", {})))
+        coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
+        return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})))
 
     def describe(self) -> str:
         if not self.calibrated:

@@ -184,7 +184,7 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
             iso[:, gcols] = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(-1, C).T
     comp = predictor.composition
     classes, compute, act_mib = _composition_inputs(predictor, graph, plan, b)
-    node_ms = comp.apply(iso, classes, compute, plan.view, u, plan.param_mib, act_mib)
+    node_ms = comp.apply(iso, classes, compute, plan.view, u, plan.param_mib, act_mib, t, predictor.default_threads)
     total = node_ms.sum(axis=1)
     return GraphLatency([n.name for n in graph.nodes], node_ms.reshape(*shape, N), iso.reshape(*shape, N),
                         total.reshape(shape), {k: v.reshape(shape) for k, v in cond.items()}, fallback,
