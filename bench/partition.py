@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from latpred.graph.models import load_model, parse_model_refs  # noqa: E402
 from latpred.graph.trace import trace  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
-from partition import CostModel, Link, PartitionPlan, measure_split, min_cut_partition, optimize  # noqa: E402
+from partition import CostModel, Link, PartitionPlan, can_pin, measure_split, min_cut_partition, optimize  # noqa: E402
 from partition.exact import best_single_cut, single_cut_assignments  # noqa: E402
 
 BANDWIDTHS = (1.0, 10.0, 100.0, 1000.0)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     say = lambda m: print(" ", m, file=sys.stderr, flush=True)  # noqa: E731
     pred = Predictor.load(args.predictor)
-    pin = (hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2) if args.pin is None else args.pin
+    pin = can_pin() if args.pin is None else args.pin
     doc = {} if args.skip_optimizer else {"optimizer": optimizer_part(pred, parse_model_refs(args.models), say)}
     if not args.skip_real:
         doc["real"] = real_part(pred, args.real_models.split(","), [float(b) for b in args.real_bandwidths.split(",")],

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from partition import CloudServer, EdgeRunner, Link, pin_process  # noqa: E402
+from partition import CloudServer, EdgeRunner, Link, can_pin, pin_process  # noqa: E402
 from partition.adaptive import AdaptiveController, ChangeDetector, plot_timeline  # noqa: E402
 from partition.observers import CompositeObserver, CpuObserver, LinkObserver, LinkProber  # noqa: E402
 
@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     shape, seed = (3, size, size), 0
     torch.set_num_threads(1)
     n_cores = os.cpu_count() or 1
-    can_pin = hasattr(os, "sched_setaffinity") and n_cores >= 2
-    pin = can_pin if args.pin is None else args.pin
-    if pin and not can_pin:
+    pin = can_pin() if args.pin is None else args.pin
+    if pin and not can_pin():
         sys.exit("error: --pin needs Linux (os.sched_setaffinity) and at least 2 cores")
     speedup = args.cloud_speedup or (1.0 if pin else 4.0)
     if pin:

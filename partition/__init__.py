@@ -79,6 +79,7 @@ from .runtime import (
     ModelRecipe,
     SplitMeasurement,
     build_split,
+    can_pin,
     measure_split,
     pin_process,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "EdgeRunner",
     "SplitMeasurement",
     "measure_split",
+    "can_pin",
     "pin_process",
     # partition.transport
     "TensorCodecError",

@@ -54,6 +54,7 @@ from .problems import (
     _check_objectives,
     _non_dominated,
     exact_seeds,
+    random_monotone_plans,
 )
 
 __all__ = ["Threshold", "DEFAULT_THRESHOLDS", "Change", "ChangeDetector", "Decision", "AdaptiveController", "reoptimize",
@@ -214,21 +215,6 @@ def _fast_exact_seeds(cm: CostModel) -> list[np.ndarray]:
     return out
 
 
-def _random_monotone(cm: CostModel, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random executable plans spread over the cut positions: device boundaries at random
-    positions in topological order, a few nodes flipped, then repaired. Independent uniform devices
-    per node would almost all repair to "everything after the first few nodes on the last device"
-    (the running max), leaving a cold population of near-duplicates that pymoo stops after one
-    generation."""
-    k, N = cm.k, cm.n_nodes
-    cuts = np.sort(rng.integers(0, N + 1, size=(n, k - 1)), axis=1)
-    pos = np.arange(N)[None, :]
-    a = (pos[:, :, None] >= cuts[:, None, :]).sum(axis=2)
-    flip = rng.random((n, N)) < 2.0 / max(N, 1)
-    a = np.where(flip, rng.integers(0, k, size=(n, N)), a)
-    return cm.repair(a)
-
-
 def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), constraints: Mapping[str, float | None] | None = None,
                *, seeds: Any = None, exact: str = "fast", pop_size: int = 40, n_gen: int = 100, time_budget_s: float | None = None,
                patience: int | None = None, target: float | None = None, seed: int = 0,
@@ -272,7 +258,7 @@ def reoptimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",), 
     rng = np.random.default_rng(seed)
     x0 = np.unique(problem.encode(np.array(seed_list)), axis=0) if seed_list else np.zeros((0, problem.n_var), dtype=np.intp)
     n_rand = max(pop_size - len(x0), 0)
-    x_rand = problem.encode(_random_monotone(cm, n_rand, rng)) if n_rand else np.zeros((0, problem.n_var), dtype=np.intp)
+    x_rand = problem.encode(random_monotone_plans(cm, n_rand, rng)) if n_rand else np.zeros((0, problem.n_var), dtype=np.intp)
     X0 = np.vstack([x0, x_rand]) if n_rand else x0
     ops = dict(sampling=X0, crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
                mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), repair=MonotoneRepair(), eliminate_duplicates=True)

@@ -30,7 +30,7 @@ from .cost import CostModel, Plan
 from .exact import best_single_cut, min_cut_partition
 
 __all__ = ["OBJECTIVES", "CONSTRAINTS", "PartitionProblem", "CutPointProblem", "MonotoneRepair", "OptimizeResult", "exact_seeds",
-           "optimize"]
+           "optimize", "random_monotone_plans"]
 
 #: objective name → :meth:`CostModel.evaluate` key
 OBJECTIVES = {"latency": "latency_ms", "edge_memory": "edge_memory_bytes", "bytes": "bytes_transferred",
@@ -210,6 +210,21 @@ def exact_seeds(cost_model: CostModel) -> dict[str, Plan]:
     return seeds
 
 
+def random_monotone_plans(cm: CostModel, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random executable plans spread over the cut positions: device boundaries at random
+    positions in topological order, a few nodes flipped, then repaired. Independent uniform devices
+    per node would almost all repair to "everything after the first few nodes on the last device"
+    (the running max), leaving a cold population of near-duplicates that pymoo stops after one
+    generation."""
+    k, N = cm.k, cm.n_nodes
+    cuts = np.sort(rng.integers(0, N + 1, size=(n, k - 1)), axis=1)
+    pos = np.arange(N)[None, :]
+    a = (pos[:, :, None] >= cuts[:, None, :]).sum(axis=2)
+    flip = rng.random((n, N)) < 2.0 / max(N, 1)
+    a = np.where(flip, rng.integers(0, k, size=(n, N)), a)
+    return cm.repair(a)
+
+
 def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
              constraints: Mapping[str, float | None] | None = None, *, pop_size: int = 50, n_gen: int = 100,
              seed: int = 0, seeds: Any = None, encoding: str = "nodes", verbose: bool = False,
@@ -230,8 +245,8 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
             all-on-one-device plans, to measure what the search finds on its own.
 
     The initial population is the exact plans of :func:`exact_seeds` (all-edge, all-cloud, best single
-    cut, min-cut), ``seeds``, then random plans; integer SBX crossover and polynomial mutation with
-    rounding, plus :class:`MonotoneRepair`.
+    cut, min-cut), ``seeds``, then random plans (:func:`random_monotone_plans`); integer SBX crossover and
+    polynomial mutation with rounding, plus :class:`MonotoneRepair`.
 
     Returns:
         :class:`OptimizeResult`: the best plan (single objective) or the Pareto set (assignments and
@@ -274,7 +289,10 @@ def optimize(cost_model: CostModel, objectives: Sequence[str] = ("latency",),
         x0 = x0.reshape(-1, problem.n_var)
     x0 = np.unique(x0, axis=0)
     n_rand = max(pop_size - len(x0), 0)
-    x_rand = rng.integers(problem.xl, np.asarray(problem.xu) + 1, size=(n_rand, problem.n_var))
+    if isinstance(problem, PartitionProblem):  # spread over cut positions (uniform devices per node repair to near-duplicates)
+        x_rand = problem.encode(random_monotone_plans(cm, n_rand, rng)) if n_rand else np.zeros((0, problem.n_var), dtype=np.intp)
+    else:
+        x_rand = rng.integers(problem.xl, np.asarray(problem.xu) + 1, size=(n_rand, problem.n_var))
     X0 = np.vstack([x0, x_rand]) if n_rand else x0
 
     ops = dict(sampling=X0, crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),

@@ -68,7 +68,7 @@ from .transport import (
 )
 
 __all__ = ["ModelRecipe", "BuiltSplit", "build_split", "CloudServer", "EdgeRunner", "SplitMeasurement", "measure_split",
-           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES", "pin_process"]
+           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES", "pin_process", "can_pin"]
 
 READY_PREFIX = "PARTITION_CLOUD_READY"
 #: gRPC method of the plan registration (JSON ``{"recipe", "placement"}`` in, JSON ``{"fingerprint", ...}`` out)
@@ -77,6 +77,12 @@ METHOD_REGISTER = f"/{SERVICE}/RegisterPlan"
 METHOD_ECHO = f"/{SERVICE}/Echo"
 #: largest probe, each way
 MAX_PROBE_BYTES = 64 << 20
+
+
+def can_pin(cores: int = 2) -> bool:
+    """Whether processes can be pinned to cores here (Linux's ``os.sched_setaffinity``) and at least
+    ``cores`` logical cores exist: one for the edge, the rest for the cloud."""
+    return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= cores
 
 
 def _check_cpus(cpus: Sequence[int] | None, what: str) -> set[int] | None:

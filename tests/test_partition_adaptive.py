@@ -15,7 +15,7 @@ import torch
 grpc = pytest.importorskip("grpc")
 
 from latpred.graph.trace import trace  # noqa: E402
-from partition import CloudServer, EdgeRunner, Link  # noqa: E402
+from partition import CloudServer, EdgeRunner, Link, can_pin  # noqa: E402
 from partition.adaptive import AdaptiveController, ChangeDetector, Threshold, plot_timeline, read_decision_log  # noqa: E402
 from partition.observers import BatchSizeObserver, CompositeObserver, LinkObserver, LinkProber, ScriptedObserver  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_observers():
     assert link.observe()["bandwidth_mbps"] == pytest.approx(1.0, rel=0.01)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
+@pytest.mark.skipif(not can_pin(), reason="needs Linux and 2 cores")
 def test_cpu_observer_on_chosen_cores():
     """A busy process pinned to the last core: the observer of that core sees it, unless it is excluded."""
     from partition.observers import CpuObserver

@@ -21,6 +21,7 @@ from partition import (  # noqa: E402
     Link,
     PartitionPlan,
     TensorCodecError,
+    can_pin,
     decode_message,
     encode_message,
     measure_split,
@@ -230,7 +231,7 @@ def test_link_probe_without_a_cloud_is_none(reference):
         assert edge.probe_link(1000) is None
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux and 2 cores")
+@pytest.mark.skipif(not can_pin(), reason="needs Linux and 2 cores")
 def test_pinned_split_measurement(reference):
     """edge_cpus / cloud_cpus: the server process (every thread) runs on its cores, this process is pinned
     for the measurement only, and bad core lists are clear errors before anything starts."""
