@@ -170,9 +170,11 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         else:
             say(f"[3/7] calibrating the composition on {networks} random networks measured on this CPU")
             bar = _bar(progress, networks * len(DEFAULT_CONDITIONS), "calibrating")
-            comp, _ = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
+            comp, cases = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
             if bar:
                 bar.close()
+            # kept so the composition can be refitted without measuring again (`latpred calibrate --from-cases`)
+            (out / "calibration_cases.json").write_text(json.dumps([c.to_dict() for c in cases], indent=2))
             pred.composition = comp
             pred.save_composition(pred_dir)
         say(f"      {pred.composition.describe()}")

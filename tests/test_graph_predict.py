@@ -82,7 +82,7 @@ def test_composition_fit_recovers_known_coefficients():
     # the view-node overhead (index 5) is fitted as 0 by design
     true = {0: [1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03]}
     y = np.array([F[i] @ np.array(true[int(u[i] > 0)]) for i in range(60)])
-    comp = Composition.fit(F, y, u)
+    comp = Composition.fit(F, y, u, shrink=0.0)  # plain NNLS: exact on exact data
     assert comp.calibrated and comp.info["fit_mape"] < 1e-6
     for r, want in zip(("unloaded", "loaded"), (true[0], true[1])):
         assert comp.coef[r][:3] == pytest.approx(want[:3], rel=1e-6)
@@ -97,6 +97,26 @@ def test_composition_fit_recovers_known_coefficients():
     old = comp.to_dict()
     del old["coef"]["single_thread"]
     assert Composition.from_dict(old).coef["single_thread"] == comp.coef["unloaded"]
+
+
+def test_composition_shrink_keeps_a_barely_present_class_near_one():
+    """Calibration networks with almost no gemm work: plain NNLS decides the gemm scale by noise (here it
+    drops gemm to 0, which a transformer would then pay); the default shrink keeps it near 1, pulls the
+    well-determined conv scale towards 1 without crossing it, and fits the rows nearly as well."""
+    rng = np.random.default_rng(3)
+    n = 16
+    F = np.column_stack([rng.uniform(5, 50, n), rng.uniform(0.001, 0.02, n), rng.uniform(1, 10, n), np.zeros(n),
+                         rng.integers(10, 100, n), np.zeros(n), rng.uniform(1, 20, n), rng.uniform(1, 20, n)])
+    y = (F[:, 0] * 1.2 + F[:, 2] * 0.9 + F[:, 4] * 0.01) * rng.uniform(0.93, 1.07, n)
+    u = np.zeros(n)
+    plain = Composition.fit(F, y, u, shrink=0.0)
+    shrunk = Composition.fit(F, y, u)
+    assert plain.coef["unloaded"][1] < 0.5  # NNLS: gemm decided by noise
+    assert shrunk.coef["unloaded"][1] == pytest.approx(1.0, abs=0.1) and shrunk.info["shrink"] == 3.0
+    assert 1.0 < shrunk.coef["unloaded"][0] < plain.coef["unloaded"][0]  # pulled towards 1, not past it
+    assert shrunk.info["fit_mape"] < plain.info["fit_mape"] + 3.0
+    with pytest.raises(SpecError, match="shrink"):
+        Composition.fit(F, y, u, shrink=-1.0)
 
 
 def test_composition_single_thread_regime():
@@ -118,7 +138,7 @@ def test_composition_single_thread_regime():
     true = np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
                      [1.9, 1.0, 1.3, 1.0, 0.01, 0.0, 0.2, 0.05]])
     y = (F * true[reg]).sum(axis=1)
-    comp = Composition.fit(F, y, u, threads=threads, default_threads=2)
+    comp = Composition.fit(F, y, u, threads=threads, default_threads=2, shrink=0.0)
     assert comp.info["rows_per_regime"] == {"unloaded": 30, "loaded": 30, "single_thread": 30}
     assert comp.coef["single_thread"][:3] == pytest.approx(true[2][:3], rel=1e-6)
     assert (F * comp.matrix(u, threads, 2)).sum(axis=1) == pytest.approx(y, rel=1e-6)

@@ -46,7 +46,7 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     report = run_quickstart(out, cloud=cloud, **kw)
     for name in ("profiles.sqlite", "predictor/predictor.json", "predictor/selection_report.json", "report.json",
                  "report.md", "fit.png", "layers.png", "predicted_vs_measured.png", "pareto.png", "graph_cut.png",
-                 "adaptive.png"):
+                 "adaptive.png", "calibration_cases.json"):
         assert (out / name).is_file(), name
     n = len(space.specs())
     assert report["profile"]["continued"] == n and report["profile"]["measurements"] == 2 * n  # resumed, not restarted
