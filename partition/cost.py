@@ -122,6 +122,9 @@ class Plan:
         return {n: int(d) for n, d in zip(self.node_names, self.assignment)}
 
 
+#: up to this many nodes :meth:`CostModel.repair` uses a dense reachability matrix (n x n float32)
+_REACH_MAX_NODES = 3000
+
 class CostModel:
     """Latency / memory / traffic / energy of partition plans of ``graph`` over ``k >= 2`` devices.
 
@@ -245,18 +248,49 @@ class CostModel:
             ok &= (a[:, p] <= a[:, [v]]).all(axis=1)
         return ok
 
+    def _reach(self) -> np.ndarray:
+        """``M[u, v]``: whether node u's device bounds node v's from below in :meth:`repair`'s running max
+        (u is v or an ancestor of v; an output node takes its predecessors' maximum, not its own value,
+        when it is not pinned). Built once, in topological order."""
+        reach = getattr(self, "_reach_cache", None)
+        if reach is None:
+            n = self.n_nodes
+            reach = np.zeros((n, n), dtype=bool)
+            for v in range(n):
+                p = self.preds[v]
+                if self.kinds[v] == "output":
+                    if self.output_to is None and p.size:
+                        reach[:, v] = reach[:, p].any(axis=1)
+                    else:
+                        reach[v, v] = True
+                    continue
+                reach[v, v] = True
+                if p.size:
+                    reach[:, v] |= reach[:, p].any(axis=1)
+            reach = self._reach_cache = reach.astype(np.float32)
+        return reach
+
     def repair(self, assign: Any) -> np.ndarray:
         """Make plans executable edge → … → cloud; see :func:`repair`."""
         a = np.clip(np.asarray(assign), 0, self.k - 1)
         a = self.pin(np.rint(a) if a.dtype.kind == "f" else a)
-        for v in range(self.n_nodes):
-            p = self.preds[v]
-            if self.kinds[v] == "output":
-                if self.output_to is None and p.size:
-                    a[:, v] = a[:, p].max(axis=1)
-                continue
-            if p.size:
-                a[:, v] = np.maximum(a[:, v], a[:, p].max(axis=1))
+        if a.shape[0] and self.n_nodes <= _REACH_MAX_NODES:
+            # the running max along the edges is, per node, the max over itself and its ancestors: one matrix
+            # product per device level (is any reaching node on device >= d?) instead of a loop over the nodes
+            reach = self._reach()
+            out = np.zeros_like(a)
+            for d in range(1, self.k):
+                out += ((a >= d).astype(np.float32) @ reach) > 0
+            a = out
+        else:
+            for v in range(self.n_nodes):
+                p = self.preds[v]
+                if self.kinds[v] == "output":
+                    if self.output_to is None and p.size:
+                        a[:, v] = a[:, p].max(axis=1)
+                    continue
+                if p.size:
+                    a[:, v] = np.maximum(a[:, v], a[:, p].max(axis=1))
         a[:, self.input_idx] = self.input_on
         for v in self.weight_idx[::-1]:
             a[:, v] = a[:, self.succs[v]].min(axis=1)

@@ -171,6 +171,23 @@ def test_repair_makes_plans_monotone():
             assert not cm.is_monotone(a).all()
 
 
+def test_repair_by_reachability_equals_the_running_max(monkeypatch):
+    """repair's matrix form (max over each node's ancestors, one product per device level) gives the
+    node-by-node running max it replaces, outputs pinned or not."""
+    import partition.cost as cost
+
+    rng = np.random.default_rng(7)
+    for trial in range(4):
+        g = random_dag(rng, 25, with_constant=trial % 2 == 1)
+        for k, out in ((2, None), (2, 1), (3, None), (4, 2)):
+            cm = CostModel(g, [np.zeros(len(g))] * k, [LINK] * (k - 1), output_to=out)
+            a = rng.integers(0, k, size=(40, len(g)))
+            fast = cm.repair(a)
+            monkeypatch.setattr(cost, "_REACH_MAX_NODES", -1)
+            np.testing.assert_array_equal(fast, cm.repair(a))
+            monkeypatch.setattr(cost, "_REACH_MAX_NODES", 3000)
+
+
 def test_constant_placed_next_to_consumer_and_views_alias():
     g = make_graph([("x", "input", 400, 0), ("w", "constant", 800, 800), ("a", "compute", 400, 0),
                     ("v", "view", 400, 0), ("b", "compute", 40, 0), ("y", "output", 0, 0)],
