@@ -20,8 +20,9 @@ error over whole-network measurements, separately per regime: unloaded (utilizat
 loaded, and unloaded on a single thread of a multi-threaded device (measured on the 2-core CPU: at
 one thread the zoo composes differently — vit_b_16 ran 19–23% above the unloaded 2-thread
 composition — see docs/benchmarks.md). A regime without enough measurements shares the
-coefficients of the nearest one (single-thread → unloaded; otherwise all rows). They are fitted on generated random networks
-(:mod:`latpred.graph.calibrate`) and/or on measured real models that are not the ones evaluated
+coefficients of the nearest one (single-thread → unloaded; otherwise all rows), and every class
+scale is pulled towards 1 (``shrink``, see :meth:`Composition.fit`). They are fitted on generated
+random networks (:mod:`latpred.graph.calibrate`) and/or on measured real models that are not the ones evaluated
 (``latpred calibrate --from-validation``; ``bench/composition_lomo.py`` scores it leave-one-model-out).
 """
 

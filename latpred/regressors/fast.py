@@ -251,6 +251,6 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
         return _forest(model, X)
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
         return _gp(model, X, condition_tail)
-    if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False):
+    if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False) and hasattr(model, "_gamma"):
         return _svr(model, X)
     return np.asarray(model.predict(X), dtype=np.float64)
