@@ -124,6 +124,8 @@ class Plan:
 
 #: up to this many nodes :meth:`CostModel.repair` uses a dense reachability matrix (n x n float32)
 _REACH_MAX_NODES = 3000
+#: edge activation peak: views node by node, every other producer in one vectorised pass (False: all node by node)
+_VECTOR_PEAK = True
 
 class CostModel:
     """Latency / memory / traffic / energy of partition plans of ``graph`` over ``k >= 2`` devices.
@@ -390,12 +392,33 @@ class CostModel:
         pop, n = a.shape
         on_edge = a == 0
         end = np.full((pop, n), -1, dtype=np.intp)  # last position the tensor of u is live on the edge, -1: never
-        for u in range(n - 1, -1, -1):
+
+        def last_use(u: int) -> np.ndarray:
             e = np.full(pop, -1, dtype=np.intp)
             for c in self.succs[u]:
                 use = end[:, c] if self.is_view[c] else c
                 e = np.maximum(e, np.where(on_edge[:, c], use, -1))
-            end[:, u] = np.where(on_edge[:, u], np.maximum(e, u), e)
+            return np.where(on_edge[:, u], np.maximum(e, u), e)
+
+        if not _VECTOR_PEAK:
+            for u in range(n - 1, -1, -1):
+                end[:, u] = last_use(u)
+        else:
+            # only views chain (a view's tensor lives as long as its consumers): those few go node by node,
+            # in reverse order; every other producer takes the max over its consumers in one pass
+            for u in np.flatnonzero(self.is_view)[::-1]:
+                end[:, u] = last_use(int(u))
+            if len(self._senders):
+                dst = self._edge_dst
+                use = np.where(self.is_view[dst][None, :], end[:, dst], dst[None, :])
+                last = np.maximum.reduceat(np.where(on_edge[:, dst], use, -1), self._edge_start, axis=1)
+                e = np.full((pop, n), -1, dtype=np.intp)
+                e[:, self._senders] = last
+                plain = ~self.is_view
+                end[:, plain] = np.where(on_edge, np.maximum(e, np.arange(n)[None, :]), e)[:, plain]
+            else:
+                plain = ~self.is_view
+                end[:, plain] = np.where(on_edge, np.arange(n)[None, :], -1)[:, plain]
         size = np.where(on_edge & self.is_alias[None, :], 0.0, self.out_bytes[None, :])
         size = np.where(end >= 0, size, 0.0)
         diff = np.zeros((pop, n + 1))

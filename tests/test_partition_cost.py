@@ -188,6 +188,33 @@ def test_repair_by_reachability_equals_the_running_max(monkeypatch):
             monkeypatch.setattr(cost, "_REACH_MAX_NODES", 3000)
 
 
+def test_edge_activation_peak_vectorised_equals_node_by_node(monkeypatch):
+    """The edge-memory liveness pass (views node by node, every other producer in one vectorised pass)
+    gives the node-by-node result, on random DAGs with chains of views."""
+    import partition.cost as cost
+
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        nodes, edges = [("x", "input", 400, 0)], []
+        for i in range(30):
+            kind = "view" if rng.random() < 0.35 else "compute"
+            nodes.append((f"n{i}", kind, 4 * int(rng.integers(1, 500)), 0))
+            prev = [nd[0] for nd in nodes[:-1]]
+            for p in rng.choice(prev, size=int(rng.integers(1, min(3, len(prev)) + 1)), replace=False):
+                edges.append((str(p), f"n{i}"))
+        consumed = {u for u, _ in edges}
+        nodes.append(("y", "output", 0, 0))
+        edges += [(nd[0], "y") for nd in nodes[1:-1] if nd[0] not in consumed]
+        g = make_graph(nodes, edges)
+        for k in (2, 3):
+            cm = CostModel(g, [np.zeros(len(g))] * k, [LINK] * (k - 1))
+            a = cm.repair(rng.integers(0, k, size=(32, len(g))))
+            fast = cm._edge_activation_peak(a)
+            monkeypatch.setattr(cost, "_VECTOR_PEAK", False)
+            np.testing.assert_array_equal(fast, cm._edge_activation_peak(a))
+            monkeypatch.setattr(cost, "_VECTOR_PEAK", True)
+
+
 def test_constant_placed_next_to_consumer_and_views_alias():
     g = make_graph([("x", "input", 400, 0), ("w", "constant", 800, 800), ("a", "compute", 400, 0),
                     ("v", "view", 400, 0), ("b", "compute", 40, 0), ("y", "output", 0, 0)],
