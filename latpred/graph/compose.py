@@ -145,7 +145,7 @@ class Composition:
         relative error would (a ridge penalty; the overhead terms are not pulled: shrinking them spreads
         one overhead over several collinear terms, e.g. per node and per MiB of weights, which then
         extrapolate badly to other models). With a few calibration networks the unshrunk fit overfits:
-        fitted on 8 of the 28 random networks, the zoo's MAPE was 23.7% in the median subset and up to
+        fitted on 8 of the 30 random networks, the zoo's MAPE was 23.7% in the median subset and up to
         421% (a gemm scale of 36 from networks with almost no gemm); with the default ``shrink=3``
         16.1% and 20.4% at most (over 40 subsets), and leave-one-model-out on the zoo also improves
         (MAPE 12.9 -> 12.4%; docs/benchmarks.md). ``shrink=0`` is plain NNLS.
