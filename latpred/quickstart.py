@@ -188,7 +188,8 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         graph = trace(module, x, name=name)
         cov = graph.coverage(pred.ops)
         say(f"[4/7] {graph.summary()}\n      {cov.summary()}")
-        cpu_cloud = "cloud (this CPU, all threads, no load)" if cloud_pred is None else "this CPU (all threads, no load)"
+        # without a cloud predictor this CPU's row is the cloud itself (cloud_label names it)
+        cpu_cloud = cloud_label if cloud_pred is None else "this CPU (all threads, no load)"
         conds = {"edge (1 thread, 50% load)": (0.5, 1), cpu_cloud: (0.0, pred.default_threads)}
         rows, lats = [], {}
         for label, (u, th) in conds.items():
@@ -218,11 +219,10 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         # 5 -- edge-cloud split
         t = time.perf_counter()
         bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
-        bws = ", ".join(f"{b:g}" for b in BANDWIDTHS_MBPS)
         say(f"[5/7] optimising the edge-cloud split (NSGA-II: latency x edge memory) at {bws} Mbps; {cloud_label}")
-        edge_ms, cloud_ms = lats[edge_label].node_ms, lats[cloud_label if cloud_pred is not None else cpu_cloud].node_ms
+        edge_ms, cloud_ms = lats[edge_label].node_ms, lats[cloud_label].node_ms
         report["partition"] = {**_partition(graph, edge_ms, cloud_ms, out, plots, say),
-                               "edge": edge_label, "cloud": cloud_label if cloud_pred is not None else cpu_cloud}
+                               "edge": edge_label, "cloud": cloud_label}
         timings["partition_s"] = time.perf_counter() - t
 
         # 6 -- adaptive re-planning on a scripted trace

@@ -408,17 +408,13 @@ class CostModel:
             # in reverse order; every other producer takes the max over its consumers in one pass
             for u in np.flatnonzero(self.is_view)[::-1]:
                 end[:, u] = last_use(int(u))
+            e = np.full((pop, n), -1, dtype=np.intp)
             if len(self._senders):
                 dst = self._edge_dst
                 use = np.where(self.is_view[dst][None, :], end[:, dst], dst[None, :])
-                last = np.maximum.reduceat(np.where(on_edge[:, dst], use, -1), self._edge_start, axis=1)
-                e = np.full((pop, n), -1, dtype=np.intp)
-                e[:, self._senders] = last
-                plain = ~self.is_view
-                end[:, plain] = np.where(on_edge, np.maximum(e, np.arange(n)[None, :]), e)[:, plain]
-            else:
-                plain = ~self.is_view
-                end[:, plain] = np.where(on_edge, np.arange(n)[None, :], -1)[:, plain]
+                e[:, self._senders] = np.maximum.reduceat(np.where(on_edge[:, dst], use, -1), self._edge_start, axis=1)
+            plain = ~self.is_view
+            end[:, plain] = np.where(on_edge, np.maximum(e, np.arange(n)[None, :]), e)[:, plain]
         size = np.where(on_edge & self.is_alias[None, :], 0.0, self.out_bytes[None, :])
         size = np.where(end >= 0, size, 0.0)
         diff = np.zeros((pop, n + 1))
