@@ -44,6 +44,7 @@ _LAZY = {
     "trace": ".graph.trace", "from_onnx": ".graph.onnx", "ModelGraph": ".graph.model_graph",
     "GraphNode": ".graph.model_graph", "GraphLatency": ".graph.predict", "Composition": ".graph.compose",
     "calibrate": ".graph.calibrate", "random_network": ".graph.calibrate", "validate_models": ".graph.validate",
+    "measure_in_passes": ".graph.measure", "ModelJob": ".graph.measure",
 }
 
 __all__ = [

@@ -168,7 +168,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
     report = run_quickstart(Path(args.out), progress=not args.no_progress, model=args.model, networks=args.networks,
-                            cloud=args.cloud)
+                            cloud=args.cloud, calibration_passes=args.calibration_passes)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     return 0
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default="resnet18", help="torchvision model to predict and partition (default: %(default)s)")
     q.add_argument("--networks", type=int, default=8,
                    help="random networks measured to calibrate the composition (default: %(default)s)")
+    q.add_argument("--calibration-passes", type=int, default=2,
+                   help="measurement passes over the calibration networks (default: %(default)s)")
     q.add_argument("--cloud", default="auto",
                    help="cloud device of the split: auto (the GPU predictor shipped in data/gpu/ when the checkout has one, "
                         "else this CPU), cpu (this CPU, all threads, no load) or a predictor directory (default: %(default)s)")

@@ -135,7 +135,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         device = make_device(args.device)
         try:
-            comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, progress=_say(args))
+            comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, passes=args.passes,
+                                    progress=_say(args))
         finally:
             device.close()
     pred.composition = comp
@@ -160,8 +161,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     refs = parse_model_refs(args.models)
     device = make_device(args.device) if not args.no_measure else None
     try:
-        report = validate_models(pred, device, refs, args.batch_sizes, args.utilization, threads=args.threads,
-                                 loaded_threads=args.loaded_threads, measure=not args.no_measure, progress=_say(args))
+        threads = args.threads if args.threads is None or len(args.threads) > 1 else args.threads[0]
+        report = validate_models(pred, device, refs, args.batch_sizes, args.utilization, threads=threads,
+                                 loaded_threads=args.loaded_threads, measure=not args.no_measure, passes=args.passes,
+                                 progress=_say(args))
     finally:
         if device is not None:
             device.close()
@@ -182,6 +185,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lines.append(f"overall: acc10 {100 * m['acc10']:.1f}%, MAPE {m['mape']:.1f}%, Spearman {m['spearman']:.3f} "
                      f"over {m['n']} cases; plain sum of isolated nodes: acc10 {100 * m['sum_acc10']:.1f}%, "
                      f"median ratio {m['sum_ratio_median']:.2f}")
+        if "pass_within10" in m:
+            lines.append(f"noise floor: two measurement passes of one case agree within ±10% for "
+                         f"{100 * m['pass_within10']:.1f}% of pass pairs")
     print("\n".join(lines))
     return 0
 
@@ -221,6 +227,8 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--networks", type=int, default=30, help="random networks to measure (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--cases", help="also write the measured cases to this JSON file")
+    c.add_argument("--passes", type=int, default=3,
+                   help="measurement passes over all cases, pooled as in profiling (default: %(default)s)")
     c.add_argument("--from-cases", help="refit from cases written earlier with --cases (no measurement): after retraining")
     c.add_argument("--from-validation", action="append", metavar="REPORT",
                    help="fit on the measured cases of a `latpred validate --json` report (real models; no measurement), "
@@ -234,7 +242,10 @@ def register(sub: Any, fmt: Any) -> None:
     v.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
     v.add_argument("--batch-sizes", type=_csv(int), default=[1, 8, 32], help="default: 1,8,32")
     v.add_argument("--utilization", type=_csv(float), default=[0.0, 0.5], help="default: 0,0.5")
-    v.add_argument("--threads", type=int, help="threads of unloaded cases (default: the device default)")
+    v.add_argument("--threads", type=_csv(int),
+                   help="threads of unloaded cases, comma-separated to measure several (default: the device default)")
+    v.add_argument("--passes", type=int, default=3,
+                   help="measurement passes over all cases, pooled as in profiling (default: %(default)s)")
     v.add_argument("--loaded-threads", type=int, default=1, help="threads of loaded cases (default: %(default)s)")
     v.add_argument("--no-measure", action="store_true", help="predict only")
     v.add_argument("--plot", help="predicted-vs-measured PNG")

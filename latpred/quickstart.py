@@ -97,18 +97,22 @@ def _model(name: str) -> tuple[Any, str]:
 
 def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", networks: int = 8,
                    say: Callable[[str], None] = print, space: Any = "quick", families: Any = None,
-                   input_size: int = 224, cloud: str | Path = "auto") -> dict[str, Any]:
+                   input_size: int = 224, cloud: str | Path = "auto", calibration_passes: int = 2) -> dict[str, Any]:
     """Run every step; returns the report (also written to ``out/report.json``).
 
     ``cloud``: ``"auto"`` (the GPU predictor shipped in ``data/gpu/`` when the checkout has one, else
     this CPU), ``"cpu"`` (this CPU on all threads, no load) or a predictor directory of the cloud
     device. ``space`` (a built-in name or a :class:`~latpred.ParameterSpace`) and ``families``
     (regression families to try, default all) exist so tests can run the whole job on a tiny space.
+    ``calibration_passes``: measurement passes over the calibration networks (2 keeps the job short;
+    ``latpred calibrate`` uses 3, like profiling); the model of step 4 is measured in 3 passes.
     """
     import torch
 
     from . import plots
+    from .errors import MeasurementError
     from .graph.calibrate import DEFAULT_CONDITIONS, calibrate
+    from .graph.measure import ModelJob, measure_in_passes
     from .graph.trace import trace
     from .predictor import Predictor, PredictorFormatError
     from .profiling.devices import CpuDevice
@@ -165,12 +169,14 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
 
         # 3 -- composition
         t = time.perf_counter()
-        if pred.composition.calibrated and pred.composition.info.get("networks") == networks:
+        info = pred.composition.info
+        if pred.composition.calibrated and info.get("networks") == networks and info.get("passes", 1) == calibration_passes:
             say("[3/7] composition already calibrated on this CPU")
         else:
             say(f"[3/7] calibrating the composition on {networks} random networks measured on this CPU")
-            bar = _bar(progress, networks * len(DEFAULT_CONDITIONS), "calibrating")
-            comp, cases = calibrate(pred, device, n_networks=networks, progress=lambda m: bar.update(1) if bar else None)
+            bar = _bar(progress, networks * len(DEFAULT_CONDITIONS) * calibration_passes, "calibrating")
+            comp, cases = calibrate(pred, device, n_networks=networks, passes=calibration_passes,
+                                    progress=lambda m: bar.update(1) if bar else None)
             if bar:
                 bar.close()
             # kept so the composition can be refitted without measuring again (`latpred calibrate --from-cases`)
@@ -192,15 +198,17 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         cpu_cloud = cloud_label if cloud_pred is None else "this CPU (all threads, no load)"
         conds = {"edge (1 thread, 50% load)": (0.5, 1), cpu_cloud: (0.0, pred.default_threads)}
         rows, lats = [], {}
-        for label, (u, th) in conds.items():
+        measured = measure_in_passes(device, [ModelJob(module, lambda: (x,), u, th) for u, th in conds.values()], passes=3)
+        for (label, (u, th)), res in zip(conds.items(), measured):
+            if res.latency_ms is None:
+                raise MeasurementError(f"{name} could not be measured under {label}: {'; '.join(res.errors)}")
             lat = pred.predict_graph(graph, batch_size=1, utilization=u, threads=th)
-            meas = device.measure_model(module, (x,), utilization=u, threads=th).latency_ms
+            meas = res.latency_ms
             lats[label] = lat
             rows.append({"condition": label, "predicted_ms": float(lat.total_ms), "measured_ms": meas,
                          "isolated_sum_ms": float(lat.isolated_ms.sum()), "error": float(lat.total_ms) / meas - 1})
             say(f"      {label:<30} predicted {float(lat.total_ms):8.2f} ms, measured {meas:8.2f} ms "
                 f"({100 * (float(lat.total_ms) / meas - 1):+.1f}%)")
-        device.set_utilization(0.0)
         edge_label = next(iter(conds))
         plots.plot_layers(graph, lats[edge_label].node_ms, str(out / "layers.png"),
                           title=f"{name}, batch 1, {edge_label}: predicted latency per layer")

@@ -48,6 +48,50 @@ def test_cpu_measures_a_whole_model_under_load_on_one_thread():
     assert loaded.extra["threads"] == 1 and loaded.util_observed is not None and loaded.util_observed > 0
 
 
+class _ScriptedDevice:
+    """Returns scripted window timings per (job label, pass) and records the order of calls and loads."""
+
+    def __init__(self, script):
+        from latpred.profiling.devices import TimingProtocol
+
+        self.protocol = TimingProtocol()
+        self.script, self.calls, self.loads, self.count = script, [], [], {}
+
+    def set_utilization(self, u):
+        self.loads.append(u)
+
+    def measure_model(self, module, inputs, utilization=0.0, threads=None):
+        from latpred.errors import MeasurementError
+        from latpred.profiling.result import Measurement
+
+        k = self.count[module] = self.count.get(module, 0) + 1
+        self.calls.append((module, k))
+        windows = self.script[module][k - 1]
+        if windows is None:
+            raise MeasurementError("scripted failure")
+        return Measurement(min(windows), tuple(windows), 1)
+
+
+def test_measure_in_passes_is_pass_major_and_pools_windows():
+    from latpred.graph.measure import ModelJob, measure_in_passes, pass_agreement
+
+    script = {"a": [[10, 12], [9, 11], [13, 14]], "b": [[20, 30], [40, 50], [25, 26]],
+              "c": [[5, 6], None, [5.5, 7]], "d": [None, None, None]}
+    jobs = [ModelJob("a", tuple, 0.0, 2), ModelJob("b", tuple, 0.5, 1), ModelJob("c", tuple, 0.0, 2), ModelJob("d", tuple, 0.0)]
+    dev = _ScriptedDevice(script)
+    out = measure_in_passes(dev, jobs, passes=3)
+    # pass-major: every job once per pass; unloaded jobs first, walked backwards in odd passes; the load reset at the end
+    assert [m for m, _ in dev.calls] == ["a", "c", "d", "b", "d", "c", "a", "b", "a", "c", "d", "b"]
+    assert dev.loads == [0.0]
+    assert out[0].latency_ms == 9 and out[0].pass_ms == [10, 9, 13]  # unloaded: the minimum of all windows
+    assert out[1].latency_ms == 28.0  # loaded: the median of the pooled windows 20, 30, 40, 50, 25, 26
+    assert out[2].latency_ms == 5 and out[2].pass_ms == [5, 5.5] and out[2].errors == ["pass 2: scripted failure"]
+    assert out[3].latency_ms is None and len(out[3].errors) == 3
+    assert pass_agreement([[10, 10.5], [10, 20]]) == 0.5 and pass_agreement([[1.0]]) is None
+    with pytest.raises(SpecError, match="passes must be a positive integer"):
+        measure_in_passes(dev, jobs, passes=0)
+
+
 def test_validate_on_the_fake_device(predictor_dir):
     from latpred.predictor import Predictor
 
@@ -76,6 +120,22 @@ def test_cli_trace_predict_validate(predictor_dir, tmp_path, capsys):
                  "--batch-sizes", "1", "--utilization", "0", "--json", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["metrics"]["n"] == 1 and rep["cases"][0]["measured_ms"] > 0
+    assert rep["settings"]["passes"] == 3 and len(rep["cases"][0]["pass_ms"]) == 3  # measured like profiling
+    # several unloaded thread counts in one run, two passes: each pass's figure kept, the pooled one is their minimum
+    assert main(["validate", "--predictor", str(predictor_dir), "--models", "tests.helpers_graph:tiny",
+                 "--batch-sizes", "1", "--utilization", "0", "--threads", "2,1", "--passes", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "noise floor: two measurement passes" in text
+    assert main(["validate", "--predictor", str(predictor_dir), "--models", "tests.helpers_graph:tiny",
+                 "--batch-sizes", "1", "--utilization", "0", "--threads", "2,1", "--passes", "2", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert [c["threads"] for c in rep["cases"]] == [2, 1] and rep["settings"]["threads"] == [2, 1]
+    for c in rep["cases"]:
+        assert len(c["pass_ms"]) == 2 and c["measured_ms"] <= min(c["pass_ms"]) + 1e-9
+    assert 0 <= rep["metrics"]["pass_within10"] <= 1
+    assert main(["validate", "--predictor", str(predictor_dir), "--models", "tests.helpers_graph:tiny",
+                 "--passes", "0"]) == 2
+    assert "passes must be a positive integer" in capsys.readouterr().err
     assert main(["validate", "--predictor", str(predictor_dir), "--models", "nonsense"]) == 2
     assert "not understood" in capsys.readouterr().err
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MeasurementError, SpecError
+from ..errors import SpecError
 from .compose import Composition
+from .measure import ModelJob, measure_in_passes
 from .predict import composition_features
 from .trace import trace
 
@@ -238,38 +239,47 @@ class CalibrationCase:
 
 def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
               conditions: Sequence[tuple[int, float, int | None]] = DEFAULT_CONDITIONS,
-              max_gflops: float = 30.0, progress: Callable[[str], None] | None = None) -> tuple[Composition, list[CalibrationCase]]:
+              max_gflops: float = 30.0, passes: int = 3,
+              progress: Callable[[str], None] | None = None) -> tuple[Composition, list[CalibrationCase]]:
     """Measure ``n_networks`` random networks on ``device`` under ``conditions`` and fit the composition.
 
-    Each case costs about ``max(0.1 s, 8 × model latency)``; conditions whose batch would exceed
-    ``max_gflops`` of work per call are skipped for that network. Returns the fitted composition
-    (not yet set on the predictor) and the cases (keep them to refit or to report).
+    Every case is measured in ``passes`` passes over all cases (:func:`~latpred.graph.measure_in_passes`,
+    as the profiler measures specs); one pass costs about ``max(0.1 s, 8 × model latency)`` per case.
+    Conditions whose batch would exceed ``max_gflops`` of work per call are skipped for that network.
+    Returns the fitted composition (not yet set on the predictor) and the cases (keep them to refit
+    or to report).
     """
     if n_networks < 2:
         raise SpecError(f"n_networks must be at least 2, got {n_networks}")
     say = progress or (lambda _m: None)
-    cases: list[CalibrationCase] = []
     t0 = time.perf_counter()
+    todo: list[tuple[int, Any, int, float, int | None]] = []  # (network, graph, batch, utilization, threads)
+    jobs: list[ModelJob] = []
     for k in range(n_networks):
         model, shape = random_network(seed * 100_003 + k)
         graph = trace(model, torch.randn(1, *shape), name=f"random{k}")
         for b, u, t in conditions:
             if graph.total_flops * b / 1e9 > max_gflops:
                 continue
-            try:
-                m = device.measure_model(model, (torch.randn(b, *shape),), utilization=u, threads=t)
-            except MeasurementError as e:
-                say(f"network {k} batch {b}: measurement failed ({e}); skipped")
-                continue
-            lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
-            feats = composition_features(predictor, graph, lat.isolated_ms, b)
-            cases.append(CalibrationCase(k, b, u, t, m.latency_ms, feats.tolist(), graph.total_flops * b / 1e9))
-            say(f"network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: measured {m.latency_ms:.2f} ms, "
-                f"sum of isolated {float(feats[:4].sum()):.2f} ms")
-    device_close = getattr(device, "set_utilization", None)
-    if device_close is not None:
-        device_close(0.0)
+            todo.append((k, graph, b, u, t))
+            jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t, f"network {k}"))
+
+    def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
+        k, graph, b, u, _t = todo[i]
+        say(f"pass {p + 1}/{passes}: network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: "
+            + (f"measured {ms:.2f} ms" if ms else "measurement failed"))
+
+    pooled = measure_in_passes(device, jobs, passes, report)
+    cases: list[CalibrationCase] = []
+    for (k, graph, b, u, t), res in zip(todo, pooled):
+        if res.latency_ms is None:
+            say(f"network {k} batch {b}: every measurement failed ({'; '.join(res.errors)}); skipped")
+            continue
+        lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
+        feats = composition_features(predictor, graph, lat.isolated_ms, b)
+        cases.append(CalibrationCase(k, b, u, t, res.latency_ms, feats.tolist(), graph.total_flops * b / 1e9))
     comp = composition_from_cases(cases, {"networks": n_networks, "seed": seed, "conditions": [list(c) for c in conditions],
+                                          "passes": passes,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"},
                                   default_threads=predictor.default_threads)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MeasurementError, SpecError
+from ..errors import SpecError
+from .measure import ModelJob, measure_in_passes, pass_agreement
 from .models import ModelRef, load_model
 from .trace import trace
 
@@ -33,6 +34,8 @@ class ValidationCase:
     isolated_sum_ms: float
     coverage: float
     error: str = ""
+    #: each measurement pass's own figure (``measured_ms`` pools the windows of all passes)
+    pass_ms: list[float] = field(default_factory=list)
 
     @property
     def rel_error(self) -> float | None:
@@ -62,6 +65,9 @@ class ValidationReport:
                "max_ape": float(rel.max() * 100), "sum_ratio_median": float(np.median(s / m)),
                "sum_acc10": float(np.mean(np.abs(s / m - 1) <= 0.10))}
         out["spearman"] = float(spearmanr(p, m).statistic) if len(cases) > 2 else float("nan")
+        agree = pass_agreement([c.pass_ms for c in cases])
+        if agree is not None:  # the measurement's own repeatability: what a perfect predictor could score
+            out["pass_within10"] = agree
         return out
 
     def metrics(self) -> dict[str, float]:
@@ -118,52 +124,68 @@ class ValidationReport:
 
 
 def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_sizes: Sequence[int] = (1, 8, 32),
-                    utilizations: Sequence[float] = (0.0, 0.5), threads: int | None = None, loaded_threads: int | None = 1,
-                    measure: bool = True, progress: Callable[[str], None] | None = None) -> ValidationReport:
+                    utilizations: Sequence[float] = (0.0, 0.5), threads: int | None | Sequence[int | None] = None,
+                    loaded_threads: int | None = 1, measure: bool = True, passes: int = 3,
+                    progress: Callable[[str], None] | None = None) -> ValidationReport:
     """Predict and measure each model under every (batch size, utilization); see :class:`ValidationReport`.
 
-    Unloaded cases run with ``threads`` (None: the device default), loaded ones (utilization > 0)
-    with ``loaded_threads`` — as the built-in spaces profile them.
+    Unloaded cases run with ``threads`` (None: the device default; a list measures every listed
+    count), loaded ones (utilization > 0) with ``loaded_threads`` — as the built-in spaces profile
+    them. Every case is measured in ``passes`` passes over all cases (:func:`measure_in_passes`), as
+    the profiler measures specs; the report keeps each pass's figure and their agreement.
     """
-    import torch
-
     say = progress or (lambda _m: None)
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise SpecError(f"batch sizes must be positive, got {list(batch_sizes)}")
     if not utilizations or any(not 0 <= u < 1 for u in utilizations):
         raise SpecError(f"utilizations must be in [0, 1), got {list(utilizations)}")
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SpecError(f"passes must be a positive integer, got {passes!r}")
+    unloaded_threads = list(threads) if isinstance(threads, Sequence) else [threads]
+    if not unloaded_threads or any(t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1)
+                                   for t in unloaded_threads):
+        raise SpecError(f"threads must be positive integers (or None for the device default), got {threads!r}")
     models = [load_model(r) for r in refs]  # resolve every reference before measuring anything
     ref_of = {m.name: r.strip() for m, r in zip(models, refs)}
     cases: list[ValidationCase] = []
+    jobs: list[tuple[ValidationCase, ModelJob]] = []
     t0 = time.perf_counter()
     for ref in models:
         graph = graph_of(ref)
         cov = graph.coverage(predictor.ops).node_share
-        conds = [(b, u, threads if u == 0 else loaded_threads) for u in utilizations for b in batch_sizes]
+        conds = [(b, u, t) for u in utilizations for t in (unloaded_threads if u == 0 else [loaded_threads])
+                 for b in batch_sizes]
         b = np.array([c[0] for c in conds])
         u = np.array([c[1] for c in conds])
         t = np.array([predictor.default_threads if c[2] is None else c[2] for c in conds])
         lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
         for i, (bb, uu, tt) in enumerate(conds):
             case = ValidationCase(ref.name, bb, uu, tt, float(lat.total_ms[i]), None, float(lat.isolated_ms[i].sum()), cov)
+            cases.append(case)
             if measure and ref.module is not None:
-                try:
-                    with torch.inference_mode():
-                        m = device.measure_model(ref.module, (ref.example_input(bb),), utilization=uu, threads=tt)
-                    case.measured_ms = m.latency_ms
-                except MeasurementError as e:
-                    case.error = str(e)
+                jobs.append((case, ModelJob(ref.module, lambda r=ref, n=bb: (r.example_input(n),), uu, tt, ref.name)))
             elif measure:
                 case.error = "ONNX file: predicted only (measure the PyTorch model instead)"
-            cases.append(case)
-            err = f"{100 * case.rel_error:+.1f}%" if case.rel_error is not None else case.error
-            say(f"{ref.name} batch {bb} util {uu:g}: predicted {case.predicted_ms:.2f} ms, measured "
-                f"{case.measured_ms if case.measured_ms else float('nan'):.2f} ms ({err})")
-    if hasattr(device, "set_utilization"):
-        device.set_utilization(0.0)
+            else:
+                say(f"{ref.name} batch {bb} util {uu:g}: predicted {case.predicted_ms:.2f} ms")
+    if jobs:
+        import torch
+
+        def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
+            case = jobs[i][0]
+            got = f"{ms:.2f} ms ({100 * (case.predicted_ms / ms - 1):+.1f}%)" if ms else "failed"
+            say(f"pass {p + 1}/{passes}: {case.model} batch {case.batch_size} util {case.utilization:g} threads "
+                f"{case.threads or '-'}: predicted {case.predicted_ms:.2f} ms, measured {got}")
+
+        with torch.inference_mode():
+            pooled = measure_in_passes(device, [j for _, j in jobs], passes, report)
+        for (case, _), res in zip(jobs, pooled):
+            case.measured_ms, case.pass_ms = res.latency_ms, res.pass_ms
+            if res.latency_ms is None:
+                case.error = "; ".join(res.errors)
     settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
-                "threads": threads, "loaded_threads": loaded_threads, "elapsed_s": round(time.perf_counter() - t0, 1),
-                "composition": predictor.composition.describe()}
+                "threads": threads if not isinstance(threads, Sequence) else unloaded_threads, "loaded_threads": loaded_threads,
+                "passes": passes, "elapsed_s": round(time.perf_counter() - t0, 1), "composition": predictor.composition.describe()}
     return ValidationReport(cases, settings)
 
 

@@ -1,0 +1,99 @@
+"""Measure many whole models in passes spread over time, as ``latpred profile`` measures specs.
+
+A single whole-model measurement on a shared machine lands in whatever slow episode the machine is
+in (see ``bench/drift.py``): the same resnet18 call reads 33–73 ms within minutes. Like the
+profiler, :func:`measure_in_passes` measures every job once per pass — pass 1 over all jobs, then
+pass 2 over all jobs, … — so a job's passes lie minutes apart, pools the windows of all passes and
+reduces them with the device's statistic (the minimum unloaded, the median under background load).
+Within a pass the jobs are grouped by utilization (one load change per level), and every other pass
+walks them in reverse, so no job is always measured right after a load change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import MeasurementError, SpecError
+from ..profiling.devices import robust_stat
+
+__all__ = ["ModelJob", "PooledMeasurement", "measure_in_passes", "pass_agreement"]
+
+
+@dataclass(frozen=True)
+class ModelJob:
+    """One whole-model measurement: ``module(*make_inputs())`` under a utilization and thread count."""
+
+    module: Any
+    make_inputs: Callable[[], tuple[Any, ...]]
+    utilization: float = 0.0
+    threads: int | None = None
+    label: str = ""
+
+
+@dataclass
+class PooledMeasurement:
+    """A job's latency over all passes (None when every pass failed), each pass's own figure, errors."""
+
+    latency_ms: float | None = None
+    pass_ms: list[float] = field(default_factory=list)
+    windows_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _statistic(device: Any, utilization: float) -> str:
+    protocol = getattr(device, "protocol", None)
+    if protocol is None:
+        return "median"
+    return protocol.loaded_statistic if utilization > 0 else protocol.statistic
+
+
+def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
+                      progress: Callable[[int, int, ModelJob, float | None], None] | None = None) -> list[PooledMeasurement]:
+    """Measure every job ``passes`` times, pass-major; returns one :class:`PooledMeasurement` per job, in order.
+
+    ``progress(pass_index, job_index, job, ms)`` is called after each measurement (``ms`` None when it
+    failed). A failed pass is recorded in ``errors`` and the job keeps its other passes.
+    """
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SpecError(f"passes must be a positive integer, got {passes!r}")
+    out = [PooledMeasurement() for _ in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i].utilization)
+    levels = sorted({j.utilization for j in jobs})
+    for p in range(passes):
+        walk: list[int] = []
+        for u in levels:  # one load change per utilization level; odd passes walk each level backwards
+            idx = [i for i in order if jobs[i].utilization == u]
+            walk += idx[::-1] if p % 2 else idx
+        for i in walk:
+            job, res = jobs[i], out[i]
+            try:
+                m = device.measure_model(job.module, job.make_inputs(), utilization=job.utilization, threads=job.threads)
+            except MeasurementError as e:
+                res.errors.append(f"pass {p + 1}: {e}")
+                if progress is not None:
+                    progress(p, i, job, None)
+                continue
+            res.pass_ms.append(float(m.latency_ms))
+            res.windows_ms += [float(t) for t in m.timings_ms]
+            if progress is not None:
+                progress(p, i, job, float(m.latency_ms))
+    if hasattr(device, "set_utilization"):
+        device.set_utilization(0.0)
+    for job, res in zip(jobs, out):
+        if res.windows_ms:
+            res.latency_ms = robust_stat(res.windows_ms, _statistic(device, job.utilization))
+    return out
+
+
+def pass_agreement(pass_ms: Sequence[Sequence[float]], tolerance: float = 0.10) -> float | None:
+    """Share of pairs of passes of the same job that agree within ``tolerance`` (the measurement's own
+    repeatability: the noise floor a perfect predictor is scored against); None without two passes."""
+    hits = pairs = 0
+    for ms in pass_ms:
+        for a in range(len(ms)):
+            for b in range(a + 1, len(ms)):
+                pairs += 1
+                hits += abs(ms[a] / ms[b] - 1) <= tolerance
+    return hits / pairs if pairs else None
