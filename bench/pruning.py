@@ -5,7 +5,8 @@
 
 For resnet18, mobilenet_v2 and vgg16 (224×224) at batch 1 and 8: at least ``--variants`` pruned
 variants each (points of the latency / proxy Pareto front, topped up with random plans), each
-physically pruned with Torch-Pruning and measured (:meth:`CpuDevice.measure_model`), against the
+physically pruned with Torch-Pruning and measured (:meth:`CpuDevice.measure_model`, in ``--passes``
+passes over all variants of a model and batch size, pooled as in profiling), against the
 latency the search's table predicts (which equals ``predict_graph`` of the rewritten graph). Reports
 acc10 (share of variants within ±10 %) and MAPE per model and batch size. Also times a whole
 pruning search of resnet50 (analysis + latency table + NSGA-II; target ≤ 5 s).
@@ -15,6 +16,7 @@ Writes JSON (default bench/results/pruning.json) and prints one summary line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -27,6 +29,7 @@ import torch
 # bench/partition.py would shadow the partition package when this script runs from bench/
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+from latpred.graph.measure import ModelJob, measure_in_passes, pass_agreement  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
 from latpred.profiling.devices import CpuDevice, TimingProtocol  # noqa: E402
 from partition.prune_problem import optimize_pruning  # noqa: E402
@@ -40,7 +43,7 @@ def _model(name: str) -> torch.nn.Module:
 
 
 def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes: list[int], size_px: int, n_variants: int,
-                pop_size: int, n_gen: int, seed: int) -> list[dict]:
+                pop_size: int, n_gen: int, seed: int, passes: int = 3) -> list[dict]:
     torch.manual_seed(seed)
     model = _model(name)
     x1 = torch.randn(1, 3, size_px, size_px)
@@ -58,18 +61,20 @@ def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes:
         X = np.array(pick)
         pred = res.table.latency_ms(X)
         x = torch.randn(b, 3, size_px, size_px)
-        meas = []
-        for xi in X:
-            pruned = analysis.prune_(__import__("copy").deepcopy(model), res.table.ratios(xi[None])[0])
-            meas.append(device.measure_model(pruned, (x,)).latency_ms)
-        meas = np.asarray(meas)
+        jobs = [ModelJob(analysis.prune_(copy.deepcopy(model), res.table.ratios(xi[None])[0]), lambda x=x: (x,)) for xi in X]
+        with torch.inference_mode():
+            pooled = measure_in_passes(device, jobs, passes)
+        meas = np.array([m.latency_ms if m.latency_ms is not None else np.nan for m in pooled])
         rel = pred / meas - 1
         row = {"model": name, "batch_size": b, "input_px": size_px, "variants": len(X), "groups": analysis.n_groups,
                "acc10": float(np.mean(np.abs(rel) <= 0.10)), "mape": float(np.mean(np.abs(rel)) * 100),
                "base_pred_ms": res.base_latency_ms, "pred_ms": pred.tolist(), "meas_ms": meas.tolist(),
-               "ratios_mean": X.mean(axis=1).tolist()}
+               "ratios_mean": X.mean(axis=1).tolist(), "passes": passes, "pass_ms": [m.pass_ms for m in pooled],
+               "pass_within10": pass_agreement([m.pass_ms for m in pooled])}
         rows.append(row)
-        print(f"  {name} b={b}: acc10 {row['acc10']:.2f}, MAPE {row['mape']:.1f}% over {len(X)} variants", flush=True)
+        agree = row["pass_within10"]
+        print(f"  {name} b={b}: acc10 {row['acc10']:.2f}, MAPE {row['mape']:.1f}% over {len(X)} variants"
+              + (f" (passes agree within 10%: {agree:.2f})" if agree is not None else ""), flush=True)
     return rows
 
 
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-model", default="resnet50")
     ap.add_argument("--out", default="bench/results/pruning.json")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--passes", type=int, default=3, help="measurement passes over a model's variants (default: %(default)s)")
     args = ap.parse_args(argv)
     if not (Path(args.predictor) / "predictor.json").is_file():
         print(f"error: no trained predictor at {args.predictor!r} (pass --predictor PATH)", file=sys.stderr)
@@ -91,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     size, pop, gens = 224, 64, 60
     protocol = None
     if args.quick:
-        args.models, args.batch_sizes, args.variants, args.search_model = ["resnet18"], [1], 3, "resnet18"
+        args.models, args.batch_sizes, args.variants, args.search_model, args.passes = ["resnet18"], [1], 3, "resnet18", 2
         size, pop, gens = 64, 12, 3
         protocol = TimingProtocol(warmup_ms=5.0, window_ms=10.0, repeats=3, min_repeats=3, settle_s=0.1)
     device = CpuDevice(protocol)
 
     rows = []
     for name in args.models:
-        rows.extend(bench_model(name, predictor, device, args.batch_sizes, size, args.variants, pop, gens, args.seed))
+        rows.extend(bench_model(name, predictor, device, args.batch_sizes, size, args.variants, pop, gens, args.seed, args.passes))
 
     model = _model(args.search_model)
     t = time.perf_counter()

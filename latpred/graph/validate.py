@@ -141,7 +141,7 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
         raise SpecError(f"utilizations must be in [0, 1), got {list(utilizations)}")
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise SpecError(f"passes must be a positive integer, got {passes!r}")
-    unloaded_threads = list(threads) if isinstance(threads, Sequence) else [threads]
+    unloaded_threads = list(dict.fromkeys(threads)) if isinstance(threads, Sequence) else [threads]
     if not unloaded_threads or any(t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1)
                                    for t in unloaded_threads):
         raise SpecError(f"threads must be positive integers (or None for the device default), got {threads!r}")
