@@ -209,20 +209,25 @@ def test_link_probe_measures_the_emulated_link(server, reference):
         assert tm["transfer_ms"] >= EmulatedLink(20.0, 10.0).delay_ms(tm["bytes_sent"]) + 5.0
         obs = LinkObserver(alpha=1.0)
         prober = LinkProber(edge, obs, idle_s=0.0, target_ms=40.0)
-        estimates = []
+        estimates, rtts = [], []
         for bw in (20.0, 200.0):
             edge.set_link(bw, 10.0)
             for _ in range(3):
                 prober.observe()
             estimates.append(obs.observe()["bandwidth_mbps"])
+            rtts.append(obs.observe()["rtt_ms"])
         assert edge.ping()["n_computed"] == before  # probes run no model stage
         with pytest.raises(ValueError, match="size_bytes"):
             edge.probe_link(-1)
     assert prober.n_failed == 0 and prober.n_probes == 12
     assert 20.0 * 0.5 < estimates[0] < 20.0 * 1.5, estimates
     assert estimates[1] > 3 * estimates[0], estimates
-    # the emulated 10 ms plus the real fixed costs of a loopback gRPC round trip (a few ms on a loaded 2-core machine)
-    assert 8.0 <= obs.observe()["rtt_ms"] <= 20.0, obs.observe()
+    # the emulated 10 ms plus the real fixed costs of a loopback gRPC round trip (a few ms on a loaded 2-core machine),
+    # judged at 20 Mbit/s, where wire times of 10-40 ms dwarf the host's per-byte costs; at 200 Mbit/s a 1 MB probe's
+    # serialisation jitter (a few ms on a shared 2-core CI machine) tilts a fit through only two sizes (CI once saw
+    # 4 ms), so there the RTT is only checked to stay a plausible non-negative figure
+    assert 8.0 <= rtts[0] <= 20.0, rtts
+    assert 0.0 <= rtts[1] <= 20.0, rtts
 
 
 def test_link_probe_without_a_cloud_is_none(reference):

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import SpecError
 from .compose import Composition
-from .measure import ModelJob, measure_in_passes
+from .measure import ModelJob, check_passes, measure_in_passes
 from .predict import composition_features
 from .trace import trace
 
@@ -251,6 +251,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
     """
     if n_networks < 2:
         raise SpecError(f"n_networks must be at least 2, got {n_networks}")
+    check_passes(passes)  # before tracing the networks
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     todo: list[tuple[int, Any, int, float, int | None]] = []  # (network, graph, batch, utilization, threads)
@@ -262,7 +263,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
             if graph.total_flops * b / 1e9 > max_gflops:
                 continue
             todo.append((k, graph, b, u, t))
-            jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t, f"network {k}"))
+            jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t))
 
     def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
         k, graph, b, u, _t = todo[i]

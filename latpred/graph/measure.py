@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import MeasurementError, SpecError
 from ..profiling.devices import robust_stat
 
-__all__ = ["ModelJob", "PooledMeasurement", "measure_in_passes", "pass_agreement"]
+__all__ = ["ModelJob", "PooledMeasurement", "measure_in_passes", "pass_agreement", "check_passes"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,6 @@ class ModelJob:
     make_inputs: Callable[[], tuple[Any, ...]]
     utilization: float = 0.0
     threads: int | None = None
-    label: str = ""
 
 
 @dataclass
@@ -49,6 +48,12 @@ def _statistic(device: Any, utilization: float) -> str:
     return protocol.loaded_statistic if utilization > 0 else protocol.statistic
 
 
+def check_passes(passes: Any) -> None:
+    """Raise :class:`SpecError` unless ``passes`` is a positive integer (callers check before any work)."""
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+        raise SpecError(f"passes must be a positive integer, got {passes!r}")
+
+
 def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
                       progress: Callable[[int, int, ModelJob, float | None], None] | None = None) -> list[PooledMeasurement]:
     """Measure every job ``passes`` times, pass-major; returns one :class:`PooledMeasurement` per job, in order.
@@ -56,16 +61,12 @@ def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
     ``progress(pass_index, job_index, job, ms)`` is called after each measurement (``ms`` None when it
     failed). A failed pass is recorded in ``errors`` and the job keeps its other passes.
     """
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise SpecError(f"passes must be a positive integer, got {passes!r}")
+    check_passes(passes)
     out = [PooledMeasurement() for _ in jobs]
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i].utilization)
-    levels = sorted({j.utilization for j in jobs})
+    # one load change per utilization level; odd passes walk each level backwards
+    groups = [[i for i, j in enumerate(jobs) if j.utilization == u] for u in sorted({j.utilization for j in jobs})]
     for p in range(passes):
-        walk: list[int] = []
-        for u in levels:  # one load change per utilization level; odd passes walk each level backwards
-            idx = [i for i in order if jobs[i].utilization == u]
-            walk += idx[::-1] if p % 2 else idx
+        walk = [i for idx in groups for i in (idx[::-1] if p % 2 else idx)]
         for i in walk:
             job, res = jobs[i], out[i]
             try:

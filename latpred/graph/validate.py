@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from .measure import ModelJob, measure_in_passes, pass_agreement
+from .measure import ModelJob, check_passes, measure_in_passes, pass_agreement
 from .models import ModelRef, load_model
 from .trace import trace
 
@@ -139,8 +139,7 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
         raise SpecError(f"batch sizes must be positive, got {list(batch_sizes)}")
     if not utilizations or any(not 0 <= u < 1 for u in utilizations):
         raise SpecError(f"utilizations must be in [0, 1), got {list(utilizations)}")
-    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-        raise SpecError(f"passes must be a positive integer, got {passes!r}")
+    check_passes(passes)
     unloaded_threads = list(dict.fromkeys(threads)) if isinstance(threads, Sequence) else [threads]
     if not unloaded_threads or any(t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1)
                                    for t in unloaded_threads):
@@ -163,7 +162,7 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
             case = ValidationCase(ref.name, bb, uu, tt, float(lat.total_ms[i]), None, float(lat.isolated_ms[i].sum()), cov)
             cases.append(case)
             if measure and ref.module is not None:
-                jobs.append((case, ModelJob(ref.module, lambda r=ref, n=bb: (r.example_input(n),), uu, tt, ref.name)))
+                jobs.append((case, ModelJob(ref.module, lambda r=ref, n=bb: (r.example_input(n),), uu, tt)))
             elif measure:
                 case.error = "ONNX file: predicted only (measure the PyTorch model instead)"
             else:
