@@ -100,7 +100,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
              **({"threads": args.threads} if args.threads else {})}
     res = optimize_pruning(ref.module, ref.example_input(args.batch_size), pred, conditions=conds,
                            latency_budget_ms=args.latency_budget_ms, round_to=args.round_to, pop_size=args.pop_size,
-                           n_gen=args.generations, seed=args.seed)
+                           n_gen=args.generations, seed=args.seed, reference_ms=args.reference_ms)
     best = res.best(args.latency_budget_ms) if args.latency_budget_ms else res.plans[0]
     rows = [{"latency_ms": p.latency_ms, "proxy": p.proxy, "flops": p.flops, "param_bytes": p.param_bytes,
              "ratios": dict(zip(p.group_names, p.ratios))} for p in res.plans]
@@ -109,9 +109,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         plot_pareto([(p.latency_ms, p.proxy) for p in res.plans], (best.latency_ms, best.proxy), args.plot,
                     ylabel="importance mass pruned (1 - retained)", title=f"{ref.name}: pruning front")
-    doc = {"model": ref.name, "base_latency_ms": res.base_latency_ms, "search_s": res.search_s, "front": rows,
+    doc = {"model": ref.name, "base_latency_ms": res.base_latency_ms, "reference_scale": res.reference_scale,
+           "search_s": res.search_s, "front": rows,
            "chosen": rows[res.plans.index(best)]}
-    lines = [f"{ref.name}: unpruned {res.base_latency_ms:.2f} ms predicted; {len(res.plans)} plans on the front "
+    basis = (f"measured (predictions x {res.reference_scale:.3f})" if args.reference_ms else "predicted")
+    lines = [f"{ref.name}: unpruned {res.base_latency_ms:.2f} ms {basis}; {len(res.plans)} plans on the front "
              f"(search {res.search_s:.1f} s, {res.n_evals} evaluations)",
              f"chosen: {best.latency_ms:.2f} ms ({100 * (1 - best.latency_ms / res.base_latency_ms):.0f}% faster), "
              f"importance pruned {100 * best.proxy:.1f}%, {best.param_bytes / 2**20:.1f} MiB of parameters"]
@@ -156,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True, help="torchvision:NAME or package.module:factory")
     r.add_argument("--predictor", required=True, help="predictor directory of the target device")
     r.add_argument("--latency-budget-ms", type=float, help="constraint: predicted latency of the pruned model")
+    r.add_argument("--reference-ms", type=float, help="the unpruned model's measured latency on the target device: "
+                   "predictions are scaled to it (removes the whole-model offset; see docs/partition.md)")
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--utilization", type=float, default=0.0)
     r.add_argument("--threads", type=int)

@@ -101,6 +101,8 @@ class PruningResult:
         table: the latency table the search used.
         search_s: wall time of the whole search (analysis, table, NSGA-II) in seconds.
         n_evals: evaluated plans.
+        reference_scale: the factor every predicted latency was multiplied by (``reference_ms`` / the
+            predicted unpruned latency; 1.0 without ``reference_ms``).
     """
 
     plans: list[PruningPlan]
@@ -110,6 +112,7 @@ class PruningResult:
     search_s: float = 0.0
     n_evals: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
+    reference_scale: float = 1.0
 
     def best(self, max_latency_ms: float | None = None) -> PruningPlan:
         """The plan with the best accuracy (when evaluated) or lowest proxy within ``max_latency_ms``."""
@@ -122,7 +125,8 @@ class PruningResult:
         return min(cand, key=lambda p: p.proxy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base_latency_ms": self.base_latency_ms, "search_s": self.search_s, "n_evals": self.n_evals,
+        return {"base_latency_ms": self.base_latency_ms, "reference_scale": self.reference_scale, "search_s": self.search_s,
+                "n_evals": self.n_evals,
                 "groups": [g.name for g in self.analysis.groups], "plans": [p.to_dict() for p in self.plans]}
 
 
@@ -144,7 +148,7 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
                      objectives: Sequence[str] = ("latency", "proxy"), importance: str = "l1", round_to: int | None = None,
                      ignored_layers: Sequence[str] = (), pop_size: int = 64, n_gen: int = 60, seed: int = 0,
                      evaluate: Callable[[nn.Module], float] | None = None,
-                     analysis: PruningAnalysis | None = None) -> PruningResult:
+                     analysis: PruningAnalysis | None = None, reference_ms: float | None = None) -> PruningResult:
     """Search per-group pruning ratios for the latency / accuracy-proxy Pareto front (NSGA-II).
 
     Args:
@@ -159,6 +163,11 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
         pop_size, n_gen, seed: NSGA-II settings.
         evaluate: optional ``evaluate(pruned_model) -> accuracy``; each front plan's ``accuracy`` is set.
         analysis: reuse an analysis of ``model`` (skips the dependency analysis).
+        reference_ms: the unpruned model's measured latency on the target device under ``conditions``.
+            Every predicted latency (the table, the budget check, the plans) is then multiplied by
+            ``reference_ms`` / the predicted unpruned latency: one real measurement removes the
+            model-level offset of the whole-model prediction (its composition error, a device that drifted
+            since profiling), and what remains is the predictor's error on the *change* pruning makes.
 
     Returns:
         :class:`PruningResult` with the Pareto set sorted by latency.
@@ -172,6 +181,9 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
     lv = _check_levels(levels)
     if latency_budget_ms is not None and not latency_budget_ms > 0:
         raise ValueError(f"latency_budget_ms must be > 0, got {latency_budget_ms!r}")
+    if reference_ms is not None and (isinstance(reference_ms, bool) or not float(reference_ms) > 0
+                                     or not np.isfinite(float(reference_ms))):
+        raise ValueError(f"reference_ms must be a positive, finite measured latency in ms, got {reference_ms!r}")
     if pop_size < 2 or n_gen < 1:
         raise ValueError(f"pop_size must be >= 2 and n_gen >= 1, got {pop_size}, {n_gen}")
     if analysis is None:
@@ -182,6 +194,11 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
     t2 = time.perf_counter()
     n, L = analysis.n_groups, len(lv)
     base = float(table.latency_ms(np.zeros((1, n), dtype=np.int64))[0])
+    scale = 1.0
+    if reference_ms is not None:
+        scale = float(reference_ms) / base
+        table = replace(table, entry_ms=table.entry_ms * scale)
+        base = float(reference_ms)
     problem = PruningProblem(table, objs, latency_budget_ms)
     rng = np.random.default_rng(seed)
     X0 = _seeds(n, L, pop_size, rng)
@@ -202,7 +219,7 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
         plans = [replace(p, accuracy=float(evaluate(p.apply(model)))) for p in plans]
     timings = {"analysis_s": t1 - t0, "table_s": t2 - t1, "search_s": t3 - t2}
     return PruningResult(plans, base, analysis, table, time.perf_counter() - t0, int(res.algorithm.evaluator.n_eval),
-                         timings)
+                         timings, scale)
 
 
 def _plan(analysis: PruningAnalysis, table: LatencyTable, x: np.ndarray) -> PruningPlan:

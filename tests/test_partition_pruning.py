@@ -152,6 +152,23 @@ def test_optimize_front_budget_and_apply(net, x, predictor, analysis):
         optimize_pruning(net, x, predictor, latency_budget_ms=1e-4, pop_size=8, n_gen=2, analysis=analysis)
 
 
+def test_reference_ms_scales_every_prediction(net, x, predictor, analysis):
+    plain = optimize_pruning(net, x, predictor, pop_size=16, n_gen=5, analysis=analysis)
+    ref = 3.0 * plain.base_latency_ms  # as if the unpruned model measured 3x its prediction
+    res = optimize_pruning(net, x, predictor, pop_size=16, n_gen=5, analysis=analysis, reference_ms=ref)
+    assert res.base_latency_ms == pytest.approx(ref) and res.reference_scale == pytest.approx(3.0)
+    assert res.table.entry_ms == pytest.approx(3.0 * plain.table.entry_ms)
+    X = np.searchsorted(plain.table.levels, [p.ratios for p in res.plans])  # each plan's level indices
+    assert [p.latency_ms for p in res.plans] == pytest.approx(3.0 * plain.table.latency_ms(X))
+    # the budget is judged on the anchored latencies: a budget only the plain predictions meet is infeasible
+    with pytest.raises(ValueError, match="infeasible"):
+        optimize_pruning(net, x, predictor, pop_size=8, n_gen=2, analysis=analysis, reference_ms=ref,
+                         latency_budget_ms=2.0 * plain.plans[0].latency_ms)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="reference_ms"):
+            optimize_pruning(net, x, predictor, pop_size=8, n_gen=2, analysis=analysis, reference_ms=bad)
+
+
 def test_rounding_to_8_matches_pruned_model(net, x, predictor):
     a = analyze_pruning(net, x, round_to=8)
     ratios = [0.3] * a.n_groups
