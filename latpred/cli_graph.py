@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .profiling.devices import make_device
 
     pred = Predictor.load(args.predictor)
+    if args.cache_mib is not None:
+        if not (args.cache_mib >= 0 and math.isfinite(args.cache_mib)):
+            raise SpecError(f"--cache-mib must be a non-negative number of MiB, got {args.cache_mib!r}")
+        pred.metadata["cache_mib"] = args.cache_mib
     if args.from_cases or args.from_validation:
         from .graph.calibrate import CalibrationCase, cases_from_validation, composition_from_cases, recompute_features
 
@@ -129,7 +134,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.from_validation:
             info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
                               + (" + random networks" if args.from_cases else ""))
-        comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads)
+        comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads,
+                                      weight_cache_mib=pred.cache_mib)
         comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
@@ -233,6 +239,9 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--from-validation", action="append", metavar="REPORT",
                    help="fit on the measured cases of a `latpred validate --json` report (real models; no measurement), "
                    "alone or with --from-cases; repeat it for several reports. Keep the models you evaluate out of it")
+    c.add_argument("--cache-mib", type=float, metavar="MIB",
+                   help="the device's last-level cache in MiB, where the predictor's metadata lacks it (e.g. from lscpu); "
+                   "each node's cold-weight cost is capped at it; 0 = no cap (default: the profiled device's, if recorded)")
 
     v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
             json_file=True)

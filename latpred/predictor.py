@@ -152,6 +152,24 @@ class Predictor:
             return int(dev.get("cpu_affinity") or dev.get("cpu_count_logical") or 0)
         return 0
 
+    @property
+    def cache_mib(self) -> float | None:
+        """The profiled device's last-level cache in MiB (a CPU's largest cache, a GPU's L2), from the
+        metadata; None when unknown (predictors profiled before it was recorded). ``metadata["cache_mib"]``
+        overrides it (``latpred calibrate --cache-mib``; 0 = no cap); without either, the cap the current
+        composition was fitted with. The composition caps each node's cold-weight cost at it
+        (:class:`~latpred.graph.compose.Composition`)."""
+        if "cache_mib" in self.metadata:
+            v = self.metadata["cache_mib"]
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+        dev = self.metadata.get("device", {})
+        size = None
+        if isinstance(dev, dict):
+            size = dev.get("gpu_l2_cache_bytes") if dev.get("kind") == "cuda" else dev.get("cpu_cache_bytes")
+        if isinstance(size, (int, float)) and size > 0:
+            return float(size) / 2**20
+        return self.composition.weight_cache_mib
+
     def predict_graph(self, graph: Any, batch_size: Any = None, utilization: Any = 0.0, threads: Any = None,
                       **extra: Any) -> Any:
         """Per-node and total latency of a :class:`~latpred.graph.ModelGraph` under one or many conditions;

@@ -99,6 +99,40 @@ def test_composition_fit_recovers_known_coefficients():
     assert Composition.from_dict(old).coef["single_thread"] == comp.coef["unloaded"]
 
 
+def test_weight_cache_caps_each_nodes_cold_weight_cost():
+    """A node's weights count up to weight_cache_mib: larger ones were already cold when profiled alone."""
+    iso = np.array([[1.0, 2.0, 0.5]])
+    classes, compute, view = np.array([0, 1, 2]), np.array([True, True, True]), np.zeros(3, dtype=bool)
+    param, act = np.array([2.0, 100.0, 0.0]), np.zeros((1, 3))
+    assert Composition.features(iso, classes, compute, view, param, act)[0, 6] == pytest.approx(102.0)
+    assert Composition.features(iso, classes, compute, view, param, act, 32.0)[0, 6] == pytest.approx(34.0)
+    coef = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.1, 0.0]
+    capped = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 32.0)
+    node_ms = capped.apply(iso, classes, compute, view, np.array([0.0]), param, act)
+    assert node_ms[0] == pytest.approx([1.0 + 0.2, 2.0 + 3.2, 0.5])  # 0.1 ms/MiB x min(MiB, 32)
+    assert Composition.from_dict(capped.to_dict()).weight_cache_mib == 32.0
+    old = capped.to_dict()
+    del old["weight_cache_mib"]  # written before the cap: no cap
+    assert Composition.from_dict(old).weight_cache_mib is None
+    assert "up to 32 MiB" in capped.describe()
+    for bad in (0.0, -1.0, float("inf"), "32", True):
+        with pytest.raises(SpecError, match="weight_cache_mib"):
+            Composition(weight_cache_mib=bad)
+
+
+def test_predictor_cache_mib_comes_from_the_device_metadata(predictor):
+    p = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cpu", "cpu_cache_bytes": 32 << 20}}})
+    assert p.cache_mib == 32.0
+    gpu = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cuda", "gpu_l2_cache_bytes": 50 << 20,
+                                                                                "cpu_cache_bytes": 1 << 20}}})
+    assert gpu.cache_mib == 50.0
+    assert Predictor(**{**predictor.__dict__, "metadata": {**p.metadata, "cache_mib": 8}}).cache_mib == 8.0
+    assert Predictor(**{**predictor.__dict__, "metadata": {**p.metadata, "cache_mib": 0}}).cache_mib is None
+    # nothing recorded: the cap the current composition was fitted with
+    bare = Predictor(**{**predictor.__dict__, "metadata": {}, "composition": Composition(weight_cache_mib=16.0)})
+    assert bare.cache_mib == 16.0
+
+
 def test_composition_shrink_keeps_a_barely_present_class_near_one():
     """Calibration networks with almost no gemm work: plain NNLS decides the gemm scale by noise (here it
     drops gemm to 0, which a transformer would then pay); the default shrink keeps it near 1, pulls the

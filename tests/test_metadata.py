@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import psutil
 import pytest
@@ -12,13 +13,13 @@ from latpred.errors import DeviceError
 from latpred.profiling.metadata import device_metadata, fingerprint
 
 CPU_KEYS = {
-    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "memory_bytes",
+    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "cpu_cache_bytes", "memory_bytes",
     "os", "os_release", "platform", "machine", "python_version", "torch_version", "numpy_version",
     "torch_num_threads", "torch_num_interop_threads", "mkl_available", "mkldnn_available", "openmp_available",
     "hostname", "gpu_name", "fingerprint",
 }
 CUDA_KEYS = CPU_KEYS | {
-    "gpu_index", "gpu_count", "gpu_memory_bytes", "gpu_capability", "gpu_multiprocessors",
+    "gpu_index", "gpu_count", "gpu_memory_bytes", "gpu_capability", "gpu_multiprocessors", "gpu_l2_cache_bytes",
     "cuda_runtime_version", "cudnn_version", "driver_version",
 }
 
@@ -34,6 +35,16 @@ def test_cpu_metadata_keys_and_values():
     assert meta["torch_num_threads"] == torch.get_num_threads()
     assert isinstance(meta["mkldnn_available"], bool)
     assert len(meta["fingerprint"]) == 16 and int(meta["fingerprint"], 16) >= 0
+    # the last-level cache, as sysfs reports it (this machine exposes it; None only where it cannot be read)
+    if Path("/sys/devices/system/cpu/cpu0/cache/index0/size").exists():
+        assert isinstance(meta["cpu_cache_bytes"], int) and meta["cpu_cache_bytes"] >= 256 * 1024
+
+
+def test_cache_sizes_parse_as_sysfs_writes_them():
+    from latpred.profiling.metadata import _size_bytes
+
+    assert _size_bytes("32768K\n") == 32 << 20 and _size_bytes("1M") == 1 << 20 and _size_bytes("512") == 512
+    assert _size_bytes("") is None and _size_bytes("big") is None
 
 
 def test_metadata_is_json_serialisable():

@@ -283,7 +283,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                                           "passes": passes,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"},
-                                  default_threads=predictor.default_threads)
+                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib)
     return comp, cases
 
 
@@ -293,7 +293,7 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
     if not cases:
         raise SpecError("no calibration case to refit from")
     return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)},
-                                  default_threads=predictor.default_threads)
+                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib)
 
 
 def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
@@ -365,15 +365,16 @@ def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[Calibr
 
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None,
-                           default_threads: int | None = None) -> Composition:
+                           default_threads: int | None = None, weight_cache_mib: float | None = None) -> Composition:
     """Fit a :class:`Composition` from calibration cases (``default_threads``: the device's default thread
-    count, which decides whether a 1-thread case is the single-thread regime; None: it is)."""
+    count, which decides whether a 1-thread case is the single-thread regime; None: it is).
+    ``weight_cache_mib`` must be the cap the cases' features were computed with (``predictor.cache_mib``)."""
     if not cases:
         raise SpecError("no calibration case was measured")
     F_ = np.array([c.features for c in cases])
     y = np.array([c.measured_ms for c in cases])
     u = np.array([c.utilization for c in cases])
     return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)), threads=[c.threads for c in cases],
-                           default_threads=default_threads)
+                           default_threads=default_threads, weight_cache_mib=weight_cache_mib)
 
 

@@ -39,6 +39,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _size_bytes(text: str) -> int | None:
+    """Bytes of a sysfs cache size such as ``32768K`` or ``32M`` (None when unreadable)."""
+    t = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        return int(float(t.rstrip("KMGB") or "x") * mult)
+    except ValueError:
+        return None
+
+
+def _cpu_cache_bytes() -> int | None:
+    """Size of CPU 0's largest (last-level) data or unified cache, from sysfs; None when unknown."""
+    sizes = []
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (d / "type").read_text().strip() in ("Data", "Unified"):
+                size = _size_bytes((d / "size").read_text())
+                if size:
+                    sizes.append(size)
+        except OSError:
+            continue
+    return max(sizes) if sizes else None
+
+
 def _cgroup_cpu_limit() -> float | None:
     """CPUs allowed by a cgroup v2 quota (containers), or ``None`` when unlimited/unknown."""
     try:
@@ -107,6 +131,7 @@ def _cuda_facts(index: int) -> dict[str, Any]:
         "gpu_memory_bytes": int(props.total_memory),
         "gpu_capability": f"{props.major}.{props.minor}",
         "gpu_multiprocessors": int(props.multi_processor_count),
+        "gpu_l2_cache_bytes": int(getattr(props, "L2_cache_size", 0)) or None,
         "cuda_runtime_version": torch.version.cuda,
         "cudnn_version": cudnn,
         "driver_version": _driver_version(),
@@ -123,12 +148,13 @@ def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
     """JSON-serialisable facts about the host and, for ``kind='cuda'``, GPU ``index``.
 
     Keys: ``kind``, ``cpu_model``, ``cpu_count_logical``, ``cpu_count_physical``, ``cpu_affinity``
-    (CPUs this process may run on), ``cpu_quota`` (cgroup CPU limit or ``None``), ``memory_bytes``,
+    (CPUs this process may run on), ``cpu_quota`` (cgroup CPU limit or ``None``), ``cpu_cache_bytes``
+    (the last-level cache, ``None`` when unknown), ``memory_bytes``,
     ``os``, ``os_release``, ``platform``, ``machine``, ``python_version``, ``torch_version``,
     ``numpy_version``, ``torch_num_threads``, ``torch_num_interop_threads``, ``mkl_available``,
     ``mkldnn_available``, ``openmp_available``, ``hostname``; for ``'cuda'`` also ``gpu_index``,
     ``gpu_count``, ``gpu_name``, ``gpu_memory_bytes``, ``gpu_capability`` (``"9.0"``),
-    ``gpu_multiprocessors``, ``cuda_runtime_version``, ``cudnn_version``, ``driver_version``
+    ``gpu_multiprocessors``, ``gpu_l2_cache_bytes``, ``cuda_runtime_version``, ``cudnn_version``, ``driver_version``
     (``None`` when unknown); and ``fingerprint`` (see :func:`fingerprint`; ``gpu_name`` is
     ``None`` for ``'cpu'``).
 
@@ -148,6 +174,7 @@ def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
         "cpu_count_physical": psutil.cpu_count(logical=False),
         "cpu_affinity": _affinity_count(),
         "cpu_quota": _cgroup_cpu_limit(),
+        "cpu_cache_bytes": _cpu_cache_bytes(),
         "memory_bytes": int(psutil.virtual_memory().total),
         "os": platform.system(),
         "os_release": platform.release(),
