@@ -78,7 +78,7 @@ def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes:
                "acc10": float(np.mean(np.abs(rel) <= 0.10)), "mape": float(np.mean(np.abs(rel)) * 100),
                "acc10_anchored": float(np.mean(np.abs(rel_a) <= 0.10)), "mape_anchored": float(np.mean(np.abs(rel_a)) * 100),
                "base_pred_ms": res.base_latency_ms, "base_meas_ms": base_meas, "pred_ms": pred.tolist(),
-               "meas_ms": meas.tolist(), "ratios_mean": X.mean(axis=1).tolist(), "passes": passes,
+               "meas_ms": meas.tolist(), "ratios_mean": res.table.ratios(X).mean(axis=1).tolist(), "passes": passes,
                "pass_ms": [m.pass_ms for m in pooled], "pass_within10": pass_agreement([m.pass_ms for m in pooled])}
         rows.append(row)
         agree = row["pass_within10"]

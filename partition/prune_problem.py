@@ -168,6 +168,8 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
             ``reference_ms`` / the predicted unpruned latency: one real measurement removes the
             model-level offset of the whole-model prediction (its composition error, a device that drifted
             since profiling), and what remains is the predictor's error on the *change* pruning makes.
+            The reference's own measurement error scales every prediction too: use a measurement pooled
+            over several passes on a quiet device (see docs/partition.md for when it pays).
 
     Returns:
         :class:`PruningResult` with the Pareto set sorted by latency.
