@@ -182,3 +182,9 @@ def test_composition_from_real_model_measurements(predictor_dir, tmp_path, capsy
     (tmp_path / "bad.json").write_text(json.dumps({"nothing": 1}))
     assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(tmp_path / "bad.json")]) == 2
     assert "not a validation report" in capsys.readouterr().err
+    # --cache-mib supplies the device's cache where the metadata lacks it: the refit composition stores the cap
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--cache-mib", "0.001", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weight_cache_mib"] == 0.001
+    assert Predictor.load(p2).composition.weight_cache_mib == 0.001 and Predictor.load(p2).cache_mib == 0.001
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--cache-mib", "-1"]) == 2
+    assert "--cache-mib must be a non-negative number" in capsys.readouterr().err
