@@ -43,8 +43,11 @@ def _size_bytes(text: str) -> int | None:
     """Bytes of a sysfs cache size such as ``32768K`` or ``32M`` (None when unreadable)."""
     t = text.strip().upper()
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    number = t.rstrip("KMGB")
+    if not number:
+        return None
     try:
-        return int(float(t.rstrip("KMGB") or "x") * mult)
+        return int(float(number) * mult)
     except ValueError:
         return None
 
