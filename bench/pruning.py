@@ -34,6 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from latpred.graph.measure import ModelJob, measure_in_passes, pass_agreement  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
 from latpred.profiling.devices import CpuDevice, TimingProtocol  # noqa: E402
+from latpred.profiling.reference import adopt_reference  # noqa: E402
 from partition.prune_problem import optimize_pruning  # noqa: E402
 from partition.pruning import analyze_pruning  # noqa: E402
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         size, pop, gens = 64, 12, 3
         protocol = TimingProtocol(warmup_ms=5.0, window_ms=10.0, repeats=3, min_repeats=3, settle_s=0.1)
     device = CpuDevice(protocol)
+    print(adopt_reference(device, predictor))
 
     rows = []
     for name in args.models:

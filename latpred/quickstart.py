@@ -116,6 +116,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
     from .graph.trace import trace
     from .predictor import Predictor, PredictorFormatError
     from .profiling.devices import CpuDevice
+    from .profiling.reference import adopt_reference
     from .profiling.runner import profile
     from .profiling.space import ParameterSpace
     from .profiling.store import ProfileStore
@@ -198,6 +199,7 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
         cpu_cloud = cloud_label if cloud_pred is None else "this CPU (all threads, no load)"
         conds = {"edge (1 thread, 50% load)": (0.5, 1), cpu_cloud: (0.0, pred.default_threads)}
         rows, lats = [], {}
+        adopt_reference(device, pred)  # measured in the predictor's units
         measured = measure_in_passes(device, [ModelJob(module, lambda: (x,), u, th) for u, th in conds.values()], passes=3)
         for (label, (u, th)), res in zip(conds.items(), measured):
             if res.latency_ms is None:

@@ -103,6 +103,9 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
         raise SpecError(f"no op type has at least {min_samples} successful samples for device {device_id}")
     meta = {"device": device.get("metadata", {}), "device_fingerprint": device.get("fingerprint"),
             "store": str(store.path), "skipped_ops_too_few_samples": too_few}
+    nominal = store.reference_nominal(device_id)
+    if nominal:  # the unit of the unloaded latencies: whole models measured for this predictor adopt it
+        meta["reference_nominal_ms"] = {str(k): v for k, v in sorted(nominal.items())}
     return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError
+from ..profiling.reference import adopt_reference
 from .compose import Composition
 from .measure import ModelJob, check_passes, measure_in_passes
 from .predict import composition_features
@@ -270,6 +271,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
         say(f"pass {p + 1}/{passes}: network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: "
             + (f"measured {ms:.2f} ms" if ms else "measurement failed"))
 
+    say(adopt_reference(device, predictor))
     pooled = measure_in_passes(device, jobs, passes, report)
     cases: list[CalibrationCase] = []
     for (k, graph, b, u, t), res in zip(todo, pooled):

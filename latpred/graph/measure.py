@@ -42,6 +42,9 @@ class PooledMeasurement:
 
 
 def _statistic(device: Any, utilization: float) -> str:
+    own = getattr(device, "statistic_for_utilization", None)
+    if own is not None:
+        return own(utilization)
     protocol = getattr(device, "protocol", None)
     if protocol is None:
         return "median"

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from ..profiling.reference import adopt_reference
 from .measure import ModelJob, check_passes, measure_in_passes, pass_agreement
 from .models import ModelRef, load_model
 from .trace import trace
@@ -170,6 +171,8 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
     if jobs:
         import torch
 
+        say(adopt_reference(device, predictor))
+
         def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
             case = jobs[i][0]
             got = f"{ms:.2f} ms ({100 * (case.predicted_ms / ms - 1):+.1f}%)" if ms else "failed"
@@ -184,7 +187,8 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
                 case.error = "; ".join(res.errors)
     settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
                 "threads": threads if not isinstance(threads, Sequence) else unloaded_threads, "loaded_threads": loaded_threads,
-                "passes": passes, "elapsed_s": round(time.perf_counter() - t0, 1), "composition": predictor.composition.describe()}
+                "passes": passes, "elapsed_s": round(time.perf_counter() - t0, 1), "composition": predictor.composition.describe(),
+                "reference": getattr(getattr(device, "reference", None), "settings", lambda: None)()}
     return ValidationReport(cases, settings)
 
 

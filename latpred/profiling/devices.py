@@ -5,9 +5,11 @@ warm up for ``warmup_ms``, calibrate how many calls fill a ``window_ms`` timing 
 ``repeats`` windows (fewer for slow specs, never fewer than ``min_repeats``, capped by
 ``max_sample_ms``) with the garbage collector paused; for a slow spec (one call per window) the
 last warm-up call counts as the first window. The per-call time of every window is kept. The
-reported latency is a statistic over windows: on an unloaded device the minimum
-(interference on a shared machine only ever adds time, so the minimum estimates the op's own
-cost most repeatably), under a background load the median (the typical latency while the load
+reported latency is a statistic over windows. Unloaded CPU: every window is normalised by a
+reference kernel timed right after it (:mod:`latpred.profiling.reference`, the machine's speed at
+that moment) and the median of the normalised windows is reported; without a reference
+(``reference_calls=0``, and on CUDA) the minimum of raw windows (interference only ever adds
+time). Under a background load: the median of raw windows (the typical latency while the load
 runs; windows span several load periods). The profiler measures each spec in several passes
 spread over the run and reduces the pooled windows the same way. Latency is
 host wall-clock from the call to a finished result (CUDA: synchronised), which is what a request
@@ -29,6 +31,7 @@ import numpy as np
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
+from .reference import ReferenceProbe
 from .result import Measurement
 
 __all__ = ["Device", "TimingProtocol", "CpuDevice", "CudaDevice", "FakeDevice", "make_device", "robust_stat"]
@@ -65,6 +68,10 @@ class TimingProtocol:
     statistic: str = "min"
     loaded_statistic: str = "median"
     settle_s: float = 1.0
+    #: CPU: reference calls timed after every unloaded window to normalise it (0 = raw timings)
+    reference_calls: int = 5
+    #: statistic over reference-normalised windows (each window is already corrected for the machine's speed)
+    normalised_statistic: str = "median"
 
     def __post_init__(self) -> None:
         for name in ("warmup_ms", "window_ms", "max_sample_ms"):
@@ -72,11 +79,13 @@ class TimingProtocol:
                 raise SpecError(f"TimingProtocol.{name} must be positive, got {getattr(self, name)!r}")
         if self.min_repeats < 1 or self.repeats < self.min_repeats:
             raise SpecError(f"TimingProtocol needs 1 <= min_repeats <= repeats, got {self.min_repeats}, {self.repeats}")
-        for name in ("statistic", "loaded_statistic"):
+        for name in ("statistic", "loaded_statistic", "normalised_statistic"):
             if getattr(self, name) not in STATISTICS:
                 raise SpecError(f"unknown {name} {getattr(self, name)!r}; expected one of {STATISTICS}")
         if self.settle_s < 0:
             raise SpecError("TimingProtocol.settle_s must be >= 0")
+        if isinstance(self.reference_calls, bool) or not isinstance(self.reference_calls, int) or self.reference_calls < 0:
+            raise SpecError(f"TimingProtocol.reference_calls must be an integer >= 0, got {self.reference_calls!r}")
 
     def statistic_for(self, spec: ModuleSpec) -> str:
         """The statistic that reduces ``spec``'s windows (unloaded vs under background load)."""
@@ -88,6 +97,16 @@ class TimingProtocol:
 
     def time(self, call: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> tuple[list[float], int]:
         """Per-call milliseconds of each window, and the calls per window."""
+        windows, n, _ = self._windows(call, sync, None)
+        return windows, n
+
+    def time_probed(self, call: Callable[[], Any], probe: Callable[[], float],
+                    sync: Callable[[], None] = lambda: None) -> tuple[list[float], int, list[float]]:
+        """As :meth:`time`, plus ``probe()`` (e.g. a reference kernel's ms) read right after every window."""
+        return self._windows(call, sync, probe)
+
+    def _windows(self, call: Callable[[], Any], sync: Callable[[], None],
+                 probe: Callable[[], float] | None) -> tuple[list[float], int, list[float]]:
         clock = time.perf_counter
         gc_was_enabled = gc.isenabled()
         gc.disable()
@@ -110,17 +129,22 @@ class TimingProtocol:
             window = n * per_call
             reps = min(self.repeats, max(self.min_repeats, int(self.max_sample_ms // max(window, 1e-6))))
             out: list[float] = []
+            probes: list[float] = []
             if last > 5.0 and n == 1 and calls >= 2:
                 # the last warm-up call of a slow spec was a warm, synchronised one-call window: keep it
                 # as the first window instead of running the call once more (saves ~8% of a profile)
                 out.append(last)
+                if probe is not None:
+                    probes.append(probe())
             while len(out) < reps:
                 t = clock()
                 for _ in range(n):
                     call()
                 sync()
                 out.append((clock() - t) * 1e3 / n)
-            return out, n
+                if probe is not None:
+                    probes.append(probe())
+            return out, n, probes
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -237,6 +261,9 @@ class CpuDevice(_LoadMixin):
         self.default_threads = threads or torch.get_num_threads()
         self._monitor = SystemMonitor()
         self._meta: dict[str, Any] | None = None
+        #: normalises unloaded windows by a reference kernel (see :mod:`latpred.profiling.reference`); None = raw
+        self.reference: ReferenceProbe | None = (ReferenceProbe(self.protocol.reference_calls)
+                                                 if self.protocol.reference_calls else None)
 
     def metadata(self) -> dict[str, Any]:
         if self._meta is None:
@@ -250,38 +277,55 @@ class CpuDevice(_LoadMixin):
 
     def settings(self) -> dict[str, Any]:
         return {"protocol": asdict(self.protocol), "default_threads": self.default_threads,
-                "load_period_ms": self.load_period_ms}
+                "load_period_ms": self.load_period_ms,
+                "reference": self.reference.settings() if self.reference is not None else None}
+
+    def statistic_for_utilization(self, utilization: float) -> str:
+        """The statistic over windows: normalised median unloaded (raw minimum without a reference), median loaded."""
+        if utilization > 0:
+            return self.protocol.loaded_statistic
+        return self.protocol.normalised_statistic if self.reference is not None else self.protocol.statistic
+
+    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
+        return robust_stat(list(timings), self.statistic_for_utilization(spec.utilization))
 
     def measure(self, spec: ModuleSpec) -> Measurement:
         op = get_op(spec.op)
-        return self._measure(lambda: op.instantiate(spec, "cpu"), spec.utilization, spec.threads,
-                             self.protocol.statistic_for(spec))
+        return self._measure(lambda: op.instantiate(spec, "cpu"), spec.utilization, spec.threads)
 
     def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
                       threads: int | None = None) -> Measurement:
         """Time a whole model (eval mode, inference mode) under the same protocol and background load as specs."""
-        return self._measure(lambda: (module.eval(), inputs), utilization, threads,
-                             self.protocol.loaded_statistic if utilization > 0 else self.protocol.statistic)
+        return self._measure(lambda: (module.eval(), inputs), utilization, threads)
 
-    def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float, threads: int | None,
-                 statistic: str) -> Measurement:
+    def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float,
+                 threads: int | None) -> Measurement:
         import torch
 
         self.set_utilization(utilization)
         threads = threads or self.default_threads
+        ref = self.reference if utilization == 0 else None
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
+        extra: dict[str, Any] = {"threads": threads}
         try:
             with torch.inference_mode():
                 module, inputs = build()
+                nominal = ref.nominal_for(threads) if ref is not None else None
                 self._begin_window()
-                timings, n = self.protocol.time(lambda: module(*inputs))
+                if ref is None:
+                    timings, n = self.protocol.time(lambda: module(*inputs))
+                else:
+                    raw, n, probes = self.protocol.time_probed(lambda: module(*inputs), lambda: ref.probe(threads))
+                    timings = [w * nominal / r for w, r in zip(raw, probes)]
+                    extra.update(raw_timings_ms=raw, reference_ms=probes, reference_nominal_ms=nominal)
                 observed, system = self._end_window()
         except (RuntimeError, ValueError, MemoryError) as e:
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
         finally:
             torch.set_num_threads(before)
-        return Measurement(robust_stat(timings, statistic), tuple(timings), n, observed, system, {"threads": threads})
+        return Measurement(robust_stat(timings, self.statistic_for_utilization(utilization)), tuple(timings), n,
+                           observed, system, extra)
 
 
 class CudaDevice(_LoadMixin):

@@ -52,6 +52,14 @@ def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
     return sorted(specs, key=lambda s: s.utilization)  # sort is stable: op interleaving is kept
 
 
+def _lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
+    """Move the store's nominal down to the fastest reference seen (rescaling its samples), adopt it on the device."""
+    stored = store.reference_nominal(device_id)
+    nominal = {t: min(stored.get(t, ref.nominal.get(t, v)), v) for t, v in ref.floor.items()}
+    store.set_reference_nominal(device_id, nominal)
+    ref.set_nominal(nominal)
+
+
 def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit: int | None = None,
             passes: int = 3, progress: bool = True, retry_failed: bool = False,
             on_sample: Callable[[ModuleSpec, str], Any] | None = None) -> ProfileReport:
@@ -62,7 +70,9 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     machine hits at most one of them. The store pools the windows of all passes and reduces them
     with the device's statistic. Every pass of every spec is committed as soon as it is measured;
     re-running the same call resumes where it stopped (specs and passes already stored are
-    skipped). A spec that cannot run is stored as failed with its reason and the run goes on
+    skipped). On a CPU that normalises by a reference kernel, the device adopts the store's
+    nominal before measuring and the store's nominal moves down to the fastest reference seen at
+    the end (stored samples are rescaled exactly). A spec that cannot run is stored as failed with its reason and the run goes on
     (``retry_failed`` measures failed ones again). ``KeyboardInterrupt`` marks the run
     interrupted and re-raises.
     """
@@ -75,6 +85,12 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     stored = store.done_keys(device_id)
     counts = store.pass_counts(device_id)
     failed_keys = stored - set(counts)
+    ref = getattr(device, "reference", None)
+    if ref is not None and not store.reference_nominal(device_id) and store.raw_unloaded_samples(device_id):
+        # a store profiled on raw timings stays raw: normalised and raw windows must not be pooled
+        device.reference = ref = None
+    if ref is not None:  # measure in the store's units; the first run's calibration sets them
+        ref.set_nominal(store.reference_nominal(device_id))
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
     already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)
@@ -119,6 +135,8 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         set_util = getattr(device, "set_utilization", None)
         if set_util is not None:
             set_util(0.0)
+        if ref is not None and ref.floor:
+            _lower_nominal(store, device_id, ref)
         store.finish_run(run_id, status)
     continued = len({s.key for _, s in plan if counts.get(s.key, 0) > 0})
     return ProfileReport(run_id, device_id, len(specs), already, measured, failed,

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..spec import ModuleSpec
+from .reference import parse_nominal
 from .result import Measurement
 
 __all__ = ["ProfileStore", "Sample", "SCHEMA_VERSION", "RUN_STATUSES", "SAMPLE_STATUSES", "EXPORT_COLUMNS"]
@@ -509,12 +510,13 @@ class ProfileStore:
             raise TypeError(f"measurement must be a Measurement, got {type(measurement).__name__}")
         with self._write() as conn:
             row = conn.execute(
-                "SELECT id, timings_json, passes, pass_latency_json, util_observed, system_util FROM samples "
+                "SELECT id, timings_json, passes, pass_latency_json, util_observed, system_util, extra_json FROM samples "
                 "WHERE device_id = ? AND spec_key = ? AND status = 'ok'", (device_id, spec.key)).fetchone()
             if row is None or int(row[2]) != expected_passes:
                 return False
-            sid, timings, passes, pass_lat, util, system = row
-            pooled = tuple(json.loads(timings or "[]")) + tuple(float(t) for t in measurement.timings_ms)
+            sid, timings, passes, pass_lat, util, system, extra_json = row
+            extra, scale = _merge_pass_extra(json.loads(extra_json or "{}"), dict(measurement.extra))
+            pooled = tuple(json.loads(timings or "[]")) + tuple(float(t) * scale for t in measurement.timings_ms)
             latency = float(reduce(pooled))
             if not math.isfinite(latency):
                 raise ValueError(f"reduced latency must be finite, got {latency!r}")
@@ -526,11 +528,55 @@ class ProfileStore:
 
             conn.execute(
                 "UPDATE samples SET timings_json = ?, latency_ms = ?, passes = ?, pass_latency_json = ?, "
-                "util_observed = ?, system_util = ? WHERE id = ?",
+                "util_observed = ?, system_util = ?, extra_json = ? WHERE id = ?",
                 (json.dumps(pooled), latency, passes + 1,
-                 json.dumps([*json.loads(pass_lat or "[]"), float(measurement.latency_ms)]),
-                 mean(util, measurement.util_observed), mean(system, measurement.system_util), sid))
+                 json.dumps([*json.loads(pass_lat or "[]"), float(measurement.latency_ms) * scale]),
+                 mean(util, measurement.util_observed), mean(system, measurement.system_util),
+                 json.dumps(extra, sort_keys=True, allow_nan=False), sid))
         return True
+
+    # -- reference normalisation ------------------------------------------------------------------
+    def reference_nominal(self, device_id: int) -> dict[int, float]:
+        """The device's reference nominal per thread count (``{}`` when none was recorded)."""
+        self.device(device_id)
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (_nominal_key(device_id),))
+        return parse_nominal(json.loads(rows[0]["value"]), f"store {self.path} reference nominal") if rows else {}
+
+    def raw_unloaded_samples(self, device_id: int) -> int:
+        """Successful unloaded samples of the device measured without reference normalisation."""
+        rows = self._query("SELECT COUNT(*) AS n FROM samples WHERE device_id = ? AND status = 'ok' AND utilization = 0 "
+                           "AND (extra_json IS NULL OR extra_json NOT LIKE '%reference_nominal_ms%')", (device_id,))
+        return int(rows[0]["n"])
+
+    def set_reference_nominal(self, device_id: int, nominal: Mapping[Any, Any]) -> int:
+        """Record the device's nominals and rescale every normalised sample to them, in one transaction.
+
+        A sample normalised with nominal ``a`` for its thread count is expressed at nominal ``b`` by
+        multiplying its windows and latency by ``b / a`` (exact: normalised windows are proportional
+        to the nominal); raw windows and reference readings are kept as measured. Thread counts not
+        in ``nominal`` keep their recorded value. Returns the number of samples rescaled.
+        """
+        new = {**self.reference_nominal(device_id), **parse_nominal(nominal)}
+        changed = 0
+        with self._write() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (_nominal_key(device_id), json.dumps({str(k): v for k, v in sorted(new.items())})))
+            rows = conn.execute("SELECT id, latency_ms, timings_json, pass_latency_json, extra_json FROM samples "
+                                "WHERE device_id = ? AND status = 'ok' AND extra_json LIKE '%reference_nominal_ms%'",
+                                (device_id,)).fetchall()
+            for sid, latency, timings, pass_lat, extra_json in rows:
+                extra = json.loads(extra_json)
+                old, threads = extra.get("reference_nominal_ms"), extra.get("threads")
+                if not isinstance(old, (int, float)) or threads not in new or old == new[threads]:
+                    continue
+                f = new[threads] / old
+                extra["reference_nominal_ms"] = new[threads]
+                conn.execute("UPDATE samples SET latency_ms = ?, timings_json = ?, pass_latency_json = ?, extra_json = ? "
+                             "WHERE id = ?", (latency * f, json.dumps([t * f for t in json.loads(timings or "[]")]),
+                                              json.dumps([t * f for t in json.loads(pass_lat or "[]")]),
+                                              json.dumps(extra, sort_keys=True), sid))
+                changed += 1
+        return changed
 
     def delete_failed(self, device_id: int) -> int:
         """Delete the device's failed samples so a later run retries them; returns how many.
@@ -690,6 +736,30 @@ class ProfileStore:
             raise StoreError("pandas is not installed; use export_csv") from None
         columns, rows = self._export_rows(device_id, status)
         return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _nominal_key(device_id: int) -> str:
+    return f"reference_nominal_ms/device/{int(device_id)}"
+
+
+def _merge_pass_extra(stored: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """A sample's extra after one more pass, and the factor that brings the pass's windows to the stored nominal.
+
+    Per-window lists (raw timings, reference readings) are appended; a pass normalised with another
+    nominal than the stored passes is rescaled to theirs (normally they agree: the profiler adopts
+    the store's nominal).
+    """
+    scale = 1.0
+    old_nom, new_nom = stored.get("reference_nominal_ms"), new.get("reference_nominal_ms")
+    if isinstance(old_nom, (int, float)) and isinstance(new_nom, (int, float)) and new_nom > 0:
+        scale = old_nom / new_nom
+    out = dict(stored)
+    for key in ("raw_timings_ms", "reference_ms"):
+        if isinstance(new.get(key), list):
+            out[key] = [*(stored.get(key) or []), *new[key]]
+    for key, value in new.items():
+        out.setdefault(key, value)
+    return out, scale
 
 
 def _rate(n: int, first: str | None, last: str | None) -> float | None:
