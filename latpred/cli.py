@@ -122,6 +122,10 @@ def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> s
             lines.append(f"  {op:20s} {row.get('ok', 0):6d} {row.get('failed', 0):6d} "
                          f"{'' if med is None else format(med, '10.4f')}")
         lines.append(f"  batch sizes {dev.get('batch_sizes')}, utilizations {dev.get('utilizations')}")
+        nominal = dev.get("reference_nominal_ms") or {}
+        lines.append("  unloaded latencies " + ("normalised to reference " + ", ".join(
+            f"{v:.3f} ms on {t} thread{'s' if t != '1' else ''}" for t, v in nominal.items()) if nominal
+            else "not reference-normalised (raw timings)"))
         for run in dev.get("runs", []):
             rate = run.get("samples_per_s")
             lines.append(f"  run {run.get('id')} {run.get('status')} space={run.get('space_name')} "

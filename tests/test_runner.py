@@ -143,6 +143,8 @@ def test_cli_profile_and_db_commands(tmp_path, capsys):
     assert "2 new specs measured" in capsys.readouterr().out
     assert main(["db", "info", str(db), "--json"]) == 0
     assert '"linear"' in capsys.readouterr().out
+    assert main(["db", "info", str(db)]) == 0
+    assert "unloaded latencies normalised to reference" in capsys.readouterr().out  # the store's unit
     csv = tmp_path / "o.csv"
     assert main(["db", "export", str(db), "--csv", str(csv)]) == 0
     assert len(csv.read_text().splitlines()) == 3

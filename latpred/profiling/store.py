@@ -691,6 +691,7 @@ class ProfileStore:
                     ],
                     "first_measured_at": span["first"],
                     "last_measured_at": span["last"],
+                    "reference_nominal_ms": {str(k): v for k, v in sorted(self.reference_nominal(did).items())},
                     "runs": runs,
                 }
             )
