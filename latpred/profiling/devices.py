@@ -196,6 +196,8 @@ class _LoadMixin:
     _load: Any = None
     _monitor: Any = None
     _target: float = 0.0
+    #: normalises unloaded windows by a reference kernel (CPU, see :mod:`latpred.profiling.reference`); None = raw
+    reference: ReferenceProbe | None = None
 
     def _make_load(self, target: float) -> Any:
         from .load import make_load
@@ -205,8 +207,14 @@ class _LoadMixin:
     def _load_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def statistic_for_utilization(self, utilization: float) -> str:
+        """The statistic over windows: normalised median unloaded (raw minimum without a reference), median loaded."""
+        if utilization > 0:
+            return self.protocol.loaded_statistic
+        return self.protocol.normalised_statistic if self.reference is not None else self.protocol.statistic
+
     def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
-        return self.protocol.reduce(spec, timings)
+        return robust_stat(list(timings), self.statistic_for_utilization(spec.utilization))
 
     def set_utilization(self, target: float) -> None:
         """Hold the device at ``target`` background utilization (0 stops the load)."""
@@ -261,9 +269,7 @@ class CpuDevice(_LoadMixin):
         self.default_threads = threads or torch.get_num_threads()
         self._monitor = SystemMonitor()
         self._meta: dict[str, Any] | None = None
-        #: normalises unloaded windows by a reference kernel (see :mod:`latpred.profiling.reference`); None = raw
-        self.reference: ReferenceProbe | None = (ReferenceProbe(self.protocol.reference_calls)
-                                                 if self.protocol.reference_calls else None)
+        self.reference = ReferenceProbe(self.protocol.reference_calls) if self.protocol.reference_calls else None
 
     def metadata(self) -> dict[str, Any]:
         if self._meta is None:
@@ -279,15 +285,6 @@ class CpuDevice(_LoadMixin):
         return {"protocol": asdict(self.protocol), "default_threads": self.default_threads,
                 "load_period_ms": self.load_period_ms,
                 "reference": self.reference.settings() if self.reference is not None else None}
-
-    def statistic_for_utilization(self, utilization: float) -> str:
-        """The statistic over windows: normalised median unloaded (raw minimum without a reference), median loaded."""
-        if utilization > 0:
-            return self.protocol.loaded_statistic
-        return self.protocol.normalised_statistic if self.reference is not None else self.protocol.statistic
-
-    def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
-        return robust_stat(list(timings), self.statistic_for_utilization(spec.utilization))
 
     def measure(self, spec: ModuleSpec) -> Measurement:
         op = get_op(spec.op)

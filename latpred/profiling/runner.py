@@ -55,7 +55,7 @@ def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
 def _lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
     """Move the store's nominal down to the fastest reference seen (rescaling its samples), adopt it on the device."""
     stored = store.reference_nominal(device_id)
-    nominal = {t: min(stored.get(t, ref.nominal.get(t, v)), v) for t, v in ref.floor.items()}
+    nominal = {t: min(stored.get(t, v), v) for t, v in ref.floor.items()}
     store.set_reference_nominal(device_id, nominal)
     ref.set_nominal(nominal)
 
@@ -86,11 +86,12 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     counts = store.pass_counts(device_id)
     failed_keys = stored - set(counts)
     ref = getattr(device, "reference", None)
-    if ref is not None and not store.reference_nominal(device_id) and store.raw_unloaded_samples(device_id):
+    store_nominal = store.reference_nominal(device_id) if ref is not None else {}
+    if ref is not None and not store_nominal and store.raw_unloaded_samples(device_id):
         # a store profiled on raw timings stays raw: normalised and raw windows must not be pooled
         device.reference = ref = None
     if ref is not None:  # measure in the store's units; the first run's calibration sets them
-        ref.set_nominal(store.reference_nominal(device_id))
+        ref.set_nominal(store_nominal)
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
     already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)
