@@ -64,7 +64,8 @@ def _load_space(args: argparse.Namespace) -> Any:
 
     space = load_space(args.space)
     return space.restricted(ops=args.ops, batch_sizes=args.batch_sizes, utilization=args.utilization,
-                            threads=args.threads, dtypes=args.dtypes, samples=args.samples)
+                            threads=args.threads, dtypes=args.dtypes, samples=args.samples,
+                            seed=getattr(args, "seed", None))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=_csv(int), help="override CPU thread counts, e.g. 1,2")
     pr.add_argument("--dtypes", type=_csv(str), help="override dtypes, e.g. float32,float16")
     pr.add_argument("--samples", type=int, help="override samples per op")
+    pr.add_argument("--seed", type=int, help="draw the space with this seed instead of its own (another sample of "
+                    "the same space: more data for a store that holds the first draw)")
     pr.add_argument("--limit", type=int, help="measure at most N specs of the space (all ops interleaved)")
     pr.add_argument("--passes", type=int, default=3,
                     help="passes over the specs; each spec is measured once per pass (default: %(default)s)")

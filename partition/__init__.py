@@ -81,6 +81,7 @@ from .runtime import (
     build_split,
     can_pin,
     measure_split,
+    normalise_request,
     pin_process,
 )
 from .transport import EmulatedLink, TensorCodecError, decode_message, encode_message
@@ -125,6 +126,7 @@ __all__ = [
     "EdgeRunner",
     "SplitMeasurement",
     "measure_split",
+    "normalise_request",
     "can_pin",
     "pin_process",
     # partition.transport

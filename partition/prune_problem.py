@@ -183,8 +183,8 @@ def optimize_pruning(model: nn.Module, example_input: Any, predictor: Any, *, co
     lv = _check_levels(levels)
     if latency_budget_ms is not None and not latency_budget_ms > 0:
         raise ValueError(f"latency_budget_ms must be > 0, got {latency_budget_ms!r}")
-    if reference_ms is not None and (isinstance(reference_ms, bool) or not float(reference_ms) > 0
-                                     or not np.isfinite(float(reference_ms))):
+    if reference_ms is not None and (isinstance(reference_ms, bool) or not isinstance(reference_ms, (int, float, np.number))
+                                     or not float(reference_ms) > 0 or not np.isfinite(float(reference_ms))):
         raise ValueError(f"reference_ms must be a positive, finite measured latency in ms, got {reference_ms!r}")
     if pop_size < 2 or n_gen < 1:
         raise ValueError(f"pop_size must be >= 2 and n_gen >= 1, got {pop_size}, {n_gen}")

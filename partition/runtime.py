@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import statistics
@@ -55,6 +56,8 @@ from typing import Any
 
 import torch
 
+from latpred.profiling.reference import ReferenceProbe, parse_nominal
+
 from .plan import SplitModel, placement_of, split_graph_module
 from .transport import (
     GRPC_OPTIONS,
@@ -68,13 +71,16 @@ from .transport import (
 )
 
 __all__ = ["ModelRecipe", "BuiltSplit", "build_split", "CloudServer", "EdgeRunner", "SplitMeasurement", "measure_split",
-           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "MAX_PROBE_BYTES", "pin_process", "can_pin"]
+           "serve", "READY_PREFIX", "METHOD_REGISTER", "METHOD_ECHO", "METHOD_REFERENCE", "MAX_PROBE_BYTES", "pin_process",
+           "can_pin", "normalise_request"]
 
 READY_PREFIX = "PARTITION_CLOUD_READY"
 #: gRPC method of the plan registration (JSON ``{"recipe", "placement"}`` in, JSON ``{"fingerprint", ...}`` out)
 METHOD_REGISTER = f"/{SERVICE}/RegisterPlan"
 #: gRPC method of a link probe (``{"pad": bytes}`` + ``{"reply_bytes", "link"}`` in, ``reply_bytes`` of padding out)
 METHOD_ECHO = f"/{SERVICE}/Echo"
+#: gRPC method of a machine-speed reading: the cloud times the reference kernel (JSON ``{"reference_ms", "threads"}`` out)
+METHOD_REFERENCE = f"/{SERVICE}/Reference"
 #: largest probe, each way
 MAX_PROBE_BYTES = 64 << 20
 
@@ -231,6 +237,7 @@ class _CloudService:
         self.cache_size = int(cache_size)
         self.n_computed = 0
         self.n_registered = 1
+        self._probe: ReferenceProbe | None = None
 
     def _plan(self, fingerprint: Any) -> _ServedPlan | None:
         with self.plans_lock:
@@ -328,6 +335,15 @@ class _CloudService:
         link.send(len(reply))
         return reply
 
+    def reference(self, request: bytes, context: Any) -> bytes:
+        """Time the reference kernel on the server's threads (between requests, never during one)."""
+        with self.lock:
+            if self._probe is None:
+                self._probe = ReferenceProbe()
+            threads = torch.get_num_threads()
+            ms = self._probe.probe(threads)
+        return json.dumps({"reference_ms": ms, "threads": threads}).encode()
+
     def ping(self, request: bytes, context: Any) -> bytes:
         with self.plans_lock:
             by_plan = {fp: sp.n_computed for fp, sp in self.plans.items()}
@@ -358,6 +374,7 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
     handlers = {"Infer": grpc.unary_unary_rpc_method_handler(service.infer),
                 "Ping": grpc.unary_unary_rpc_method_handler(service.ping),
                 "Echo": grpc.unary_unary_rpc_method_handler(service.echo),
+                "Reference": grpc.unary_unary_rpc_method_handler(service.reference),
                 "RegisterPlan": grpc.unary_unary_rpc_method_handler(service.register)}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port(f"{config.get('host', '127.0.0.1')}:{int(config.get('port', 0))}")
@@ -588,6 +605,9 @@ class EdgeRunner:
             METHOD_REGISTER, request_serializer=None, response_deserializer=None)
         self._echo = None if self._channel is None else self._channel.unary_unary(
             METHOD_ECHO, request_serializer=None, response_deserializer=None)
+        self._reference = None if self._channel is None else self._channel.unary_unary(
+            METHOD_REFERENCE, request_serializer=None, response_deserializer=None)
+        self._probe: ReferenceProbe | None = None
 
     # -- the current plan (what a new request starts with) -------------------------------------
     @property
@@ -721,6 +741,29 @@ class EdgeRunner:
         return {"bytes_sent": len(payload), "bytes_received": len(reply), "transfer_ms": (time.perf_counter() - t0) * 1e3,
                 "attempts": 1, "fallback": False, "duplicate": False, "probe": True}
 
+    def read_speed(self, cloud: bool = True, timeout_s: float = 2.0) -> dict[str, Any]:
+        """Read both machines' speed now: the reference kernel (:mod:`latpred.profiling.reference`) timed
+        on the edge's torch threads and, with ``cloud``, on the cloud's (one ``Reference`` RPC).
+
+        Call it between requests (right after one, the machines are still in the same speed episode).
+        Returns ``{"edge_reference_ms", "edge_threads", "cloud_reference_ms", "cloud_threads"}``; the
+        cloud's entries are ``None`` when not asked for, without a cloud, or when it did not answer.
+        """
+        import grpc
+
+        if self._probe is None:
+            self._probe = ReferenceProbe()
+        threads = torch.get_num_threads()
+        out: dict[str, Any] = {"edge_reference_ms": self._probe.probe(threads), "edge_threads": threads,
+                               "cloud_reference_ms": None, "cloud_threads": None}
+        if cloud and self._reference is not None:
+            try:
+                doc = json.loads(self._reference(b"", timeout=timeout_s))
+                out["cloud_reference_ms"], out["cloud_threads"] = float(doc["reference_ms"]), int(doc["threads"])
+            except grpc.RpcError:
+                pass
+        return out
+
     def infer(self, *inputs: Any, request_id: str | None = None) -> tuple[Any, dict[str, Any]]:
         """Run one request split edge | cloud, on the plan current when it starts.
 
@@ -813,7 +856,7 @@ class EdgeRunner:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-            self._infer = self._ping = self._register = None
+            self._infer = self._ping = self._register = self._echo = self._reference = None
 
     def __enter__(self) -> EdgeRunner:
         return self
@@ -827,7 +870,11 @@ class EdgeRunner:
 class SplitMeasurement:
     """Result of :func:`measure_split` (medians over the measured requests, in ms).
 
-    ``float(m)`` is :attr:`median_ms`, the median end-to-end latency.
+    ``float(m)`` is :attr:`median_ms`, the median end-to-end latency (wall time). When the
+    measurement was normalised (``nominal_ms``), :attr:`normalised_ms` is the median of the requests'
+    latencies at the nominal machine speed and :attr:`edge_slowdown` / :attr:`cloud_slowdown` the
+    median reference reading over the nominal (1.0: the machine at its fastest; ``None``: that side
+    was not normalised). :attr:`latency_ms` is the normalised figure when there is one, else the raw.
     """
 
     median_ms: float
@@ -837,25 +884,84 @@ class SplitMeasurement:
     n_requests: int
     n_fallback: int
     samples: list[dict[str, Any]] = field(default_factory=list)
+    normalised_ms: float | None = None
+    edge_slowdown: float | None = None
+    cloud_slowdown: float | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        return float(self.median_ms if self.normalised_ms is None else self.normalised_ms)
 
     def __float__(self) -> float:
         return float(self.median_ms)
+
+
+def _check_nominals(nominal_ms: Any) -> tuple[Any, Any]:
+    """``(edge, cloud)`` with each side ``None``, a float or a ``{threads: ms}`` dict; clear errors otherwise."""
+    if not isinstance(nominal_ms, (tuple, list)) or len(nominal_ms) != 2:
+        raise ValueError(f"nominal_ms must be (edge, cloud), got {nominal_ms!r}")
+    out = []
+    for side, nominal in zip(("edge", "cloud"), nominal_ms):
+        if nominal is None or isinstance(nominal, Mapping):
+            out.append(parse_nominal(nominal, f"{side} reference nominal") or None)
+        elif isinstance(nominal, bool) or not isinstance(nominal, (int, float)) or not math.isfinite(nominal) or nominal <= 0:
+            raise ValueError(f"{side} reference nominal must be a positive number of ms or a {{threads: ms}} mapping, "
+                             f"got {nominal!r}")
+        else:
+            out.append(float(nominal))
+    return out[0], out[1]
+
+
+def normalise_request(timings: Mapping[str, Any], speed: Mapping[str, Any],
+                      nominal_ms: tuple[Any, Any]) -> dict[str, Any]:
+    """One request's end-to-end latency at the nominal machine speed.
+
+    The compute of each side (``edge_ms``, ``cloud_ms`` of :meth:`EdgeRunner.infer`) is multiplied by
+    that side's nominal over its reference reading (:meth:`EdgeRunner.read_speed`), as the profiler
+    normalises module timings; the link's share (emulated delays, encoding, gRPC) is left as measured.
+    ``nominal_ms``: ``(edge, cloud)``, each a ``{threads: ms}`` mapping (a predictor's
+    ``metadata["reference_nominal_ms"]``), a number of ms, or ``None`` (that side stays raw). A side
+    whose nominal or reading is missing stays raw too.
+
+    Returns ``{"normalised_ms", "edge_slowdown", "cloud_slowdown"}`` (slowdown: reading / nominal, or
+    ``None`` for a side left raw).
+    """
+    total = float(timings["total_ms"])
+    out: dict[str, Any] = {"edge_slowdown": None, "cloud_slowdown": None}
+    for side, nominal in zip(("edge", "cloud"), _check_nominals(nominal_ms)):
+        threads, ref = speed.get(f"{side}_threads"), speed.get(f"{side}_reference_ms")
+        nom = nominal.get(int(threads)) if isinstance(nominal, dict) and threads is not None else nominal
+        if nom is None or not ref:
+            continue
+        slowdown = float(ref) / nom
+        out[f"{side}_slowdown"] = slowdown
+        total += float(timings.get(f"{side}_ms", 0.0)) * (1.0 / slowdown - 1.0)
+    out["normalised_ms"] = total
+    return out
 
 
 def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = None, rtt_ms: float = 0.0, n_requests: int = 20,
                   warmup: int = 2, edge_threads: int | None = None, cloud_threads: int | None = None, seed: int = 0,
                   input_shape: Sequence[int] | None = None, batch_size: int = 1, timeout_s: float = 30.0,
                   server_address: str | None = None, edge_cpus: Sequence[int] | None = None,
-                  cloud_cpus: Sequence[int] | None = None) -> SplitMeasurement:
+                  cloud_cpus: Sequence[int] | None = None, nominal_ms: tuple[Any, Any] | None = None) -> SplitMeasurement:
     """Measure a plan for real: start a :class:`CloudServer` process (unless ``server_address`` is given
     or the plan runs all on the edge), run ``warmup + n_requests`` requests through an
     :class:`EdgeRunner` and return the median timings (:class:`SplitMeasurement`; ``median_ms`` is
     the median end-to-end latency in ms). ``edge_cpus`` pins this process for the measurement (restored
     after) and ``cloud_cpus`` the server process, so that one machine can stand in for an edge and a
-    cloud that do not share cores."""
+    cloud that do not share cores.
+
+    ``nominal_ms`` (``(edge, cloud)``, see :func:`normalise_request`; e.g. both predictors'
+    ``metadata["reference_nominal_ms"]``): after every measured request both sides time the reference
+    kernel (outside the request's wall time) and the result carries :attr:`SplitMeasurement.normalised_ms`,
+    the latency in the units of predictors trained on reference-normalised profiles. Each sample then
+    also holds the readings and its ``normalised_ms``."""
     if n_requests < 1:
         raise ValueError(f"n_requests must be >= 1, got {n_requests}")
     _check_cpus(edge_cpus, "edge_cpus")
+    if nominal_ms is not None:
+        nominal_ms = _check_nominals(nominal_ms)  # before anything starts
     placement = placement_of(plan)
     remote = any(d >= 1 for d in placement.values())
     server = None
@@ -872,6 +978,10 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
             for i in range(warmup + n_requests):
                 _, tm = edge.infer(x)
                 if i >= warmup:
+                    if nominal_ms is not None:
+                        speed = edge.read_speed(cloud=remote, timeout_s=min(timeout_s, 5.0))
+                        tm.update(speed)
+                        tm.update(normalise_request(tm, speed, nominal_ms))
                     samples.append(tm)
     finally:
         if server is not None:
@@ -879,8 +989,10 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
         if restore is not None:
             pin_process(os.getpid(), restore)
 
-    def med(key: str) -> float:
-        return float(statistics.median(s[key] for s in samples))
+    def med(key: str) -> float | None:
+        values = [s[key] for s in samples if s.get(key) is not None]
+        return float(statistics.median(values)) if values else None
     return SplitMeasurement(med("total_ms"), med("edge_ms"), med("transfer_ms"), med("cloud_ms"), len(samples),
-                            sum(bool(s["fallback"]) for s in samples), samples)
+                            sum(bool(s["fallback"]) for s in samples), samples, med("normalised_ms"),
+                            med("edge_slowdown"), med("cloud_slowdown"))
 

@@ -34,3 +34,14 @@ def test_adaptive_runtime_quick(tmp_path):
                 "--out-dir", str(tmp_path)])
     assert out.count("ratio adaptive/static") == 2 and "re-plan(s)" in out and "link probe(s)" in out
     assert (tmp_path / "decisions.jsonl").is_file() and (tmp_path / "timeline.png").is_file()
+
+
+def test_edge_cloud_split_measures_in_the_predictors_unit():
+    """The split example runs a plan for real (edge and cloud processes over gRPC) and, with a predictor trained on
+    reference-normalised profiles, compares the prediction with the run at that predictor's machine speed."""
+    pytest.importorskip("grpc")
+    pytest.importorskip("torchvision")
+    ref_pred = ROOT / "data" / "cpu" / "predictor_cpu2_ref_2026-11-27"
+    out = _run(["examples/edge_cloud_split.py", "--predictor", str(ref_pred), "--models", "squeezenet1_1",
+                "--bandwidths", "50", "--requests", "2"])
+    assert "measured: normalised" in out and "squeezenet1_1" in out and "wall time" in out

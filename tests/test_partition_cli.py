@@ -42,6 +42,20 @@ def test_split_text_and_bad_input(predictor_dir, capsys):
     assert "speed" in capsys.readouterr().err
 
 
+def test_split_execute_reports_raw_and_normalised(tmp_path, capsys):
+    """--execute runs the plan for real; a predictor trained on normalised profiles also gets the run at its nominal speed."""
+    pred, _ = select(synthetic_data(), families=["ridge"], cv=2)
+    pred.metadata["reference_nominal_ms"] = {"1": 0.2, "2": 0.15}
+    d = str(pred.save(tmp_path / "p"))
+    args = ["split", "--model", "tests.helpers_graph:tiny", "--edge", d, "--cloud", d, "--bandwidth-mbps", "50",
+            "--edge-threads", "1", "--cloud-threads", "1", "--generations", "5", "--execute", "--requests", "2"]
+    assert main(args + ["--json"]) == 0
+    m = json.loads(capsys.readouterr().out)["measured"]
+    assert m["n_requests"] == 2 and m["median_ms"] > 0 and m["normalised_ms"] > 0 and m["edge_slowdown"] > 0
+    assert main(args) == 0
+    assert "nominal machine speed" in capsys.readouterr().out
+
+
 def test_prune_front_budget_and_errors(predictor_dir, tmp_path, capsys):
     png = tmp_path / "prune.png"
     assert main(["prune", "--model", "tests.helpers_graph:plain_cnn", "--predictor", predictor_dir, "--generations", "5",

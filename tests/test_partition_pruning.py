@@ -164,7 +164,7 @@ def test_reference_ms_scales_every_prediction(net, x, predictor, analysis):
     with pytest.raises(ValueError, match="infeasible"):
         optimize_pruning(net, x, predictor, pop_size=8, n_gen=2, analysis=analysis, reference_ms=ref,
                          latency_budget_ms=2.0 * plain.plans[0].latency_ms)
-    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "abc", "12"):
         with pytest.raises(ValueError, match="reference_ms"):
             optimize_pruning(net, x, predictor, pop_size=8, n_gen=2, analysis=analysis, reference_ms=bad)
 

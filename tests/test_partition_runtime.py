@@ -25,6 +25,7 @@ from partition import (  # noqa: E402
     decode_message,
     encode_message,
     measure_split,
+    normalise_request,
 )
 from partition.exact import single_cut_assignments  # noqa: E402
 from partition.transport import GRPC_OPTIONS, METHOD_INFER  # noqa: E402
@@ -146,6 +147,58 @@ def test_measure_split_median(server, reference):
     all_edge = {n: 0 for n in plan.node_names}
     m0 = measure_split(MODEL, all_edge, seed=SEED, input_shape=SHAPE, n_requests=2, warmup=0)  # no server needed
     assert m0.cloud_ms == 0.0 and m0.transfer_ms == 0.0 and m0.median_ms > 0
+
+
+def test_read_speed_times_the_reference_on_both_sides(server, reference):
+    """The edge times the reference kernel itself and asks the cloud for its reading (on the server's threads)."""
+    with _edge(reference[0], server.address) as edge:
+        speed = edge.read_speed()
+        assert speed["edge_reference_ms"] > 0 and speed["edge_threads"] == torch.get_num_threads()
+        assert speed["cloud_reference_ms"] > 0 and speed["cloud_threads"] == 1  # the fixture's server runs 1 thread
+        assert edge.read_speed(cloud=False)["cloud_reference_ms"] is None
+    with _edge(reference[0], None) as local:
+        assert local.read_speed()["cloud_reference_ms"] is None and local.read_speed()["edge_reference_ms"] > 0
+    with _edge(reference[0], f"127.0.0.1:{_free_port()}") as lost:  # nobody listens: the edge still reads its own
+        speed = lost.read_speed(timeout_s=0.5)
+        assert speed["cloud_reference_ms"] is None and speed["edge_reference_ms"] > 0
+
+
+def test_normalise_request_scales_each_sides_compute_only():
+    tm = {"total_ms": 100.0, "edge_ms": 40.0, "cloud_ms": 30.0, "transfer_ms": 30.0}
+    speed = {"edge_reference_ms": 2.0, "edge_threads": 1, "cloud_reference_ms": 1.5, "cloud_threads": 2}
+    n = normalise_request(tm, speed, ({"1": 1.0}, {2: 1.0}))
+    assert n["normalised_ms"] == pytest.approx(100 - 40 / 2 - 30 / 3)  # 40 -> 20, 30 -> 20, link 30 as measured
+    assert n["edge_slowdown"] == pytest.approx(2.0) and n["cloud_slowdown"] == pytest.approx(1.5)
+    raw_cloud = normalise_request(tm, speed, ({1: 1.0}, {1: 1.0}))  # no cloud nominal at 2 threads: cloud stays raw
+    assert raw_cloud["normalised_ms"] == pytest.approx(80.0) and raw_cloud["cloud_slowdown"] is None
+    assert normalise_request(tm, speed, (None, None))["normalised_ms"] == 100.0
+    assert normalise_request(tm, speed, (1.0, 1.0))["normalised_ms"] == pytest.approx(70.0)  # plain numbers
+    with pytest.raises(ValueError, match="edge reference nominal"):
+        normalise_request(tm, speed, (-1.0, None))
+    with pytest.raises(ValueError, match="cloud reference nominal.*thread count"):
+        normalise_request(tm, speed, (None, {"two": 1.0}))
+    with pytest.raises(ValueError, match=r"\(edge, cloud\)"):
+        normalise_request(tm, speed, (1.0,))
+
+
+def test_measure_split_normalised(server, reference):
+    """With nominals, every measured request carries both sides' readings and its latency at the nominal speed;
+    a nominal below the readings (a machine slower than its fastest) lowers the figure, the raw one is kept."""
+    plan = reference[0]
+    with _edge(plan, server.address) as edge:
+        now = edge.read_speed()
+    nominal = ({1: now["edge_reference_ms"] / 3}, {1: now["cloud_reference_ms"] / 3})
+    m = measure_split(MODEL, plan, seed=SEED, input_shape=SHAPE, n_requests=3, warmup=1, server_address=server.address,
+                      nominal_ms=nominal)
+    for s in m.samples:
+        assert s["edge_reference_ms"] > 0 and s["cloud_reference_ms"] > 0
+        expect = s["total_ms"] - s["edge_ms"] - s["cloud_ms"] + s["edge_ms"] / s["edge_slowdown"] + s["cloud_ms"] / s["cloud_slowdown"]
+        assert s["normalised_ms"] == pytest.approx(expect)
+        assert s["normalised_ms"] < s["total_ms"]
+    assert m.normalised_ms == pytest.approx(float(np.median([s["normalised_ms"] for s in m.samples])))
+    assert m.latency_ms == m.normalised_ms < m.median_ms and m.edge_slowdown > 0 and m.cloud_slowdown > 0
+    raw = measure_split(MODEL, plan, seed=SEED, input_shape=SHAPE, n_requests=2, warmup=0, server_address=server.address)
+    assert raw.normalised_ms is None and raw.latency_ms == raw.median_ms and "edge_reference_ms" not in raw.samples[0]
 
 
 # -- codec ----------------------------------------------------------------------------------------

@@ -141,6 +141,18 @@ def test_restricted_errors():
         space().restricted(utilization=[1.5])
 
 
+def test_restricted_seed_draws_another_sample_of_the_same_space():
+    """--seed: another draw from the same distributions (more training data), reproducible, validated."""
+    first = [sp.key for sp in space().specs()]
+    again = [sp.key for sp in space().restricted(seed=space().seed).specs()]
+    other = [sp.key for sp in space().restricted(seed=space().seed + 1).specs()]
+    assert again == first and [sp.key for sp in space().restricted(seed=space().seed + 1).specs()] == other
+    assert len(other) == len(first) and len(set(other) & set(first)) < len(first) // 2
+    assert space().restricted(seed=1).seed == 1
+    with pytest.raises(SpaceError, match="seed"):
+        space().restricted(seed=-1)
+
+
 def test_neighbours_stay_valid_and_inside_space():
     s = space()
     seed = next(x for x in s.specs() if x.op == "conv2d")

@@ -324,9 +324,13 @@ class ParameterSpace:
     # -- restriction (CLI overrides) -------------------------------------------------------
     def restricted(self, ops: Sequence[str] | None = None, batch_sizes: Sequence[int] | None = None,
                    utilization: Sequence[float] | None = None, threads: Sequence[int] | None = None,
-                   dtypes: Sequence[str] | None = None, samples: int | None = None) -> ParameterSpace:
-        """A copy with fewer ops and/or overridden runtime choices (validated)."""
+                   dtypes: Sequence[str] | None = None, samples: int | None = None,
+                   seed: int | None = None) -> ParameterSpace:
+        """A copy with fewer ops and/or overridden runtime choices (validated). ``seed`` draws another
+        sample of the same space (e.g. more training data for a store that holds the seed-0 draw)."""
         data = self.to_dict()
+        if seed is not None:
+            data["seed"] = seed  # checked by from_dict
         if ops:
             unknown = [o for o in ops if o not in self.ops]
             if unknown:
