@@ -35,6 +35,7 @@ _LAZY = {
     "FakeDevice": ".profiling.devices", "TimingProtocol": ".profiling.devices", "make_device": ".profiling.devices",
     "Measurement": ".profiling.result", "ProfileStore": ".profiling.store", "Sample": ".profiling.store",
     "profile": ".profiling.runner", "ProfileReport": ".profiling.runner",
+    "check_state": ".profiling.state_check", "StateCheck": ".profiling.state_check",
     # regression models, selection, prediction
     "MEDNRegressor": ".regressors", "make_regressor": ".regressors", "FAMILIES": ".regressors",
     "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",

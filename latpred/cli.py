@@ -38,6 +38,17 @@ def _csv(cast: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
+def _count(text: str) -> int:
+    """A non-negative integer argument."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {n}")
+    return n
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str) if getattr(args, "json", False) else text)
 
@@ -80,7 +91,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
             if not args.json:
                 print(space.describe())
             report = profile(space, device, store, limit=args.limit, passes=args.passes,
-                             progress=not args.no_progress, retry_failed=args.retry_failed)
+                             progress=not args.no_progress, retry_failed=args.retry_failed,
+                             check_state_n=args.check_state,
+                             on_state_check=None if args.json else lambda line: print(line, flush=True))
     finally:
         device.close()
     _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)}, report.summary())
@@ -110,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> str:
+    from .profiling.state_check import format_state_check
+
     names = {d["id"]: d.get("metadata", {}) for d in devices}
     lines = []
     for dev in summary.get("devices", []):
@@ -132,6 +147,8 @@ def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> s
             lines.append(f"  run {run.get('id')} {run.get('status')} space={run.get('space_name')} "
                          f"measured={run.get('n_measured')}/{run.get('n_planned')}"
                          + ("" if rate is None else f" {rate:.2f} samples/s"))
+            if run.get("state_check"):
+                lines += ["    " + ln for ln in format_state_check(run["state_check"]).splitlines()]
     return "\n".join(lines) if lines else "empty store"
 
 
@@ -225,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--passes", type=int, default=3,
                     help="passes over the specs; each spec is measured once per pass (default: %(default)s)")
     pr.add_argument("--retry-failed", action="store_true", help="measure specs that failed before again")
+    pr.add_argument("--check-state", type=_count, default=24, metavar="N",
+                    help="when adding to a store that already holds samples, first re-measure N of them once and warn "
+                         "if the machine reads differently from when they were profiled (0: skip; default: %(default)s)")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add("ops", "list op types, their parameters and features", cmd_ops)

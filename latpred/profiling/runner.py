@@ -14,6 +14,7 @@ from ..errors import MeasurementError, SpaceError
 from ..spec import ModuleSpec
 from .devices import Device
 from .space import ParameterSpace
+from .state_check import check_state, format_state_check
 from .store import ProfileStore
 
 __all__ = ["ProfileReport", "profile", "order_for_measurement"]
@@ -34,6 +35,8 @@ class ProfileReport:
     measurements: int = 0
     #: specs that had some passes in the store and got their remaining passes in this run
     continued: int = 0
+    #: :meth:`~latpred.profiling.state_check.StateCheck.to_dict` of the check run before measuring, if any
+    state_check: dict[str, Any] | None = None
 
     @property
     def samples_per_s(self) -> float:
@@ -42,9 +45,10 @@ class ProfileReport:
 
     def summary(self) -> str:
         resumed = f", {self.continued} resumed with their remaining passes" if self.continued else ""
-        return (f"run {self.run_id}: {self.measured} new specs measured{resumed}, {self.failed} failed, {self.already_done} "
+        line = (f"run {self.run_id}: {self.measured} new specs measured{resumed}, {self.failed} failed, {self.already_done} "
                 f"complete in the store before (of {self.planned} in the space); {self.measurements} measurements "
                 f"in {self.elapsed_s:.1f} s ({self.samples_per_s:.2f} specs/s) - {self.status}")
+        return line if self.state_check is None else format_state_check(self.state_check) + "\n" + line
 
 
 def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
@@ -62,7 +66,8 @@ def _lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
 
 def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit: int | None = None,
             passes: int = 3, progress: bool = True, retry_failed: bool = False,
-            on_sample: Callable[[ModuleSpec, str], Any] | None = None) -> ProfileReport:
+            on_sample: Callable[[ModuleSpec, str], Any] | None = None, check_state_n: int = 0,
+            on_state_check: Callable[[str], Any] | None = None) -> ProfileReport:
     """Measure the specs of ``space`` on ``device`` into ``store``; resumable.
 
     Each spec is measured in ``passes`` passes: pass 1 measures every spec, pass 2 every spec
@@ -75,6 +80,13 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     the end (stored samples are rescaled exactly). A spec that cannot run is stored as failed with its reason and the run goes on
     (``retry_failed`` measures failed ones again). ``KeyboardInterrupt`` marks the run
     interrupted and re-raises.
+
+    ``check_state_n``: when the store already holds samples of this device and the run has specs
+    to measure, first re-measure that many stored specs once and compare
+    (:func:`~latpred.profiling.state_check.check_state`): the result is kept with the run's settings
+    and in the report, and says whether the machine is in another state than when the store was
+    profiled (pooling two states costs accuracy); ``on_state_check`` gets its summary before
+    measuring starts. 0 skips it.
     """
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise SpaceError(f"passes must be a positive integer, got {passes!r}")
@@ -95,8 +107,15 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
     already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)
+    check = None
+    if check_state_n and plan and counts:
+        result = check_state(device, store, device_id, check_state_n)
+        check = None if result is None else result.to_dict()
+        if result is not None and on_state_check is not None:
+            on_state_check(result.summary())
     run_id = store.start_run(device_id, space.name, json.dumps(space.to_dict(), sort_keys=True),
-                             {"device": device.settings(), "limit": limit, "passes": passes, "measurements": len(plan)},
+                             {"device": device.settings(), "limit": limit, "passes": passes, "measurements": len(plan),
+                              **({"state_check": check} if check is not None else {})},
                              sum(1 for p, s in plan if p == 0 and s.key not in counts))
     measured = failed = 0
     status = "failed"
@@ -141,4 +160,4 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         store.finish_run(run_id, status)
     continued = len({s.key for _, s in plan if counts.get(s.key, 0) > 0})
     return ProfileReport(run_id, device_id, len(specs), already, measured, failed,
-                         time.perf_counter() - t0, status, len(plan), continued)
+                         time.perf_counter() - t0, status, len(plan), continued, check)

@@ -667,6 +667,7 @@ class ProfileStore:
                         "n_planned": run["n_planned"],
                         "n_measured": run["n_measured"],
                         "samples_per_s": _rate(t["n"], t["first"], t["last"]),
+                        "state_check": (run.get("settings") or {}).get("state_check"),
                     }
                 )
             devices.append(
