@@ -7,9 +7,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_fit", "plot_layers", "plot_pareto", "plot_graph_cut", "plot_predicted_vs_measured"]
+__all__ = ["plot_fit", "plot_layers", "plot_pareto", "plot_graph_cut", "plot_predicted_vs_measured", "save_figure"]
 
 _CLASS_COLORS = {"conv": "tab:blue", "gemm": "tab:orange", "memory": "tab:green", "generic": "tab:red"}
+
+
+def save_figure(fig: Any, path: Any, dpi: int = 110) -> None:
+    """``fig.savefig`` into ``path``, creating its folder first (plots go to folders that may not exist yet)."""
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
 
 
 def _plt() -> Any:
@@ -41,7 +49,7 @@ def plot_fit(report: Any, data: Any, predictor: Any, path: str) -> None:
     fig.supxlabel("measured ms")
     fig.supylabel("predicted ms")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -65,7 +73,7 @@ def plot_layers(graph: Any, node_ms: np.ndarray, path: str, title: str = "", top
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _CLASS_COLORS.values()]
     ax.legend(handles, list(_CLASS_COLORS), fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -82,7 +90,7 @@ def plot_pareto(points: Sequence[tuple[float, float]], chosen: tuple[float, floa
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -119,7 +127,7 @@ def plot_graph_cut(graph: Any, assignment: Sequence[int], path: str, devices: Se
     ax.set_title(title or f"{graph.name}: {len(cut)} tensor edge(s) cross devices", fontsize=9)
     ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -139,5 +147,5 @@ def plot_predicted_vs_measured(rows: Sequence[tuple[str, float, float]], path: s
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured ms", ylabel="predicted ms",
            title=title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -40,6 +40,7 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.termination import get_termination
 
 from latpred.graph.model_graph import ModelGraph
+from latpred.plots import save_figure
 
 from .cost import CostModel, Link
 from .exact import single_cut_assignments
@@ -788,7 +789,6 @@ def plot_timeline(path: str | Path, history: Sequence[tuple[float, Mapping[str, 
             ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100)
+    save_figure(fig, p, dpi=100)
     plt.close(fig)
     return p

@@ -17,7 +17,7 @@ def test_train_writes_predictor_report_and_plot(tmp_path, capsys):
     with ProfileStore(db) as store:
         profile(ParameterSpace.from_dict(SPACE), FakeDevice(), store, passes=1, progress=False)
     out = tmp_path / "pred"
-    png = tmp_path / "fit.png"
+    png = tmp_path / "not" / "yet" / "fit.png"  # folders are created
     rc = main(["train", "--db", str(db), "--out", str(out), "--regressors", "ridge,knn", "--cv", "3",
                "--plot", str(png)])
     assert rc == 0

@@ -16,7 +16,7 @@ def predictor_dir(tmp_path_factory):
 
 
 def test_split_json_and_front_plot(predictor_dir, tmp_path, capsys):
-    png = tmp_path / "front.png"
+    png = tmp_path / "plots" / "front.png"  # a folder that does not exist yet
     rc = main(["split", "--model", "tests.helpers_graph:tiny", "--edge", predictor_dir, "--cloud", predictor_dir,
                "--bandwidth-mbps", "50", "--edge-utilization", "0.5", "--edge-threads", "1",
                "--objectives", "latency,edge_memory", "--generations", "10", "--plot", str(png), "--json"])

@@ -98,6 +98,8 @@ class ValidationReport:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from ..plots import save_figure
+
         cases = self.measured()
         if not cases:
             raise SpecError("nothing measured to plot")
@@ -120,7 +122,7 @@ class ValidationReport:
                      f"Spearman {m['spearman']:.3f} (n={m['n']})", fontsize=10)
         ax.legend(fontsize=7, ncol=2, loc="upper left")
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        save_figure(fig, path, dpi=120)
         plt.close(fig)
 
 
