@@ -66,7 +66,7 @@ def test_cli_check_on_the_real_cpu(tmp_path, capsys):
     db = str(tmp_path / "cpu.sqlite")
     space = tmp_path / "s.toml"
     space.write_text('name = "t"\nseed = 1\nsamples = 4\n[runtime]\nbatch_size = 1\nthreads = 1\n'
-                     '[ops.linear]\nin_features = [16, 32]\nout_features = [16, 32]\n')
+                     '[ops.linear]\nin_features = { range = [16, 256] }\nout_features = { range = [16, 256] }\n')
     args = ["profile", "--space", str(space), "--db", db, "--passes", "1", "--no-progress"]
     assert main(args + ["--check-state", "3"]) == 0
     assert "state check" not in capsys.readouterr().out
@@ -78,7 +78,9 @@ def test_cli_check_on_the_real_cpu(tmp_path, capsys):
     assert main(["db", "info", db, "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)["devices"][0]["runs"]
     assert runs[0]["state_check"] is None and runs[1]["state_check"]["groups"]["unloaded"]["n"] == 3
-    assert main(args + ["--check-state", "-1"]) == 2
+    with pytest.raises(SystemExit):
+        main(args + ["--check-state", "-1"])
+    assert "non-negative integer" in capsys.readouterr().err
 
 
 def test_check_on_the_real_cpu_reads_about_one(tmp_path):
