@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["plot_fit", "plot_layers", "plot_pareto", "plot_graph_cut", "plot_predicted_vs_measured", "save_figure"]
 
-_CLASS_COLORS = {"conv": "tab:blue", "gemm": "tab:orange", "memory": "tab:green", "generic": "tab:red"}
+_CLASS_COLORS = {"conv": "tab:blue", "dwconv": "tab:cyan", "gemm": "tab:orange", "memory": "tab:green", "generic": "tab:red"}
 
 
 def save_figure(fig: Any, path: Any, dpi: int = 110) -> None:
@@ -61,7 +61,8 @@ def plot_layers(graph: Any, node_ms: np.ndarray, path: str, title: str = "", top
     idx = [j for j, n in enumerate(graph.nodes) if n.kind == "compute"]
     keep = sorted(sorted(idx, key=lambda j: -node_ms[j])[:top])
     names = [graph.nodes[j].name for j in keep]
-    colors = [_CLASS_COLORS[node_class(graph.nodes[j].op)] for j in keep]
+    colors = [_CLASS_COLORS[node_class(graph.nodes[j].op, graph.nodes[j].spec.params.get("groups", 1)
+                                       if graph.nodes[j].spec is not None else 1)] for j in keep]
     fig, ax = plt.subplots(figsize=(8, 0.22 * len(keep) + 1.2))
     ax.barh(range(len(keep)), [node_ms[j] for j in keep], color=colors)
     ax.set_yticks(range(len(keep)), names, fontsize=7)

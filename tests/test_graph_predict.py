@@ -6,7 +6,7 @@ import torch
 
 from latpred import SpecError, UnknownOpError
 from latpred.graph.calibrate import calibrate, random_network
-from latpred.graph.compose import CLASSES, Composition
+from latpred.graph.compose import CLASSES, FEATURES, Composition, class_index, node_class
 from latpred.graph.trace import trace
 from latpred.predictor import Predictor
 from latpred.profiling.devices import FakeDevice
@@ -73,30 +73,55 @@ def test_no_generic_fallback_is_a_clear_error(predictor, graph):
         bare.predict_graph(graph)
 
 
+def _with_dwconv(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Rows laid out with the four classes of before (conv, gemm, memory, generic, ...): a dwconv column inserted."""
+    return np.insert(a, CLASSES.index("dwconv"), fill, axis=1)
+
+
 def test_composition_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
-    F = np.column_stack([rng.uniform(0, 50, 60), rng.uniform(0, 20, 60), rng.uniform(0, 10, 60), np.zeros(60),
-                         rng.integers(10, 300, 60), rng.integers(0, 100, 60), rng.uniform(1, 300, 60),
+    F = np.column_stack([rng.uniform(0, 50, 60), rng.uniform(0, 15, 60), rng.uniform(0, 20, 60), rng.uniform(0, 10, 60),
+                         np.zeros(60), rng.integers(10, 300, 60), rng.integers(0, 100, 60), rng.uniform(1, 300, 60),
                          rng.uniform(1, 500, 60)])
     u = np.where(np.arange(60) % 2, 0.5, 0.0)
-    # the view-node overhead (index 5) is fitted as 0 by design
-    true = {0: [1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03]}
+    # columns: conv, dwconv, gemm, memory, generic, compute nodes, view nodes (fitted as 0 by design), weight MiB, act MiB
+    true = {0: [1.2, 0.7, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 0.9, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03]}
     y = np.array([F[i] @ np.array(true[int(u[i] > 0)]) for i in range(60)])
     comp = Composition.fit(F, y, u, shrink=0.0)  # plain NNLS: exact on exact data
     assert comp.calibrated and comp.info["fit_mape"] < 1e-6
     for r, want in zip(("unloaded", "loaded"), (true[0], true[1])):
-        assert comp.coef[r][:3] == pytest.approx(want[:3], rel=1e-6)
-        assert comp.coef[r][4:] == pytest.approx(want[4:], rel=1e-6)
-        assert comp.coef[r][3] == 1.0  # no generic nodes in the rows: keeps scale 1
+        assert comp.coef[r][:4] == pytest.approx(want[:4], rel=1e-6)
+        assert comp.coef[r][5:] == pytest.approx(want[5:], rel=1e-6)
+        assert comp.coef[r][4] == 1.0  # no generic nodes in the rows: keeps scale 1
     assert comp.coef["single_thread"] == comp.coef["unloaded"]  # no single-thread rows: borrows unloaded's
     back = Composition.from_dict(comp.to_dict())
     assert back.coef == comp.coef
     with pytest.raises(SpecError, match="non-negative"):
-        Composition({"unloaded": [1.0] * 8, "loaded": [-1.0] * 8})
+        Composition({"unloaded": [1.0] * 9, "loaded": [-1.0] * 9})
     # a file written before the single-thread regime loads with unloaded's coefficients for it
     old = comp.to_dict()
     del old["coef"]["single_thread"]
     assert Composition.from_dict(old).coef["single_thread"] == comp.coef["unloaded"]
+
+
+def test_grouped_convolutions_have_their_own_class_and_old_files_keep_their_predictions():
+    assert node_class("conv2d") == node_class("conv2d", 1) == "conv" and node_class("conv2d", 32) == "dwconv"
+    assert node_class("linear", 4) == "gemm" and node_class(None) == "generic" and node_class("relu") == "memory"
+    assert list(class_index(["conv2d", "conv2d", "linear", None], ["compute", "compute", "compute", "view"], [1, 8, 1, 1])) \
+        == [CLASSES.index("conv"), CLASSES.index("dwconv"), CLASSES.index("gemm"), -1]
+    # a composition written with the four classes of before loads with dwconv = conv: the same predictions
+    v1 = {"classes": ["conv", "gemm", "memory", "generic"],
+          "features": ["conv", "gemm", "memory", "generic", "compute_nodes", "view_nodes", "param_mib", "activation_mib"],
+          "coef": {r: [1.3, 0.8, 0.3, 1.0, 0.01, 0.0, 0.02, 0.05] for r in ("unloaded", "loaded", "single_thread")},
+          "calibrated": True, "weight_cache_mib": 32.0, "info": {}}
+    comp = Composition.from_dict(v1)
+    assert comp.coef["unloaded"][:5] == [1.3, 1.3, 0.8, 0.3, 1.0] and comp.weight_cache_mib == 32.0
+    iso = np.array([[2.0, 3.0]])
+    out = comp.apply(iso, np.array([CLASSES.index("conv"), CLASSES.index("dwconv")]), np.array([True, True]),
+                     np.zeros(2, dtype=bool), np.zeros(1))
+    assert out[0] == pytest.approx([2.0 * 1.3 + 0.01, 3.0 * 1.3 + 0.01])
+    with pytest.raises(SpecError, match="recalibrate"):
+        Composition.from_dict({**v1, "classes": ["conv", "gemm"]})
 
 
 def test_weight_cache_caps_each_nodes_cold_weight_cost():
@@ -104,9 +129,10 @@ def test_weight_cache_caps_each_nodes_cold_weight_cost():
     iso = np.array([[1.0, 2.0, 0.5]])
     classes, compute, view = np.array([0, 1, 2]), np.array([True, True, True]), np.zeros(3, dtype=bool)
     param, act = np.array([2.0, 100.0, 0.0]), np.zeros((1, 3))
-    assert Composition.features(iso, classes, compute, view, param, act)[0, 6] == pytest.approx(102.0)
-    assert Composition.features(iso, classes, compute, view, param, act, 32.0)[0, 6] == pytest.approx(34.0)
-    coef = [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.1, 0.0]
+    w = FEATURES.index("param_mib")
+    assert Composition.features(iso, classes, compute, view, param, act)[0, w] == pytest.approx(102.0)
+    assert Composition.features(iso, classes, compute, view, param, act, 32.0)[0, w] == pytest.approx(34.0)
+    coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.1, 0.0]
     capped = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 32.0)
     node_ms = capped.apply(iso, classes, compute, view, np.array([0.0]), param, act)
     assert node_ms[0] == pytest.approx([1.0 + 0.2, 2.0 + 3.2, 0.5])  # 0.1 ms/MiB x min(MiB, 32)
@@ -139,15 +165,16 @@ def test_composition_shrink_keeps_a_barely_present_class_near_one():
     well-determined conv scale towards 1 without crossing it, and fits the rows nearly as well."""
     rng = np.random.default_rng(3)
     n = 16
-    F = np.column_stack([rng.uniform(5, 50, n), rng.uniform(0.001, 0.02, n), rng.uniform(1, 10, n), np.zeros(n),
-                         rng.integers(10, 100, n), np.zeros(n), rng.uniform(1, 20, n), rng.uniform(1, 20, n)])
-    y = (F[:, 0] * 1.2 + F[:, 2] * 0.9 + F[:, 4] * 0.01) * rng.uniform(0.93, 1.07, n)
+    F = _with_dwconv(np.column_stack([rng.uniform(5, 50, n), rng.uniform(0.001, 0.02, n), rng.uniform(1, 10, n), np.zeros(n),
+                                      rng.integers(10, 100, n), np.zeros(n), rng.uniform(1, 20, n), rng.uniform(1, 20, n)]))
+    conv, gemm, memory = CLASSES.index("conv"), CLASSES.index("gemm"), CLASSES.index("memory")
+    y = (F[:, conv] * 1.2 + F[:, memory] * 0.9 + F[:, FEATURES.index("compute_nodes")] * 0.01) * rng.uniform(0.93, 1.07, n)
     u = np.zeros(n)
     plain = Composition.fit(F, y, u, shrink=0.0)
     shrunk = Composition.fit(F, y, u)
-    assert plain.coef["unloaded"][1] < 0.5  # NNLS: gemm decided by noise
-    assert shrunk.coef["unloaded"][1] == pytest.approx(1.0, abs=0.1) and shrunk.info["shrink"] == 3.0
-    assert 1.0 < shrunk.coef["unloaded"][0] < plain.coef["unloaded"][0]  # pulled towards 1, not past it
+    assert plain.coef["unloaded"][gemm] < 0.5  # NNLS: gemm decided by noise
+    assert shrunk.coef["unloaded"][gemm] == pytest.approx(1.0, abs=0.1) and shrunk.info["shrink"] == 3.0
+    assert 1.0 < shrunk.coef["unloaded"][conv] < plain.coef["unloaded"][conv]  # pulled towards 1, not past it
     assert shrunk.info["fit_mape"] < plain.info["fit_mape"] + 3.0
     with pytest.raises(SpecError, match="shrink"):
         Composition.fit(F, y, u, shrink=-1.0)
@@ -164,17 +191,18 @@ def test_composition_single_thread_regime():
     assert regime(u, t, 1).tolist() == [0, 0, 0, 1, 0]
     assert regime(u).tolist() == [0, 0, 0, 1, 0]
     rng = np.random.default_rng(1)
-    F = np.column_stack([rng.uniform(1, 50, 90), rng.uniform(0, 20, 90), rng.uniform(0, 10, 90), np.zeros(90),
-                         rng.integers(10, 300, 90), np.zeros(90), rng.uniform(1, 300, 90), rng.uniform(1, 500, 90)])
+    F = _with_dwconv(np.column_stack([rng.uniform(1, 50, 90), rng.uniform(0, 20, 90), rng.uniform(0, 10, 90), np.zeros(90),
+                                      rng.integers(10, 300, 90), np.zeros(90), rng.uniform(1, 300, 90), rng.uniform(1, 500, 90)]))
     reg = np.arange(90) % 3  # unloaded, loaded, single-thread rows
     u = np.where(reg == 1, 0.5, 0.0)
     threads = [1 if r == 2 else (1 if r == 1 else None) for r in reg]
-    true = np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
-                     [1.9, 1.0, 1.3, 1.0, 0.01, 0.0, 0.2, 0.05]])
+    true = _with_dwconv(np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
+                                  [1.9, 1.0, 1.3, 1.0, 0.01, 0.0, 0.2, 0.05]]), fill=1.0)
     y = (F * true[reg]).sum(axis=1)
     comp = Composition.fit(F, y, u, threads=threads, default_threads=2, shrink=0.0)
     assert comp.info["rows_per_regime"] == {"unloaded": 30, "loaded": 30, "single_thread": 30}
-    assert comp.coef["single_thread"][:3] == pytest.approx(true[2][:3], rel=1e-6)
+    present = [CLASSES.index(k) for k in ("conv", "gemm", "memory")]
+    assert np.array(comp.coef["single_thread"])[present] == pytest.approx(true[2][present], rel=1e-6)
     assert (F * comp.matrix(u, threads, 2)).sum(axis=1) == pytest.approx(y, rel=1e-6)
     assert not np.allclose((F * comp.matrix(u)).sum(axis=1), y)  # without threads, single-thread rows read as unloaded
 
@@ -224,7 +252,8 @@ def test_save_composition_rewrites_only_the_index(predictor, tmp_path):
     d = predictor.save(tmp_path / "p")
     before = {f.name: f.read_bytes() for f in d.iterdir() if f.name != "predictor.json"}
     p = Predictor.load(d)
-    p.composition = Composition({"unloaded": [1.5] * 4 + [0.01] * 4, "loaded": [2.0] * 4 + [0.02] * 4}, calibrated=True)
+    k = len(CLASSES)
+    p.composition = Composition({"unloaded": [1.5] * k + [0.01] * 4, "loaded": [2.0] * k + [0.02] * 4}, calibrated=True)
     p.save_composition(d)
     assert {f.name: f.read_bytes() for f in d.iterdir() if f.name != "predictor.json"} == before
     assert Predictor.load(d).composition.coef == p.composition.coef

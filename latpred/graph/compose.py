@@ -9,7 +9,9 @@ is linear and per node, so node latencies stay additive (the partitioner sums th
               + ms_per_param_mb * min(param_MiB(node), weight_cache_mib) + ms_per_activation_mb * output_MiB(node)
     model_ms = sum(node_ms)
 
-with classes ``conv`` (convolutions), ``gemm`` (linear, matmul, attention, embedding), ``memory``
+with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
+FLOPs per byte, so alone and in a model they run at different speeds from dense ones), ``gemm``
+(linear, matmul, attention, embedding), ``memory``
 (element-wise, normalisation, pooling, concatenation, layout copies) and ``generic`` (fallback
 nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
 but fitted as 0, see :meth:`Composition.fit`), and a cost per MiB of
@@ -43,7 +45,9 @@ from ..errors import SpecError
 
 __all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES", "DEFAULT_SHRINK"]
 
-CLASSES = ("conv", "gemm", "memory", "generic")
+CLASSES = ("conv", "dwconv", "gemm", "memory", "generic")
+#: the classes of compositions written before ``dwconv`` existed (loaded with dwconv = conv: same predictions)
+_CLASSES_V1 = ("conv", "gemm", "memory", "generic")
 _CLASS_OF = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "gemm", "matmul": "gemm", "sdpa": "gemm",
              "mha": "gemm", "embedding": "gemm"}
 #: conditions the composition is fitted for separately
@@ -56,11 +60,12 @@ DEFAULT_SHRINK = 3.0
 _K = len(CLASSES)
 
 
-def node_class(op: str | None) -> str:
-    """Composition class of an op type (``None``: a fallback node)."""
+def node_class(op: str | None, groups: Any = 1) -> str:
+    """Composition class of an op type (``None``: a fallback node); a convolution with ``groups`` > 1 is ``dwconv``."""
     if op is None:
         return "generic"
-    return _CLASS_OF.get(op, "memory")
+    cls = _CLASS_OF.get(op, "memory")
+    return "dwconv" if cls == "conv" and groups is not None and int(groups) > 1 else cls
 
 
 def regime(utilization: Any, threads: Any = None, default_threads: int | None = None) -> np.ndarray:
@@ -221,7 +226,12 @@ class Composition:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
-        if list(d.get("classes", [])) != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
+        classes = list(d.get("classes", []))
+        if classes == list(_CLASSES_V1) and list(d.get("features", [])) == [*_CLASSES_V1, *FEATURES[_K:]]:
+            # written before the dwconv class: grouped convolutions keep the conv scale (identical predictions)
+            coef = {r: [float(c[0]), *map(float, c)] for r, c in dict(d["coef"]).items() if r in REGIMES}
+            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"))
+        if classes != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
         coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
@@ -255,6 +265,8 @@ def capped_weights(param_mib: np.ndarray, weight_cache_mib: float | None) -> np.
     return p if weight_cache_mib is None else np.minimum(p, weight_cache_mib)
 
 
-def class_index(ops: Sequence[str | None], kinds: Sequence[str]) -> np.ndarray:
-    """:data:`CLASSES` index per node (-1 for nodes that are not compute nodes)."""
-    return np.array([CLASSES.index(node_class(op)) if k == "compute" else -1 for op, k in zip(ops, kinds)], dtype=int)
+def class_index(ops: Sequence[str | None], kinds: Sequence[str], groups: Sequence[Any] | None = None) -> np.ndarray:
+    """:data:`CLASSES` index per node (-1 for nodes that are not compute nodes); ``groups`` per node (convolutions)."""
+    groups = [1] * len(ops) if groups is None else groups
+    return np.array([CLASSES.index(node_class(op, g)) if k == "compute" else -1 for op, k, g in zip(ops, kinds, groups)],
+                    dtype=int)

@@ -197,7 +197,8 @@ def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan,
     key = ("classes", tuple(predictor.ops))
     if key not in graph._cache:
         graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
-                                        plan.kinds)
+                                        plan.kinds, [n.spec.params.get("groups", 1) if n.spec is not None else 1
+                                                     for n in graph.nodes])
     classes = graph._cache[key]
     act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
     return classes, classes >= 0, act_mib
