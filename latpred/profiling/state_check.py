@@ -4,8 +4,8 @@ A store grows over several runs (another space, another seed, a resumed run). On
 runs can land in different machine states, and two states differ in more than one speed factor:
 on the 2-vCPU dev VM, a store profiled in the morning and one profiled in a quieter afternoon
 disagreed per op type by 0.73–1.25× even after reference normalisation, and specs under an emulated
-load (which are not normalised) by 1.9×; a predictor trained on both was 14 points less accurate
-than one trained on the morning's data alone (``docs/benchmarks.md``). :func:`check_state` measures a
+load (which are not normalised) by 1.9×; a predictor trained on both cross-validated at 34.9% acc10
+against 48.8% for the morning's data alone (``docs/benchmarks.md``). :func:`check_state` measures a
 stratified random sample of stored specs once, as the profiler would, and reports how the new
 readings compare with the stored ones, so that a run that would pool inconsistent data says so
 before it starts.
@@ -63,7 +63,8 @@ def format_state_check(check: dict[str, Any]) -> str:
 
 
 def _stratified(samples: list[Any], n: int, rng: np.random.Generator) -> list[Any]:
-    """Up to ``n`` samples spread over (op, loaded) strata in proportion, at least one per stratum while n lasts."""
+    """Up to ``n`` samples taken round-robin over (op type, loaded) strata in a seeded random order, so a small
+    check still touches as many op types and both load levels as it can."""
     strata: dict[tuple[str, bool], list[Any]] = {}
     for s in samples:
         strata.setdefault((s.spec.op, s.spec.utilization > 0), []).append(s)
