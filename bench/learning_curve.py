@@ -51,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with ProfileStore(args.db, readonly=True) as store:
         data = load_training_data(store, device_id=args.device_id)
-    rng = np.random.default_rng(args.seed)
-    test_idx, pool = {}, {}
-    for op in data.ops:
-        perm = rng.permutation(len(data.specs[op]))
-        n_test = max(1, int(round(len(perm) * args.holdout)))
-        test_idx[op], pool[op] = perm[:n_test], perm[n_test:]
+    test_idx, pool = data.holdout_indices(args.holdout, args.seed)
     test = data.subset(test_idx)
     families = args.families.split(",") if args.families else None
     points = []

@@ -38,13 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with ProfileStore(args.db, readonly=True) as store:
         data = load_training_data(store, device_id=args.device_id)
-    rng = np.random.default_rng(args.seed)
-    train_idx, test_idx = {}, {}
-    for op in data.ops:
-        perm = rng.permutation(len(data.specs[op]))
-        n_test = max(1, int(round(len(perm) * args.holdout)))
-        test_idx[op], train_idx[op] = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    train, test = data.subset(train_idx), data.subset(test_idx)
+    held, rest = data.holdout_indices(args.holdout, args.seed)
+    train = data.subset({op: np.sort(rows) for op, rows in rest.items()})
+    test = data.subset({op: np.sort(rows) for op, rows in held.items()})
     families = args.families.split(",") if args.families else None
     t0 = time.perf_counter()
     predictor, report = select(train, families=families, cv=args.cv, seed=args.seed,

@@ -67,6 +67,19 @@ class TrainingData:
                 h.update(f"{s.key}={y:.6g};".encode())
         return h.hexdigest()[:16]
 
+    def holdout_indices(self, fraction: float, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """``(held_out, rest)`` row indices per op: a seeded random ``fraction`` of each op's rows (at least one)
+        held out, the rest in the same random order (so its prefixes are random subsets too)."""
+        if not 0 < fraction < 1:
+            raise SpecError(f"holdout fraction must lie in (0, 1), got {fraction!r}")
+        rng = np.random.default_rng(seed)
+        held, rest = {}, {}
+        for op in self.ops:
+            perm = rng.permutation(len(self.specs[op]))
+            n_test = max(1, int(round(len(perm) * fraction)))
+            held[op], rest[op] = perm[:n_test], perm[n_test:]
+        return held, rest
+
     def subset(self, keep: Mapping[str, np.ndarray]) -> TrainingData:
         """The rows ``keep[op]`` (index arrays) of each op in ``keep``; ops left with no row are dropped."""
         idx = {op: np.asarray(rows, dtype=int) for op, rows in keep.items() if len(rows)}

@@ -166,3 +166,19 @@ def test_tampered_foreign_and_future_files_fail_clearly(trained, tmp_path):
     (d2 / "predictor.json").write_text(json.dumps(doc2))
     with pytest.raises(PredictorFormatError, match="not a valid MEDN weight file"):
         Predictor.load(d2)
+
+
+def test_holdout_indices_split_each_op_reproducibly():
+    """The benches' held-out split: per op a seeded fraction (at least one row) held out, the rest disjoint and
+    complete, in random order so that its prefixes are random subsets; the same seed gives the same split."""
+    data = synthetic_data()
+    held, rest = data.holdout_indices(0.3, seed=4)
+    for op in data.ops:
+        n = len(data.specs[op])
+        assert len(held[op]) == max(1, round(0.3 * n))
+        assert sorted([*held[op], *rest[op]]) == list(range(n))
+    assert list(rest[data.ops[0]]) != sorted(rest[data.ops[0]])  # random order, not sorted
+    again, _ = data.holdout_indices(0.3, seed=4)
+    assert all(list(again[op]) == list(held[op]) for op in data.ops)
+    with pytest.raises(SpecError, match="holdout"):
+        data.holdout_indices(1.0)

@@ -112,10 +112,9 @@ def check_state(device: Any, store: ProfileStore, device_id: int, n: int = 24, s
             set_util(0.0)
     if not ratios:
         return None
-    every = np.concatenate([np.asarray(v) for v in ratios.values()])
-
     def stats(r: np.ndarray) -> dict[str, float]:
         return {"n": float(len(r)), "median_ratio": float(np.median(r)), "within10": float(np.mean(np.abs(r - 1) <= 0.10))}
-    return StateCheck(len(every), float(np.median(every)), float(np.mean(np.abs(every - 1) <= 0.10)),
+    every = stats(np.concatenate([np.asarray(v) for v in ratios.values()]))
+    return StateCheck(int(every["n"]), every["median_ratio"], every["within10"],
                       {g: stats(np.asarray(v)) for g, v in sorted(ratios.items(), key=lambda kv: kv[0] != "unloaded")},
                       failed, tolerance)
