@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .selection import load_training_data, select
 
     with ProfileStore(args.db, readonly=True) as store:
-        data = load_training_data(store, device_id=args.device_id, ops=args.ops)
+        data = load_training_data(store, device_id=args.device_id, ops=args.ops, target=args.target)
     say = (lambda m: print(f"  fitting {m}", file=sys.stderr, flush=True)) if not args.json else None
     predictor, report = select(data, families=args.regressors, cv=args.cv, tolerance=args.tolerance,
                                max_predict_us=args.max_predict_us, max_bytes=args.max_bytes, seed=args.seed,
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "ridge,poly,knn,svr,rf,gbdt,mlp,gp,ridge_trees,medn")
     tr.add_argument("--ops", type=_csv(str), help="op types to train (default: all in the store)")
     tr.add_argument("--device-id", type=int, help="device in the store (needed when it holds several)")
+    tr.add_argument("--target", default="latency_ms", choices=("latency_ms", "host_ms", "gpu_ms"),
+                    help="what to learn: the latency, or a CUDA store's host or GPU stage time, for the "
+                         "overlap composition (default: %(default)s)")
     tr.add_argument("--cv", type=int, default=5, help="cross-validation folds (default: %(default)s)")
     tr.add_argument("--tolerance", type=float, default=0.01,
                     help="acc10 within this of the best counts as equally accurate (default: %(default)s)")

@@ -24,6 +24,11 @@ EXAMPLES = {
   latpred calibrate --predictor P --networks 60 --cases calibration.json
   latpred validate --predictor P --models torchvision:resnet18,torchvision:vgg11 --json cal_models.json
   latpred calibrate --predictor P --from-cases calibration.json --from-validation cal_models.json""",
+    "overlap": """examples:
+  latpred train --db gpu.sqlite --target host_ms --out pred_host
+  latpred train --db gpu.sqlite --target gpu_ms --out pred_gpu
+  latpred overlap --host pred_host --gpu pred_gpu --out pred_gpu_overlap --measured calibration_models.json
+  latpred validate --predictor pred_gpu_overlap --device cuda --models torchvision:resnet50""",
     "validate": """examples:
   latpred validate --predictor P --models torchvision:resnet18,torchvision:mobilenet_v2 --batch-sizes 1,8
   latpred validate --predictor P --models torchvision:zoo --batch-sizes 1,8,32 --utilization 0,0.5 \\
@@ -72,9 +77,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .predictor import Predictor
+    from .predictor import load_predictor
 
-    pred = Predictor.load(args.predictor)
+    pred = load_predictor(args.predictor)
     g = _graph(args.model)
     b = np.array(args.batch_size)[:, None, None]
     u = np.array(args.utilization)[None, :, None]
@@ -160,10 +165,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .graph.models import parse_model_refs
     from .graph.validate import validate_models
-    from .predictor import Predictor
+    from .predictor import load_predictor
     from .profiling.devices import make_device
 
-    pred = Predictor.load(args.predictor)
+    pred = load_predictor(args.predictor)
     refs = parse_model_refs(args.models)
     device = make_device(args.device) if not args.no_measure else None
     try:
@@ -195,6 +200,49 @@ def cmd_validate(args: argparse.Namespace) -> int:
             lines.append(f"noise floor: two measurement passes of one case agree within ±10% for "
                          f"{100 * m['pass_within10']:.1f}% of pass pairs")
     print("\n".join(lines))
+    return 0
+
+
+def cmd_overlap(args: argparse.Namespace) -> int:
+    from .graph.models import load_model
+    from .graph.overlap import OverlapPredictor
+    from .graph.trace import trace
+    from .predictor import Predictor
+
+    over = OverlapPredictor(Predictor.load(args.host), Predictor.load(args.gpu), sync_ms=args.sync_ms,
+                            gpu_overhead_ms=args.gpu_overhead_ms, host_factor=args.host_factor)
+    fitted = None
+    if args.measured:
+        cases = []
+        for f in args.measured:
+            try:
+                doc = json.loads(Path(f).read_text())
+                raw = doc["cases"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise SpecError(f"--measured {f}: not a measured-cases file ({type(e).__name__}: {e})") from None
+            refs = (doc.get("settings") or {}).get("refs") or {}
+            for c in raw:
+                comp = c.get("components") or {}
+                if c.get("measured_ms") and comp.get("host_ms"):
+                    cases.append({"ref": refs.get(c["model"], f"torchvision:{c['model']}"), "model": c["model"],
+                                  "batch_size": int(c["batch_size"]), "utilization": float(c.get("utilization", 0.0)), **comp})
+        if not cases:
+            raise SpecError("--measured: no case with the whole model's host_ms (measure on a CUDA device: "
+                            "latpred validate --device cuda, or bench/measure_zoo.py)")
+        graphs = {}
+        for c in cases:
+            if c["model"] not in graphs:
+                ref = load_model(c["ref"])
+                graphs[c["model"]] = trace(ref.module, ref.example_input(1), name=ref.name)
+        fitted = over.fit_host_factor(graphs, cases)
+    out = over.save(args.out)
+    info = {"out": str(out), "ops": over.ops, "host_factor": over.host_factor, "fitted_on_cases": len(cases) if fitted else 0,
+            "gpu_overhead_ms": over.gpu_overhead_ms, "host_probe_nominal_ms": over.host_nominal_ms}
+    text = (f"overlap predictor written to {out}: {len(over.ops)} op types, host factor {over.host_factor:.3f}"
+            f"{f' (fitted on {len(cases)} measured cases of {len(graphs)} models)' if fitted else ''}, GPU replay overhead "
+            f"{1e3 * over.gpu_overhead_ms:.2f} us per node, host nominal "
+            f"{'none (host times not probe-normalised)' if over.host_nominal_ms is None else f'{1e3 * over.host_nominal_ms:.1f} us'}")
+    print(json.dumps(info, indent=2) if args.json else text)
     return 0
 
 
@@ -242,6 +290,21 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--cache-mib", type=float, metavar="MIB",
                    help="the device's last-level cache in MiB, where the predictor's metadata lacks it (e.g. from lscpu); "
                    "each node's cold-weight cost is capped at it; 0 = no cap (default: the profiled device's, if recorded)")
+
+    o = add("overlap", "combine a host-stage and a GPU-stage predictor into a GPU whole-model predictor (host/device "
+            "overlap composition)", cmd_overlap)
+    o.add_argument("--host", required=True, help="predictor trained with --target host_ms")
+    o.add_argument("--gpu", required=True, help="predictor trained with --target gpu_ms (same GPU)")
+    o.add_argument("--out", required=True, help="directory to write (host/, gpu/, overlap.json)")
+    o.add_argument("--measured", action="append", metavar="FILE",
+                   help="fit the in-model host factor on whole models measured with their stage times (a `latpred validate "
+                   "--device cuda --json` report or bench/measure_zoo.py output; repeat for several). Keep the models you "
+                   "evaluate out of it")
+    o.add_argument("--host-factor", type=float, default=1.0, help="in-model / isolated host time without --measured "
+                   "(default: %(default)s)")
+    o.add_argument("--gpu-overhead-ms", type=float,
+                   help="GPU-stage overhead per node to subtract (default: the GPU predictor's measured replay overhead)")
+    o.add_argument("--sync-ms", type=float, default=0.0, help="fixed cost of the final synchronisation (default: 0)")
 
     v = add("validate", "measure whole models and compare with predictions under the same conditions", cmd_validate,
             json_file=True)

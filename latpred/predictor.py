@@ -24,7 +24,7 @@ from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
 
-__all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION", "load_predictor", "is_predictor"]
 
 FORMAT = "latpred-predictor"
 FORMAT_VERSION = 1
@@ -288,6 +288,23 @@ class Predictor:
                           "`latpred calibrate` is run again", stacklevel=2)
             composition = Composition(info={"stale": str(e)})
         return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition)
+
+
+def load_predictor(path: str | Path) -> Any:
+    """A predictor directory of either kind: a :class:`Predictor`, or an
+    :class:`~latpred.graph.overlap.OverlapPredictor` (a directory holding ``overlap.json``)."""
+    if (Path(path) / "overlap.json").is_file():
+        from .graph.overlap import OverlapPredictor
+
+        return OverlapPredictor.load(path)
+    return Predictor.load(path)
+
+
+def is_predictor(obj: Any) -> bool:
+    """Whether ``obj`` predicts whole graphs (a :class:`Predictor` or an overlap predictor)."""
+    from .graph.overlap import OverlapPredictor
+
+    return isinstance(obj, (Predictor, OverlapPredictor))
 
 
 def _load_skops(f: Path) -> Any:

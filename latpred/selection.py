@@ -35,8 +35,8 @@ from .regressors.fast import fast_predict
 from .regressors.medn import MEDNRegressor
 from .spec import ModuleSpec
 
-__all__ = ["fit_generic", "TrainingData", "load_training_data", "Candidate", "SelectionReport", "select", "choose", "DEFAULT_TOLERANCE",
-           "UNSTABLE_MAPE_FACTOR"]
+__all__ = ["fit_generic", "TrainingData", "load_training_data", "TARGETS", "Candidate", "SelectionReport", "select", "choose",
+           "DEFAULT_TOLERANCE", "UNSTABLE_MAPE_FACTOR"]
 
 #: candidates whose acc10 is within this of the best are considered equally accurate
 DEFAULT_TOLERANCE = 0.01
@@ -88,9 +88,28 @@ class TrainingData:
                             self.metadata)
 
 
+#: ops that launch no kernel in eval mode: their ``gpu_ms`` is the bare replay overhead of a CUDA graph
+KERNEL_LESS_OPS = ("flatten", "dropout")
+#: what a predictor can learn from a store: the latency, or a per-stage figure of CUDA samples
+TARGETS = ("latency_ms", "host_ms", "gpu_ms")
+
+
 def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[str] | None = None,
-                       min_samples: int = 10) -> TrainingData:
-    """Successful samples of one device from a :class:`~latpred.ProfileStore`, grouped by op type."""
+                       min_samples: int = 10, target: str = "latency_ms") -> TrainingData:
+    """Successful samples of one device from a :class:`~latpred.ProfileStore`, grouped by op type.
+
+    ``target`` is what the regressors learn (one of :data:`TARGETS`): ``latency_ms`` (the measured
+    latency), or a per-stage figure the device stored with each sample — CUDA's ``host_ms`` (issuing
+    one call) and ``gpu_ms`` (the GPU's time for it), which :mod:`latpred.graph.overlap` composes.
+    Samples without the figure are left out. Host times that carry a host-speed probe
+    (``host_probe_ms``) are brought to one speed, the store's median probe
+    (``metadata['host_probe_nominal_ms']``): ``host_ms * nominal / probe``. For ``gpu_ms`` the median
+    of the unloaded :data:`KERNEL_LESS_OPS` samples is kept as ``metadata['gpu_replay_overhead_ms']``:
+    replaying a captured call costs that much even when it launches nothing, and nodes inside one
+    model do not pay it (:class:`~latpred.graph.overlap.OverlapPredictor` subtracts it per node).
+    """
+    if target not in TARGETS:
+        raise SpecError(f"unknown training target {target!r}; expected one of {', '.join(TARGETS)}")
     devices = store.devices()
     if not devices:
         raise SpecError(f"profile store {store.path} holds no device; profile first")
@@ -103,19 +122,45 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     specs: dict[str, list[ModuleSpec]] = {}
     lat: dict[str, list[float]] = {}
     extras: set[str] = set()
+    lacking = 0
+    probes: dict[str, list[float]] = {}
+    empty: list[float] = []
     for s in store.samples(device_id=device_id):
         if ops and s.spec.op not in ops:
             continue
+        y = s.latency_ms if target == "latency_ms" else s.extra.get(target)
+        if not isinstance(y, (int, float)) or not y > 0:
+            lacking += 1
+            continue
         specs.setdefault(s.spec.op, []).append(s.spec)
-        lat.setdefault(s.spec.op, []).append(s.latency_ms)
+        lat.setdefault(s.spec.op, []).append(float(y))
+        if target == "gpu_ms" and s.spec.op in KERNEL_LESS_OPS and s.spec.utilization == 0:
+            empty.append(float(y))
+        probe = s.extra.get("host_probe_ms") if target == "host_ms" else None
+        probes.setdefault(s.spec.op, []).append(float(probe) if isinstance(probe, (int, float)) and probe > 0 else np.nan)
         extras |= set(s.spec.extra)
+    if not specs and lacking:
+        raise SpecError(f"no sample of device {device_id} in {store.path} has a positive {target!r}; "
+                        f"{'CudaDevice stores host_ms and gpu_ms' if target != 'latency_ms' else 'profile first'}")
     too_few = [op for op, v in specs.items() if len(v) < min_samples]
     for op in too_few:
         del specs[op], lat[op]
     if not specs:
         raise SpecError(f"no op type has at least {min_samples} successful samples for device {device_id}")
     meta = {"device": device.get("metadata", {}), "device_fingerprint": device.get("fingerprint"),
-            "store": str(store.path), "skipped_ops_too_few_samples": too_few}
+            "store": str(store.path), "skipped_ops_too_few_samples": too_few, "target": target}
+    if lacking:
+        meta["samples_without_target"] = lacking
+    seen = np.concatenate([np.asarray(v) for v in probes.values()]) if probes else np.array([])
+    if np.isfinite(seen).any():  # host times at one host speed: the store's median probe
+        host_nominal = float(np.nanmedian(seen))
+        for op in specs:
+            pr = np.asarray(probes[op])
+            lat[op] = list(np.where(np.isfinite(pr), np.asarray(lat[op]) * host_nominal / pr, lat[op]))
+        meta["host_probe_nominal_ms"] = host_nominal
+        meta["host_normalised_samples"] = int(np.isfinite(seen).sum())
+    if empty:  # the GPU stage of a call that launches nothing: the replay overhead every gpu_ms carries
+        meta["gpu_replay_overhead_ms"] = float(np.median(empty))
     nominal = store.reference_nominal(device_id)
     if nominal:  # the unit of the unloaded latencies: whole models measured for this predictor adopt it
         meta["reference_nominal_ms"] = {str(k): v for k, v in sorted(nominal.items())}

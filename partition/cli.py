@@ -27,7 +27,7 @@ def _objectives(text: str) -> list[str]:
 def cmd_split(args: argparse.Namespace) -> int:
     from latpred.graph.models import load_model
     from latpred.graph.trace import trace
-    from latpred.predictor import Predictor
+    from latpred.predictor import load_predictor
 
     from .cost import Link
     from .plan import optimize_partition
@@ -37,7 +37,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     ref = load_model(args.model)
     if ref.module is None:
         raise ValueError("partition split needs a PyTorch model (torchvision:NAME or package.module:factory), not an ONNX file")
-    edge, cloud = Predictor.load(args.edge), Predictor.load(args.cloud)
+    edge, cloud = load_predictor(args.edge), load_predictor(args.cloud)
     graph = trace(ref.module, ref.example_input(1), name=ref.name)
     conds = [{"batch_size": args.batch_size, "utilization": args.edge_utilization,
               **({"threads": args.edge_threads} if args.edge_threads else {})},

@@ -522,9 +522,9 @@ def optimize_partition(model_or_graph: Any, example_input: Any = None, devices: 
 
 
 def _is_predictor(d: Any) -> bool:
-    from latpred.predictor import Predictor
+    from latpred.predictor import is_predictor
 
-    return isinstance(d, Predictor)
+    return is_predictor(d)
 
 
 def _device_node_ms(i: int, name: str, d: Any, graph: ModelGraph, cond: Mapping[str, Any]) -> np.ndarray:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import MeasurementError, SpecError
 from ..profiling.devices import robust_stat
 
@@ -39,6 +41,13 @@ class PooledMeasurement:
     pass_ms: list[float] = field(default_factory=list)
     windows_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: each successful pass's device extras (e.g. CUDA's ``host_ms``, ``gpu_ms``, ``single_ms``)
+    pass_extra: list[dict[str, Any]] = field(default_factory=list)
+
+    def component(self, name: str) -> float | None:
+        """Median over passes of a numeric per-pass extra (None when no pass has it)."""
+        values = [float(e[name]) for e in self.pass_extra if isinstance(e.get(name), (int, float))]
+        return float(np.median(values)) if values else None
 
 
 def _statistic(device: Any, utilization: float) -> str:
@@ -80,6 +89,7 @@ def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
                     progress(p, i, job, None)
                 continue
             res.pass_ms.append(float(m.latency_ms))
+            res.pass_extra.append(dict(m.extra or {}))
             res.windows_ms += [float(t) for t in m.timings_ms]
             if progress is not None:
                 progress(p, i, job, float(m.latency_ms))

@@ -21,7 +21,10 @@ from .measure import ModelJob, check_passes, measure_in_passes, pass_agreement
 from .models import ModelRef, load_model
 from .trace import trace
 
-__all__ = ["ValidationCase", "ValidationReport", "validate_models"]
+__all__ = ["ValidationCase", "ValidationReport", "validate_models", "COMPONENTS"]
+
+#: per-stage figures a device may report for a whole model (kept with each validation case)
+COMPONENTS = ("host_ms", "gpu_ms", "single_ms", "kernel_ms", "host_probe_ms")
 
 
 @dataclass
@@ -37,6 +40,9 @@ class ValidationCase:
     error: str = ""
     #: each measurement pass's own figure (``measured_ms`` pools the windows of all passes)
     pass_ms: list[float] = field(default_factory=list)
+    #: the device's stage timings of the whole model, median over passes (CUDA: ``host_ms``, ``gpu_ms``,
+    #: ``single_ms``; see :meth:`latpred.profiling.devices.CudaDevice._components`); empty where it has none
+    components: dict[str, float] = field(default_factory=dict)
 
     @property
     def rel_error(self) -> float | None:
@@ -185,6 +191,7 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
             pooled = measure_in_passes(device, [j for _, j in jobs], passes, report)
         for (case, _), res in zip(jobs, pooled):
             case.measured_ms, case.pass_ms = res.latency_ms, res.pass_ms
+            case.components = {k: v for k in COMPONENTS if (v := res.component(k)) is not None}
             if res.latency_ms is None:
                 case.error = "; ".join(res.errors)
     settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),

@@ -326,11 +326,13 @@ class CpuDevice(_LoadMixin):
 
 
 class CudaDevice(_LoadMixin):
-    """One CUDA GPU. Latency is host wall-clock to a synchronised result; ``kernel_ms`` from events."""
+    """One CUDA GPU. Latency is host wall-clock to a synchronised result; ``kernel_ms`` from events; with
+    ``components`` (default) also the host and GPU stages apart (:meth:`_components`)."""
 
     kind = "cuda"
 
-    def __init__(self, index: int = 0, protocol: TimingProtocol | None = None, clock_warmup_s: float = 1.0) -> None:
+    def __init__(self, index: int = 0, protocol: TimingProtocol | None = None, clock_warmup_s: float = 1.0,
+                 components: bool = True) -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -341,6 +343,9 @@ class CudaDevice(_LoadMixin):
         self.device = torch.device("cuda", index)
         self.protocol = protocol or TimingProtocol()
         self.clock_warmup_s = clock_warmup_s
+        #: also time the host and GPU stages apart (``host_ms``, ``gpu_ms``, ``single_ms`` in the extras)
+        self.components = components
+        self._probe: tuple[Any, Any] | None = None
         self._warm = False
         self._meta: dict[str, Any] | None = None
 
@@ -355,7 +360,8 @@ class CudaDevice(_LoadMixin):
         return self._meta
 
     def settings(self) -> dict[str, Any]:
-        return {"protocol": asdict(self.protocol), "index": self.index, "clock_warmup_s": self.clock_warmup_s}
+        return {"protocol": asdict(self.protocol), "index": self.index, "clock_warmup_s": self.clock_warmup_s,
+                "components": self.components}
 
     def warm_up(self) -> None:
         """Run matmuls for ``clock_warmup_s`` so the GPU leaves its idle clocks before timing."""
@@ -401,12 +407,110 @@ class CudaDevice(_LoadMixin):
                 end.record()
                 sync()
                 kernel_ms = start.elapsed_time(end) / n
+                extra: dict[str, Any] = {"kernel_ms": kernel_ms}
+                if self.components:
+                    extra.update(self._components(lambda: module(*inputs), n))
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
             raise MeasurementError(f"OutOfMemoryError: {e}") from e
         except (RuntimeError, ValueError) as e:
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
-        return Measurement(robust_stat(timings, statistic), tuple(timings), n, observed, system, {"kernel_ms": kernel_ms})
+        return Measurement(robust_stat(timings, statistic), tuple(timings), n, observed, system, extra)
+
+    def _host_probe(self, calls: int = 32, repeats: int = 3) -> float:
+        """Host ms to issue one call of a fixed tiny module (Linear(8, 8) + ReLU on a 4 x 8 input) without
+        synchronising, the fastest of ``repeats`` batches of ``calls``: the dispatch speed of the host now."""
+        import torch
+
+        if self._probe is None:
+            with torch.inference_mode(False):
+                module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).to(self.device).eval()
+            self._probe = (module, torch.randn(4, 8, device=self.device))
+        module, x = self._probe
+        clock, best = time.perf_counter, float("inf")
+        with torch.inference_mode():
+            torch.cuda.synchronize(self.device)
+            for _ in range(repeats):
+                t = clock()
+                for _ in range(calls):
+                    module(x)
+                best = min(best, (clock() - t) * 1e3 / calls)
+                torch.cuda.synchronize(self.device)
+        return best
+
+    def _components(self, call: Callable[[], Any], n: int, repeats: int = 5) -> dict[str, Any]:
+        """The two stages an eager call overlaps, timed apart (see :mod:`latpred.graph.overlap`).
+
+        ``host_ms``: host time to issue one call (Python, dispatch, kernel launches) with the launch queue
+        empty and no synchronisation, the minimum per-call time of ``repeats`` batches of up to 64 calls.
+        ``gpu_ms``: GPU time of one call without the host, from replaying a CUDA graph of the call (events,
+        minimum of ``repeats`` batches of up to ``n`` replays); a call that cannot be captured (it
+        synchronises, say) records ``gpu_error`` instead. ``single_ms``: the median of ``repeats`` single
+        calls each synchronised (one request, nothing queued before or after it). ``host_probe_ms``: the
+        host's dispatch speed around these timings (:meth:`_host_probe`, mean of one probe before and one
+        after): the host side of a shared machine drifts (the H200's host read one zoo pass 2x slower than
+        the next), and host times are compared at one speed by scaling with it. Returned figures are per
+        call; they never fail the measurement.
+        """
+        import torch
+
+        clock, dev = time.perf_counter, self.device
+        sync = lambda: torch.cuda.synchronize(dev)  # noqa: E731
+        out: dict[str, Any] = {}
+        k = max(1, min(int(n), 64))
+        host, single = [], []
+        probes = [self._host_probe()]
+        for _ in range(repeats):
+            sync()
+            t = clock()
+            for _ in range(k):
+                call()
+            host.append((clock() - t) * 1e3 / k)
+            sync()
+            t = clock()
+            call()
+            sync()
+            single.append((clock() - t) * 1e3)
+        probes.append(self._host_probe())
+        out["host_ms"], out["single_ms"] = min(host), statistics.median(single)
+        out["host_probe_ms"] = statistics.mean(probes)
+        graph = None
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    call()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            sync()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(side):  # capture_begin/end directly: torch.cuda.graph() runs gc.collect() per call
+                graph.capture_begin(capture_error_mode="thread_local")  # other threads (load monitor) may run
+                try:
+                    call()
+                finally:
+                    graph.capture_end()
+            graph.replay()
+            sync()
+            reps, gpu = max(1, min(int(n), 200)), []
+            for _ in range(repeats):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(reps):
+                    graph.replay()
+                end.record()
+                sync()
+                gpu.append(start.elapsed_time(end) / reps)
+            out["gpu_ms"] = min(gpu)
+        except Exception as e:  # noqa: BLE001 - an uncapturable call keeps its eager measurement
+            out["gpu_error"] = f"{type(e).__name__}: {e}"[:300]
+            try:
+                sync()
+            except Exception as again:  # noqa: BLE001
+                out["gpu_error"] += f"; then {type(again).__name__}: {again}"[:200]
+        finally:
+            del graph
+        return out
 
 
 class FakeDevice:
@@ -421,8 +525,11 @@ class FakeDevice:
 
     def __init__(self, gflops: float = 50.0, gbps: float = 10.0, overhead_us: float = 5.0, slowdown: float = 1.0,
                  noise: float = 0.02, delay_s: float = 0.0, fail: Callable[[ModuleSpec], str | None] | None = None,
-                 name: str = "fake", model_scale: float = 1.25, model_overhead_us: float = 20.0) -> None:
+                 name: str = "fake", model_scale: float = 1.25, model_overhead_us: float = 20.0,
+                 components: bool = False) -> None:
         self.gflops, self.gbps, self.overhead_us = gflops, gbps, overhead_us
+        #: also report ``host_ms`` (the overhead) and ``gpu_ms`` (the rest) apart, as CudaDevice does
+        self.components = components
         self.model_scale, self.model_overhead_us = model_scale, model_overhead_us
         self.slowdown, self.noise, self.delay_s, self.fail, self.name = slowdown, noise, delay_s, fail, name
 
@@ -447,8 +554,13 @@ class FakeDevice:
                 raise MeasurementError(msg)
         seed = int.from_bytes(hashlib.sha256(spec.key.encode()).digest()[:8], "little")
         rng = np.random.default_rng(seed)
-        timings = tuple(float(x) for x in self.true_latency_ms(spec) * np.exp(rng.normal(0, self.noise, 5)))
-        return Measurement(robust_stat(timings), timings, 1, spec.utilization, None, {})
+        true = self.true_latency_ms(spec)
+        timings = tuple(float(x) for x in true * np.exp(rng.normal(0, self.noise, 5)))
+        extra: dict[str, Any] = {}
+        if self.components:
+            host = self.overhead_us / 1e3
+            extra = {"host_ms": host, "gpu_ms": true - host, "single_ms": true}
+        return Measurement(robust_stat(timings), timings, 1, spec.utilization, None, extra)
 
     def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
         return robust_stat(list(timings))
@@ -461,14 +573,16 @@ class FakeDevice:
         from ..graph.trace import trace
 
         graph = trace(module, inputs)
-        total = 0.0
+        total = host = 0.0
         for n in graph.compute_nodes:
             if n.spec is not None:
                 base = self.true_latency_ms(n.spec.with_conditions(utilization=utilization, threads=threads))
             else:
                 base = (self.overhead_us + n.flops / (self.gflops * 1e3)) / 1e3 * (1.0 + self.slowdown * utilization)
             total += self.model_scale * base + self.model_overhead_us / 1e3
-        return Measurement(total, (total,), 1, utilization, None, {})
+            host += self.overhead_us / 1e3
+        extra = {"host_ms": host, "gpu_ms": total - host, "single_ms": total} if self.components else {}
+        return Measurement(total, (total,), 1, utilization, None, extra)
 
 
 def make_device(kind: str, **kwargs: Any) -> Device:
