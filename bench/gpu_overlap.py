@@ -1,12 +1,14 @@
 """Whole models on a GPU: plain sum of isolated latencies vs the host/device overlap composition.
 
-    python bench/gpu_overlap.py --zoo data/gpu/zoo_stages_h200_2026-11-27.json \
-        --host P_HOST --gpu P_GPU [--latency P_LAT] [--json bench/results/gpu_overlap.json]
+    python bench/gpu_overlap.py --zoo data/gpu/zoo_stages_probe_h200_2026-11-27.json \
+        --host P_HOST --gpu P_GPU [--latency P_LAT] [--lomo | --host-factor X] [--json bench/results/gpu_overlap.json]
 
 ``--zoo`` is a ``bench/measure_zoo.py`` file (whole models measured on the GPU with their stage
 times); ``--host`` / ``--gpu`` are predictors trained on a CUDA store's ``host_ms`` / ``gpu_ms``
 (``latpred train --target ...``), ``--latency`` one trained on the latency itself. No measurement
-here, and nothing is fitted on the zoo. Scored per case (acc10, MAPE, Spearman):
+here. The one whole-model number, the host factor, is given (``--host-factor``) or, with ``--lomo``,
+fitted for each model on the *other* models' measured host times; nothing is fitted on the model
+scored. Scored per case (acc10, MAPE, Spearman):
 
 * ``plain_sum`` (with ``--latency``): the sum of isolated node latencies vs the measured latency;
 * ``overlap_window``: :class:`~latpred.graph.overlap.OverlapPredictor` with as many back-to-back calls as

@@ -236,10 +236,10 @@ def cmd_overlap(args: argparse.Namespace) -> int:
                 graphs[c["model"]] = trace(ref.module, ref.example_input(1), name=ref.name)
         fitted = over.fit_host_factor(graphs, cases)
     out = over.save(args.out)
-    info = {"out": str(out), "ops": over.ops, "host_factor": over.host_factor, "fitted_on_cases": len(cases) if fitted else 0,
+    info = {"out": str(out), "ops": over.ops, "host_factor": over.host_factor, "fitted_on_cases": len(cases) if fitted is not None else 0,
             "gpu_overhead_ms": over.gpu_overhead_ms, "host_probe_nominal_ms": over.host_nominal_ms}
     text = (f"overlap predictor written to {out}: {len(over.ops)} op types, host factor {over.host_factor:.3f}"
-            f"{f' (fitted on {len(cases)} measured cases of {len(graphs)} models)' if fitted else ''}, GPU replay overhead "
+            f"{f' (fitted on {len(cases)} measured cases of {len(graphs)} models)' if fitted is not None else ''}, GPU replay overhead "
             f"{1e3 * over.gpu_overhead_ms:.2f} us per node, host nominal "
             f"{'none (host times not probe-normalised)' if over.host_nominal_ms is None else f'{1e3 * over.host_nominal_ms:.1f} us'}")
     print(json.dumps(info, indent=2) if args.json else text)

@@ -16,8 +16,11 @@ latency that DESIGN.md records — and under-counts nothing.
 
 The stage times are predicted by two ordinary :class:`~latpred.Predictor` objects trained on a CUDA
 store's ``host_ms`` and ``gpu_ms`` (``latpred train --target host_ms`` / ``--target gpu_ms``; the CUDA
-device times both for every spec, see :meth:`latpred.profiling.devices.CudaDevice._components`). No
-whole-model measurement is fitted: the recurrence is the composition. ``node_ms`` of the returned
+device times both for every spec, see :meth:`latpred.profiling.devices.CudaDevice._components`). The
+recurrence is the composition; its corrections are measured, not fitted — host times at one host speed
+(the probe), the GPU stage without a CUDA graph's replay overhead — except one number, the in-model /
+isolated host time (:meth:`OverlapPredictor.fit_host_factor`, fitted on whole models measured with their
+stage times: keep the evaluated models out of it). ``node_ms`` of the returned
 :class:`~latpred.graph.predict.GraphLatency` are each node's increment of the request's finish time, so
 they are non-negative and sum to the total, as the partitioner needs.
 """

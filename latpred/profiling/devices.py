@@ -13,7 +13,9 @@ time). Under a background load: the median of raw windows (the typical latency w
 runs; windows span several load periods). The profiler measures each spec in several passes
 spread over the run and reduces the pooled windows the same way. Latency is
 host wall-clock from the call to a finished result (CUDA: synchronised), which is what a request
-sees even under a co-running load; CUDA events additionally give the kernel-time share.
+sees even under a co-running load; CUDA events additionally give the kernel-time share, and the
+host and GPU stages are timed apart with a host-speed probe (:meth:`CudaDevice._components`, for
+:mod:`latpred.graph.overlap`).
 """
 
 from __future__ import annotations
