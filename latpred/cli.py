@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibration-passes", type=int, default=2,
                    help="measurement passes over the calibration networks (default: %(default)s)")
     q.add_argument("--cloud", default="auto",
-                   help="cloud device of the split: auto (the GPU predictor shipped in data/gpu/ when the checkout has one, "
-                        "else this CPU), cpu (this CPU, all threads, no load) or a predictor directory (default: %(default)s)")
+                   help="cloud device of the split: auto (the GPU predictor shipped in data/gpu/ when the checkout has one — "
+                        "the host/device overlap predictor of the H200 — else this CPU), cpu (this CPU, all threads, no load) "
+                        "or a predictor directory (default: %(default)s)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     pr = add("profile", "measure the specs of a parameter space on a device into a SQLite store", cmd_profile)

@@ -35,17 +35,22 @@ SHIPPED_GPU_DIR = Path(__file__).resolve().parents[1] / "data" / "gpu"
 
 
 def shipped_gpu_predictor() -> Path | None:
-    """The newest GPU predictor shipped in the repository (``data/gpu/predictor_*``), or ``None``."""
+    """The newest GPU predictor shipped in the repository, or ``None``: an overlap predictor
+    (``data/gpu/overlap_*``, host/device overlap composition; the more accurate for unloaded GPUs, see
+    docs/benchmarks.md) where there is one, else ``data/gpu/predictor_*``."""
     if not SHIPPED_GPU_DIR.is_dir():
         return None
-    found = sorted(p for p in SHIPPED_GPU_DIR.glob("predictor_*") if (p / "predictor.json").is_file())
-    return found[-1] if found else None
+    for pattern, marker in (("overlap_*", "overlap.json"), ("predictor_*", "predictor.json")):
+        found = sorted(p for p in SHIPPED_GPU_DIR.glob(pattern) if (p / marker).is_file())
+        if found:
+            return found[-1]
+    return None
 
 
 def _cloud_predictor(cloud: str | Path) -> tuple[Any, str, Path | None]:
     """(predictor or None for this CPU, label, path) for ``cloud`` = "auto", "cpu" or a predictor directory."""
     from .errors import SpecError
-    from .predictor import Predictor, PredictorFormatError
+    from .predictor import PredictorFormatError, load_predictor
 
     path = shipped_gpu_predictor() if cloud == "auto" else None if cloud == "cpu" else Path(cloud)
     if path is None:
@@ -53,8 +58,8 @@ def _cloud_predictor(cloud: str | Path) -> tuple[Any, str, Path | None]:
     if not path.exists():
         raise SpecError(f"cloud predictor {str(path)!r}: no such directory (expected auto, cpu or a predictor directory)")
     try:
-        pred = Predictor.load(path)
-    except (PredictorFormatError, OSError) as e:
+        pred = load_predictor(path)
+    except (PredictorFormatError, SpecError, OSError) as e:
         raise SpecError(f"cloud predictor {str(path)!r}: {e}") from None
     dev = pred.metadata.get("device") or {}
     name = dev.get("gpu_name") or dev.get("cpu_model") or "remote device"

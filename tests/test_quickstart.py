@@ -80,6 +80,8 @@ def test_quickstart_rejects_a_bad_cloud_predictor_before_measuring(tmp_path):
 def test_auto_cloud_is_the_shipped_gpu_predictor():
     shipped = shipped_gpu_predictor()
     assert shipped is not None and shipped.parent.name == "gpu"  # this checkout ships one (data/gpu/)
+    assert (shipped / "overlap.json").is_file()  # the overlap predictor is preferred to the older predictor_* one
     pred, label, path = _cloud_predictor("auto")
     assert path == shipped and "H200" in label and pred.ops
+    assert "host/device overlap" in pred.composition.describe()
     assert _cloud_predictor("cpu") == (None, "cloud (this CPU, all threads, no load)", None)
