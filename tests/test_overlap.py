@@ -221,6 +221,15 @@ def test_overlap_predictor_scales_the_host_subtracts_the_replay_overhead_and_fit
     assert fitted.fit_host_factor({"chain": graph}, cases) == pytest.approx(1.3)
     hf, _, _ = fitted.stages(graph, batch_size=np.array([1, 8]))
     assert np.allclose(hf, 1.3 * h0)
+    # isolated modules: the slower stage, the host at the given speed
+    specs = [n.spec.with_conditions(batch_size=4, utilization=0.0, threads=1) for n in graph.nodes
+             if n.spec is not None and fitted.covers(n.spec.op)]
+    assert len(specs) == 5  # two convolutions, two activations, the linear layer (the mean is not covered)
+    hs, gs = host_p.predict(specs), gpu_p.predict(specs)
+    assert np.allclose(fitted.predict(specs), np.maximum(hs, gs))
+    assert np.allclose(fitted.predict(specs, host_scale=3.0), np.maximum(3.0 * hs, gs))
+    with pytest.raises(SpecError, match="host_scale must be positive"):
+        fitted.predict(specs, host_scale=-1.0)
     with pytest.raises(SpecError, match="needs cases with a measured host_ms"):
         fitted.fit_host_factor({"chain": graph}, [{"model": "chain", "batch_size": 1}])
 
