@@ -21,7 +21,7 @@ import torch
 
 from latpred.graph.models import load_model
 from latpred.graph.trace import trace
-from latpred.predictor import Predictor
+from latpred.predictor import load_predictor
 from latpred.profiling.devices import CpuDevice
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conditions", type=int, default=1000)
     ap.add_argument("--json", default="bench/results/predict_speed.json")
     args = ap.parse_args(argv)
-    pred = Predictor.load(args.predictor)
+    pred = load_predictor(args.predictor)  # a Predictor or an overlap predictor directory
     ref = load_model(args.model)
     g = trace(ref.module, ref.example_input(1), name=ref.name)
     t = time.perf_counter()
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
            "first_call_ms": first_ms, "one_condition_ms": {"min": one_min, "median": one_med},
            "conditions": args.conditions, "many_conditions_ms": {"min": many_min, "median": many_med},
            "real_measurement_ms": real_ms, "one_condition_vs_real": one_med / real_ms,
-           "many_conditions_vs_real": many_med / real_ms, "families": pred.families}
+           "many_conditions_vs_real": many_med / real_ms,
+           "families": pred.families if hasattr(pred, "families") else {"host": pred.host.families, "gpu": pred.gpu.families}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))
     print(f"predict_speed: {ref.name} one condition {one_med:.2f} ms (first call {first_ms:.1f} ms), "
