@@ -106,7 +106,7 @@ def test_overlap_predictor_composes_the_stage_predictions(stage_store, tmp_path)
     op = OverlapPredictor(host_p, gpu_p)
     graph = trace(_Chain(), torch.randn(1, 8, 14, 14))
     b = np.array([1, 2, 4, 8])
-    got = op.predict_graph(graph, batch_size=b)
+    got = op.predict_graph(graph, batch_size=b, calls=1)
     h, g, _ = op.stages(graph, batch_size=b)
     assert got.total_ms.shape == (4,) and got.node_ms.shape == h.shape
     assert np.allclose(got.node_ms.sum(-1), got.total_ms)
@@ -120,10 +120,22 @@ def test_overlap_predictor_composes_the_stage_predictions(stage_store, tmp_path)
         assert got.total_ms[k] == pytest.approx(float(truth), rel=0.25)
     steady = op.predict_graph(graph, batch_size=b, calls=20)
     assert np.all(steady.total_ms <= got.total_ms + 1e-12) and np.allclose(steady.node_ms.sum(-1), steady.total_ms)
+    # the default mirrors the timing protocol: as many calls as fill a 10 ms window, exactly
+    window = op.predict_graph(graph, batch_size=b)
+    n = np.maximum(1, np.round(10.0 / got.total_ms)).astype(int)
+    exact = [overlap_ms(h[k], g[k], int(n[k]))[0] for k in range(len(b))]
+    assert np.allclose(window.total_ms, exact, rtol=1e-9) and np.allclose(window.node_ms.sum(-1), window.total_ms)
+    assert "window 10 ms" in window.composition
+    wide = op.predict_graph(graph, batch_size=b, window_ms=1e-6)  # a window shorter than a call: one call
+    assert np.allclose(wide.total_ms, got.total_ms)
+    with pytest.raises(SpecError, match="positive integer or 'window'"):
+        op.predict_graph(graph, batch_size=1, calls="many")
+    with pytest.raises(SpecError, match="window_ms must be positive"):
+        op.predict_graph(graph, batch_size=1, window_ms=0.0)
     # persistence
     path = op.save(tmp_path / "ov")
     again = OverlapPredictor.load(path)
-    assert np.allclose(again.predict_graph(graph, batch_size=b).total_ms, got.total_ms)
+    assert np.allclose(again.predict_graph(graph, batch_size=b, calls=1).total_ms, got.total_ms)
     (path / "overlap.json").write_text(json.dumps({"format": "latpred-overlap-predictor", "version": 99}))
     with pytest.raises(SpecError, match="version 99 is not supported"):
         OverlapPredictor.load(path)

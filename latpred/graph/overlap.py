@@ -223,14 +223,40 @@ class OverlapPredictor:
         return self.host_factor
 
     def predict_graph(self, graph: Any, batch_size: Any = None, utilization: Any = 0.0, threads: Any = None,
-                      calls: int = 1, host_scale: Any = 1.0, **extra: Any) -> GraphLatency:
-        """One request's latency (``calls`` = 1) or the per-call latency of ``calls`` back-to-back calls."""
+                      calls: int | str = "window", host_scale: Any = 1.0, window_ms: float | None = None,
+                      **extra: Any) -> GraphLatency:
+        """Per-call latency as latpred measures it (``calls="window"``), of one request (``calls=1``), or of
+        ``calls`` back-to-back calls.
+
+        ``"window"`` mirrors the timing protocol every measured latency here comes from
+        (:class:`~latpred.profiling.devices.TimingProtocol`): as many back-to-back calls as fill a
+        ``window_ms`` window (default: the protocol's, 10 ms), then one synchronisation. It is computed from
+        the first two calls of the recurrence — ``(F1 + (n - 1) (F2 - F1)) / n`` with ``F1``, ``F2`` the
+        finish times of one and two calls — which is exact once a call's pipeline repeats itself.
+        """
         h, g, base = self.stages(graph, batch_size, utilization, threads, host_scale, **extra)
-        total, node = overlap_ms(h, g, calls, self.sync_ms)
+        one, node = overlap_ms(h, g, 1, self.sync_ms)
+        if isinstance(calls, str):
+            if calls != "window":
+                raise SpecError(f"calls must be a positive integer or 'window', got {calls!r}")
+            if window_ms is None:
+                from ..profiling.devices import TimingProtocol
+
+                window_ms = TimingProtocol().window_ms
+            if not (np.isfinite(window_ms) and window_ms > 0):
+                raise SpecError(f"window_ms must be positive, got {window_ms!r}")
+            two, _ = overlap_ms(h, g, 2, self.sync_ms)
+            f1, f2 = one - self.sync_ms, 2 * two - self.sync_ms
+            n = np.maximum(1.0, np.round(window_ms / np.maximum(one, 1e-12)))
+            total = (f1 + (n - 1) * (f2 - f1) + self.sync_ms) / n
+            label = f"overlap(window {window_ms:g} ms)"
+        else:
+            total, _ = overlap_ms(h, g, calls, self.sync_ms)
+            label = f"overlap(calls={calls})"
         if calls != 1:
             node = node * (total / np.maximum(node.sum(axis=-1), 1e-12))[..., None]
         return GraphLatency(base.node_names, node, np.maximum(h, g), total, base.conditions, base.fallback_nodes,
-                            composition=f"overlap(calls={calls})")
+                            composition=label)
 
     def save(self, path: str | Path) -> Path:
         """Write ``host/``, ``gpu/`` (ordinary predictor directories) and ``overlap.json``."""
