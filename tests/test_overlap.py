@@ -279,6 +279,12 @@ def test_overlap_cli_builds_a_predictor_that_predict_validate_and_partition_acce
     graph = trace(_Chain(), torch.randn(1, 8, 14, 14))
     plan = optimize_partition(graph, devices=[load_predictor(host_dir), over], link=Link(100.0, rtt_ms=1.0))
     assert plan.objectives["latency_ms"] > 0
+    from partition.cli import main as partition_main
+
+    capsys.readouterr()
+    assert partition_main(["split", "--model", "tests.helpers_graph:tiny", "--edge", str(host_dir), "--cloud", str(out),
+                           "--bandwidth-mbps", "100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["objectives"]["latency_ms"] > 0
     # bad input names the problem
     with pytest.raises(SystemExit):
         main(["overlap", "--host", str(host_dir), "--out", str(out)])
