@@ -196,6 +196,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lines.append(f"overall: acc10 {100 * m['acc10']:.1f}%, MAPE {m['mape']:.1f}%, Spearman {m['spearman']:.3f} "
                      f"over {m['n']} cases; plain sum of isolated nodes: acc10 {100 * m['sum_acc10']:.1f}%, "
                      f"median ratio {m['sum_ratio_median']:.2f}")
+        if "probe_acc10" in m:
+            lines.append(f"at the host speed the probe read during each measurement: acc10 {100 * m['probe_acc10']:.1f}%, "
+                         f"MAPE {m['probe_mape']:.1f}% over {m['probe_n']} cases")
         if "pass_within10" in m:
             lines.append(f"noise floor: two measurement passes of one case agree within ±10% for "
                          f"{100 * m['pass_within10']:.1f}% of pass pairs")

@@ -148,7 +148,8 @@ def test_validation_keeps_the_devices_stage_timings(tmp_path):
     report = validate_models(pred, FakeDevice(noise=0.0, components=True), ["tests.helpers_graph:tiny"], batch_sizes=[1, 2],
                              utilizations=[0.0], passes=2)
     for case in report.cases:
-        assert set(case.components) == {"host_ms", "gpu_ms", "single_ms"}
+        assert set(case.components) == {"host_ms", "gpu_ms", "single_ms", "host_probe_ms"}
+        assert case.predicted_at_probe_ms is None  # a latency predictor has no host stage to scale
         assert case.components["host_ms"] + case.components["gpu_ms"] == pytest.approx(case.measured_ms)
     assert "components" in report.to_dict()["cases"][0]
 
@@ -292,3 +293,29 @@ def test_overlap_cli_builds_a_predictor_that_predict_validate_and_partition_acce
     bad.write_text(json.dumps({"cases": [{"model": "tiny", "batch_size": 1, "measured_ms": 1.0}]}))
     assert main(["overlap", "--host", str(host_dir), "--gpu", str(gpu_dir), "--out", str(out), "--measured", str(bad)]) == 2
     assert "no case with the whole model's host_ms" in capsys.readouterr().err
+
+
+def test_validation_predicts_at_the_host_speed_the_probe_read(tmp_path):
+    with ProfileStore(tmp_path / "drift.sqlite") as store:
+        profile(ParameterSpace.from_dict(SPACE), _DriftingHost(noise=0.0, components=True), store, passes=1, progress=False)
+        host_p, _ = select(load_training_data(store, target="host_ms"), families=["ridge"], cv=2)
+        gpu_p, _ = select(load_training_data(store, target="gpu_ms"), families=["ridge"], cv=2)
+    over = OverlapPredictor(host_p, gpu_p)
+    nominal = over.host_nominal_ms
+    assert nominal is not None
+    report = validate_models(over, FakeDevice(noise=0.0, components=True), ["tests.helpers_graph:tiny"], batch_sizes=[1, 2],
+                             utilizations=[0.0], passes=1)
+    graph = trace(load_model_module(), torch.randn(1, 3, 32, 32))
+    for case in report.cases:
+        want = over.predict_graph(graph, batch_size=[case.batch_size], utilization=[0.0],
+                                  host_scale=0.05 / nominal).total_ms[0]  # the fake device's probe reads 0.05 ms
+        assert case.predicted_at_probe_ms == pytest.approx(want)
+        assert case.predicted_at_probe_ms != pytest.approx(case.predicted_ms)
+    m = report.metrics()
+    assert m["probe_n"] == 2 and 0 <= m["probe_acc10"] <= 1 and m["probe_mape"] >= 0
+
+
+def load_model_module():
+    from latpred.graph.models import load_model
+
+    return load_model("tests.helpers_graph:tiny").module

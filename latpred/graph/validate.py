@@ -43,6 +43,9 @@ class ValidationCase:
     #: the device's stage timings of the whole model, median over passes (CUDA: ``host_ms``, ``gpu_ms``,
     #: ``single_ms``; see :meth:`latpred.profiling.devices.CudaDevice._components`); empty where it has none
     components: dict[str, float] = field(default_factory=dict)
+    #: an overlap predictor's prediction with the host at the speed the device's probe read while the case
+    #: was measured (``components['host_probe_ms']``; :meth:`~latpred.graph.overlap.OverlapPredictor.host_scale_for`)
+    predicted_at_probe_ms: float | None = None
 
     @property
     def rel_error(self) -> float | None:
@@ -72,6 +75,10 @@ class ValidationReport:
                "max_ape": float(rel.max() * 100), "sum_ratio_median": float(np.median(s / m)),
                "sum_acc10": float(np.mean(np.abs(s / m - 1) <= 0.10))}
         out["spearman"] = float(spearmanr(p, m).statistic) if len(cases) > 2 else float("nan")
+        probed = [c for c in cases if c.predicted_at_probe_ms]
+        if probed:  # predicted at the host speed read during each case's measurement (overlap predictors)
+            rp = np.abs(np.array([c.predicted_at_probe_ms / c.measured_ms for c in probed]) - 1)
+            out.update(probe_n=len(probed), probe_acc10=float(np.mean(rp <= 0.10)), probe_mape=float(np.mean(rp) * 100))
         agree = pass_agreement([c.pass_ms for c in cases])
         if agree is not None:  # the measurement's own repeatability: what a perfect predictor could score
             out["pass_within10"] = agree
@@ -158,8 +165,9 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
     cases: list[ValidationCase] = []
     jobs: list[tuple[ValidationCase, ModelJob]] = []
     t0 = time.perf_counter()
+    graphs = {}
     for ref in models:
-        graph = graph_of(ref)
+        graph = graphs[ref.name] = graph_of(ref)
         cov = graph.coverage(predictor.ops).node_share
         conds = [(b, u, t) for u in utilizations for t in (unloaded_threads if u == 0 else [loaded_threads])
                  for b in batch_sizes]
@@ -192,6 +200,12 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
         for (case, _), res in zip(jobs, pooled):
             case.measured_ms, case.pass_ms = res.latency_ms, res.pass_ms
             case.components = {k: v for k in COMPONENTS if (v := res.component(k)) is not None}
+            probe = case.components.get("host_probe_ms")
+            if probe and getattr(predictor, "host_nominal_ms", None):
+                case.predicted_at_probe_ms = float(predictor.predict_graph(
+                    graphs[case.model], batch_size=[case.batch_size], utilization=[case.utilization],
+                    threads=[predictor.default_threads if case.threads is None else case.threads],
+                    host_scale=predictor.host_scale_for(probe)).total_ms[0])
             if res.latency_ms is None:
                 case.error = "; ".join(res.errors)
     settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),

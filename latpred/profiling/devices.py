@@ -583,7 +583,7 @@ class FakeDevice:
                 base = (self.overhead_us + n.flops / (self.gflops * 1e3)) / 1e3 * (1.0 + self.slowdown * utilization)
             total += self.model_scale * base + self.model_overhead_us / 1e3
             host += self.overhead_us / 1e3
-        extra = {"host_ms": host, "gpu_ms": total - host, "single_ms": total} if self.components else {}
+        extra = {"host_ms": host, "gpu_ms": total - host, "single_ms": total, "host_probe_ms": 0.05} if self.components else {}
         return Measurement(total, (total,), 1, utilization, None, extra)
 
 
