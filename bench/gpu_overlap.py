@@ -11,8 +11,8 @@ fitted for each model on the *other* models' measured host times; nothing is fit
 scored. Scored per case (acc10, MAPE, Spearman):
 
 * ``plain_sum`` (with ``--latency``): the sum of isolated node latencies vs the measured latency;
-* ``overlap_window``: :class:`~latpred.graph.overlap.OverlapPredictor` with as many back-to-back calls as
-  the timing protocol put in one window (``window_ms`` / predicted latency), vs the measured latency;
+* ``overlap_window``: :class:`~latpred.graph.overlap.OverlapPredictor` at its default, the per-call time of
+  as many back-to-back calls as the timing protocol puts in one window, vs the measured latency;
 * ``overlap_single``: one request (``calls=1``) vs the measured single synchronised call;
 * ``host_sum`` / ``gpu_sum``: the predicted stage sums vs the whole model's measured stage times;
 * ``pass_*`` (a zoo file with per-pass stage times): every pass scored on its own latency, and with
@@ -39,8 +39,6 @@ from latpred.graph.overlap import OverlapPredictor
 from latpred.graph.trace import trace
 from latpred.metrics import accuracy_report
 from latpred.predictor import Predictor
-
-WINDOW_MS = 10.0  # TimingProtocol.window_ms of the measurement
 
 
 def _score(pred: list[float], meas: list[float]) -> dict[str, float]:
@@ -84,11 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         b = np.array([c["batch_size"] for c in mine])
         u = np.array([c["utilization"] for c in mine], dtype=float)
         h, g, _ = over.stages(graph, batch_size=b, utilization=u)
-        single = over.predict_graph(graph, batch_size=b, utilization=u).total_ms
+        single = over.predict_graph(graph, batch_size=b, utilization=u, calls=1).total_ms
+        window = over.predict_graph(graph, batch_size=b, utilization=u).total_ms  # the timing protocol's window
         plain = lat.predict_graph(graph, batch_size=b, utilization=u).isolated_ms.sum(-1) if lat is not None else None
         for i, c in enumerate(mine):
-            calls = max(1, int(round(WINDOW_MS / max(single[i], 1e-6))))
-            window = over.predict_graph(graph, batch_size=b[i:i + 1], utilization=u[i:i + 1], calls=calls).total_ms[0]
             comp = c.get("components", {})
             per_pass = []
             for k, pc in enumerate(c.get("pass_components", [])):
@@ -96,15 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 entry = {"measured_ms": c["pass_ms"][k], "host_probe_ms": pc.get("host_probe_ms")}
                 if pc.get("host_probe_ms") and over.host_nominal_ms:
-                    scale = over.host_scale_for(pc["host_probe_ms"])
-                    one = over.predict_graph(graph, batch_size=b[i:i + 1], utilization=u[i:i + 1], host_scale=scale).total_ms[0]
-                    n_calls = max(1, int(round(WINDOW_MS / max(one, 1e-6))))
                     entry["overlap_window_probe_ms"] = float(over.predict_graph(
-                        graph, batch_size=b[i:i + 1], utilization=u[i:i + 1], calls=n_calls, host_scale=scale).total_ms[0])
+                        graph, batch_size=b[i:i + 1], utilization=u[i:i + 1],
+                        host_scale=over.host_scale_for(pc["host_probe_ms"])).total_ms[0])
                 per_pass.append(entry)
             rows.append({"model": name, "batch_size": int(b[i]), "utilization": float(u[i]), "measured_ms": c["measured_ms"],
-                         "pass_ms": c.get("pass_ms", []), "measured": comp, "calls_per_window": calls,
-                         "overlap_single_ms": float(single[i]), "overlap_window_ms": float(window),
+                         "pass_ms": c.get("pass_ms", []), "measured": comp,
+                         "overlap_single_ms": float(single[i]), "overlap_window_ms": float(window[i]),
                          "host_sum_ms": float(h[i].sum()), "gpu_sum_ms": float(g[i].sum()),
                          "plain_sum_ms": None if plain is None else float(plain[i]), "passes": per_pass})
     meas = [r["measured_ms"] for r in rows]
