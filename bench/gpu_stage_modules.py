@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latpred.graph.overlap import OverlapPredictor
 from latpred.metrics import accuracy_report
 from latpred.profiling.store import ProfileStore
 from latpred.selection import TrainingData, load_training_data, select
@@ -62,20 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     for t, d in data.items():
         p, _ = select(d.subset(rest), families=fams, cv=args.cv, seed=args.seed)
         preds[t] = p
+    over = OverlapPredictor(preds["host_ms"], preds["gpu_ms"])
     rows, per_op = {"direct": ([], []), "direct_probe": ([], []), "stages": ([], []), "host": ([], []), "gpu": ([], [])}, {}
     for op in ops:
         idx = held[op]
-        specs = [data["latency_ms"].specs[op][i] for i in idx]
-        meas = data["latency_ms"].latency_ms[op][idx]
+        specs = [lat.specs[op][i] for i in idx]
+        meas = lat.latency_ms[op][idx]
+        scale = probe[op][idx] / nominal  # the host speed while each spec was measured
         direct = preds["latency_ms"].predict(specs)
-        host = preds["host_ms"].predict(specs) * probe[op][idx] / nominal
-        gpu = preds["gpu_ms"].predict(specs)
-        stages = np.maximum(host, gpu)
-        direct_probe = preds["latency_probe"].predict(specs) * probe[op][idx] / nominal
+        direct_probe = preds["latency_probe"].predict(specs) * scale
+        stages = over.predict(specs, host_scale=scale)
         for key, p, m in (("direct", direct, meas), ("direct_probe", direct_probe, meas), ("stages", stages, meas),
-                          ("host", preds["host_ms"].predict(specs),
-                                                                                 data["host_ms"].latency_ms[op][idx]),
-                          ("gpu", gpu, data["gpu_ms"].latency_ms[op][idx])):
+                          ("host", preds["host_ms"].predict(specs), data["host_ms"].latency_ms[op][idx]),
+                          ("gpu", preds["gpu_ms"].predict(specs), data["gpu_ms"].latency_ms[op][idx])):
             rows[key][0].extend(p)
             rows[key][1].extend(m)
         per_op[op] = {"n": len(idx), "direct": accuracy_report(direct, meas), "direct_probe": accuracy_report(direct_probe, meas),
