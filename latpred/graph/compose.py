@@ -68,6 +68,12 @@ def node_class(op: str | None, groups: Any = 1) -> str:
     return "dwconv" if cls == "conv" and groups is not None and int(groups) > 1 else cls
 
 
+def node_groups(node: Any) -> Any:
+    """A graph node's convolution ``groups`` (1 for nodes without a spec or without the parameter): what
+    :func:`node_class` needs besides the op type."""
+    return node.spec.params.get("groups", 1) if getattr(node, "spec", None) is not None else 1
+
+
 def regime(utilization: Any, threads: Any = None, default_threads: int | None = None) -> np.ndarray:
     """Index in :data:`REGIMES` per condition: loaded (utilization > 0), single_thread (unloaded, 1 thread,
     on a device whose default is more; ``threads`` None or 0 = the default), else unloaded."""

@@ -16,7 +16,7 @@ import sklearn
 
 from ..errors import SpecError, UnknownOpError
 from ..features import StaticFeatures, cost_features, featurize_conditions_many, prepare_specs
-from .compose import class_index
+from .compose import class_index, node_groups
 from .model_graph import ModelGraph
 
 if TYPE_CHECKING:
@@ -197,8 +197,7 @@ def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan,
     key = ("classes", tuple(predictor.ops))
     if key not in graph._cache:
         graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
-                                        plan.kinds, [n.spec.params.get("groups", 1) if n.spec is not None else 1
-                                                     for n in graph.nodes])
+                                        plan.kinds, [node_groups(n) for n in graph.nodes])
     classes = graph._cache[key]
     act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
     return classes, classes >= 0, act_mib
