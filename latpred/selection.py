@@ -136,8 +136,9 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
         lat.setdefault(s.spec.op, []).append(float(y))
         if target == "gpu_ms" and s.spec.op in KERNEL_LESS_OPS and s.spec.utilization == 0:
             empty.append(float(y))
-        probe = s.extra.get("host_probe_ms") if target == "host_ms" else None
-        probes.setdefault(s.spec.op, []).append(float(probe) if isinstance(probe, (int, float)) and probe > 0 else np.nan)
+        if target == "host_ms":
+            probe = s.extra.get("host_probe_ms")
+            probes.setdefault(s.spec.op, []).append(float(probe) if isinstance(probe, (int, float)) and probe > 0 else np.nan)
         extras |= set(s.spec.extra)
     if not specs and lacking:
         raise SpecError(f"no sample of device {device_id} in {store.path} has a positive {target!r}; "
