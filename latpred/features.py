@@ -4,7 +4,13 @@ Profiling stores specs, training featurizes stored specs, and prediction featuri
 all through :func:`featurize`, so the three can never drift apart. A feature vector is, in order:
 
 1. the op's hyper-parameters, each encoded as its :class:`~latpred.ops.Param` declares
-   (``log``: ``log1p(value)``, ``linear``: the value, ``onehot``: one column per choice);
+   (``log``: ``log1p(value)``, ``linear``: the value, ``onehot``: one column per choice,
+   ``log_align``: ``log1p(value)`` and a column ``<name>.align``, the value's alignment: how many
+   times 2 divides it, at most :data:`MAX_ALIGN_LOG2`). Channel counts carry their alignment because
+   kernels vectorise over channels: on the 2-core AVX-512 CPU a depthwise 3x3 convolution runs about
+   2x faster per element at a multiple of 16 channels than at 8 more or fewer (1,550-1,860 against
+   760-815 elements/us at 56x56, batch 1; docs/benchmarks.md), a step no smooth feature of the
+   channel count captures, and real models use aligned counts while a drawn space mixes both;
 2. derived costs: log1p of FLOPs, bytes moved, weight count, input and output elements, log2 of
    arithmetic intensity (FLOPs per byte), and whether the output is a *large allocation*
    (>= :data:`LARGE_ALLOC_BYTES`): glibc serves those with a fresh ``mmap`` on every call, so every
@@ -30,7 +36,7 @@ from .ops.base import OpType
 from .spec import ModuleSpec, dtype_bytes
 
 __all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "featurize_conditions_many", "cost_features",
-           "prepare_specs", "LARGE_ALLOC_BYTES",
+           "prepare_specs", "LARGE_ALLOC_BYTES", "MAX_ALIGN_LOG2", "alignment",
            "StaticFeatures", "GENERIC_FEATURES"]
 
 
@@ -38,6 +44,8 @@ DERIVED = ("log_flops", "log_bytes", "log_weights", "log_in_elems", "log_out_ele
 #: output size from which glibc malloc uses mmap whatever its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 LARGE_ALLOC_BYTES = 32 * 2**20
 RUNTIME = ("log2_batch_size", "dtype_bytes", "utilization", "threads")
+#: the ``.align`` column of a ``log_align`` parameter counts factors of 2 up to this (64 = 2**6)
+MAX_ALIGN_LOG2 = 6
 #: the op-agnostic columns (derived costs and runtime conditions) the generic fallback model reads
 GENERIC_FEATURES = (*DERIVED, *RUNTIME)
 
@@ -47,6 +55,8 @@ def _param_names(op: OpType) -> list[str]:
     for p in op.params:
         if p.feature == "onehot":
             names.extend(f"{p.name}={c}" for c in p.choices)
+        elif p.feature == "log_align":
+            names.extend((p.name, f"{p.name}.align"))
         elif p.feature != "none":
             names.append(p.name)
     return names
@@ -76,6 +86,8 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
             row.extend(1.0 if v == c else 0.0 for c in p.choices)
         elif p.feature == "log":
             row.append(math.log1p(float(v)))
+        elif p.feature == "log_align":
+            row += [math.log1p(float(v)), float(alignment(v))]
         else:
             row.append(float(v))
     c = op.costs(spec)
@@ -93,6 +105,14 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
             raise SpecError(f"extra condition {n!r}={v!r} is not numeric; encode categories as numbers")
         row.append(float(v))
     return np.asarray(row, dtype=np.float64)
+
+
+def alignment(value: Any) -> int:
+    """How many times 2 divides the integer ``value``, at most :data:`MAX_ALIGN_LOG2` (0 for odd or non-positive values)."""
+    v = int(value)
+    if v <= 0:
+        return 0
+    return min((v & -v).bit_length() - 1, MAX_ALIGN_LOG2)
 
 
 def featurize_many(specs: Sequence[ModuleSpec], extra_names: Sequence[str] | None = None) -> np.ndarray:

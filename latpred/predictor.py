@@ -55,6 +55,9 @@ class Predictor:
     generic: Any = None
     #: how isolated node latencies compose into a model latency (identity until calibrated)
     composition: Any = None
+    #: per op, the feature columns its model was trained on when they are not this latpred's full
+    #: :func:`~latpred.features.feature_names` (a predictor trained before a feature was added reads a subset)
+    schemas: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.composition is None:
@@ -73,11 +76,29 @@ class Predictor:
     def _features(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         return np.vstack([featurize(s, self.extra_names) for s in specs])
 
+    def feature_names(self, op: str) -> list[str]:
+        """The feature columns ``op``'s model reads (this latpred's full schema unless trained on an older one)."""
+        return list(self.schemas.get(op) or feature_names(op, self.extra_names))
+
+    def _columns(self, op: str, X: np.ndarray) -> np.ndarray:
+        """``X`` (rows in this latpred's full schema) reduced to the columns ``op``'s model was trained on."""
+        names = self.schemas.get(op)
+        if not names:
+            return X
+        cache = self.__dict__.setdefault("_column_cache", {})
+        if op not in cache:
+            full = feature_names(op, self.extra_names)
+            cache[op] = np.array([full.index(n) for n in names], dtype=int)
+        cols = cache[op]
+        return X if X.ndim != 2 or X.shape[1] == len(cols) else X[:, cols]
+
     def predict_log(self, op: str, X: np.ndarray) -> np.ndarray:
-        """log(latency ms) for feature rows ``X`` of op type ``op``."""
+        """log(latency ms) for feature rows ``X`` of op type ``op`` (this latpred's :func:`~latpred.features.featurize`
+        columns; a model trained on fewer columns reads its own)."""
         family = self.families.get(op)
         if family is None:
             raise UnknownOpError(f"predictor has no model for op type {op!r}; it covers {', '.join(self.families)}")
+        X = self._columns(op, X)
         if family == "medn":
             width = self.medn.n_features_in_
             if X.shape[1] > width:
@@ -110,6 +131,7 @@ class Predictor:
             row = 0
             for i in medn:
                 op, X = groups[i]
+                X = self._columns(op, X)
                 if X.shape[1] > width:
                     raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
                 padded[row:row + len(X), :X.shape[1]] = X
@@ -188,7 +210,7 @@ class Predictor:
         d.mkdir(parents=True, exist_ok=True)
         entries: dict[str, Any] = {}
         for op, family in self.families.items():
-            entry: dict[str, Any] = {"family": family, "feature_names": feature_names(op, self.extra_names)}
+            entry: dict[str, Any] = {"family": family, "feature_names": self.feature_names(op)}
             if family != "medn":
                 name = f"rm_{op}.skops"
                 (d / name).write_bytes(sio.dumps(self.models[op]))
@@ -252,12 +274,19 @@ class Predictor:
         families: dict[str, str] = {}
         models: dict[str, Any] = {}
         extra_names = list(doc.get("extra_names", []))
+        schemas: dict[str, list[str]] = {}
         for op, entry in doc.get("ops", {}).items():
             family = entry.get("family")
             families[op] = family
-            if entry.get("feature_names") != feature_names(op, extra_names):
-                raise PredictorFormatError(f"{index}: the feature schema of {op!r} differs from this latpred's; "
-                                           "retrain the predictor")
+            stored = entry.get("feature_names")
+            full = feature_names(op, extra_names)
+            if stored != full:
+                # a model trained before a feature column was added reads its own columns, in its order
+                if not isinstance(stored, list) or not stored or not set(stored) <= set(full) or len(set(stored)) != len(stored):
+                    missing = sorted(set(stored or []) - set(full)) if isinstance(stored, list) else stored
+                    raise PredictorFormatError(f"{index}: the feature schema of {op!r} differs from this latpred's "
+                                               f"(columns it lacks: {missing}); retrain the predictor")
+                schemas[op] = list(stored)
             if family == "medn":
                 continue
             models[op] = _load_skops(_checked(d, entry))
@@ -287,7 +316,8 @@ class Predictor:
             warnings.warn(f"{index}: composition not usable by this latpred ({e}); composing by plain sum until "
                           "`latpred calibrate` is run again", stacklevel=2)
             composition = Composition(info={"stale": str(e)})
-        return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition)
+        return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition,
+                   schemas)
 
 
 def load_predictor(path: str | Path) -> Any:

@@ -28,7 +28,8 @@ class Param:
 
     ``kind`` is ``int``, ``float``, ``bool`` or ``choice``. ``default`` of ``None`` means the
     parameter is required. ``feature`` says how featurize encodes it: ``log`` (log1p of the value),
-    ``linear``, ``onehot`` (choices only) or ``none``. ``symbols`` are string values that
+    ``log_align`` (log1p of the value plus its power-of-two alignment, for channel counts), ``linear``,
+    ``onehot`` (choices only) or ``none``. ``symbols`` are string values that
     :meth:`OpType.resolve` turns into numbers (``"same"`` padding, ``"depthwise"`` groups, ...).
     """
 

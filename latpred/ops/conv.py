@@ -33,8 +33,8 @@ class Conv2d(OpType):
     doc = "torch.nn.Conv2d; groups='depthwise' sets groups=in_channels; padding='same' keeps size at stride 1"
     torch_targets = (nn.Conv2d,)
     params = (
-        Param("in_channels", "int", minimum=1),
-        Param("out_channels", "int", minimum=1),
+        Param("in_channels", "int", minimum=1, feature="log_align"),
+        Param("out_channels", "int", minimum=1, feature="log_align"),
         Param("kernel_size", "int", minimum=1),
         Param("stride", "int", default=1, minimum=1),
         Param("padding", "int", default="same", minimum=0, symbols=("same",),
@@ -97,8 +97,8 @@ class ConvTranspose2d(OpType):
     doc = "torch.nn.ConvTranspose2d (upsampling convolution)"
     torch_targets = (nn.ConvTranspose2d,)
     params = (
-        Param("in_channels", "int", minimum=1),
-        Param("out_channels", "int", minimum=1),
+        Param("in_channels", "int", minimum=1, feature="log_align"),
+        Param("out_channels", "int", minimum=1, feature="log_align"),
         Param("kernel_size", "int", minimum=1),
         Param("stride", "int", default=1, minimum=1),
         Param("padding", "int", default=0, minimum=0),
