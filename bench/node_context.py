@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latpred.graph import trace
+from latpred import trace
 from latpred.graph.compose import CLASSES, node_class, node_groups
 from latpred.graph.models import load_model
 from latpred.graph.node_timing import node_ratio_summary, time_in_context

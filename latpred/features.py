@@ -36,7 +36,7 @@ from .ops.base import OpType
 from .spec import ModuleSpec, dtype_bytes
 
 __all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "featurize_conditions_many", "cost_features",
-           "prepare_specs", "LARGE_ALLOC_BYTES", "MAX_ALIGN_LOG2", "alignment",
+           "prepare_specs", "LARGE_ALLOC_BYTES", "MAX_ALIGN_LOG2", "alignment", "optional_columns",
            "StaticFeatures", "GENERIC_FEATURES"]
 
 
@@ -62,6 +62,19 @@ def _param_names(op: OpType) -> list[str]:
     return names
 
 
+def optional_columns(op: str) -> list[int]:
+    """Indices of :func:`feature_names` columns that encode a hyper-parameter with a default (``bias``,
+    ``inplace``, ``broadcast``, ...): options a store may never have varied."""
+    out: list[int] = []
+    i = 0
+    for p in get_op(op).params:
+        width = len(p.choices) if p.feature == "onehot" else 2 if p.feature == "log_align" else 0 if p.feature == "none" else 1
+        if p.default is not None or p.tie is not None:
+            out.extend(range(i, i + width))
+        i += width
+    return out
+
+
 def feature_names(op: str, extra_names: Sequence[str] = ()) -> list[str]:
     """Column names of :func:`featurize` for op type ``op`` (and the given extra conditions)."""
     return [*_param_names(get_op(op)), *DERIVED, *RUNTIME, *(f"extra.{n}" for n in sorted(extra_names))]
@@ -81,7 +94,9 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
         try:
             v = spec.params[p.name]
         except KeyError:
-            raise SpecError(f"{spec.op}: spec lacks parameter {p.name!r}; resolve it with latpred.ops.resolve_spec") from None
+            if p.default is None:
+                raise SpecError(f"{spec.op}: spec lacks parameter {p.name!r}; resolve it with latpred.ops.resolve_spec") from None
+            v = p.default  # a spec stored before the parameter existed ran with its default
         if p.feature == "onehot":
             row.extend(1.0 if v == c else 0.0 for c in p.choices)
         elif p.feature == "log":

@@ -9,6 +9,7 @@ model, so a tampered or foreign file fails with a clear error and never executes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -85,12 +86,9 @@ class Predictor:
         names = self.schemas.get(op)
         if not names:
             return X
-        cache = self.__dict__.setdefault("_column_cache", {})
-        if op not in cache:
-            full = feature_names(op, self.extra_names)
-            cache[op] = np.array([full.index(n) for n in names], dtype=int)
-        cols = cache[op]
-        return X if X.ndim != 2 or X.shape[1] == len(cols) else X[:, cols]
+        width, cols = _column_index(op, tuple(self.extra_names), tuple(names))
+        # rows of the full schema are reduced; any other width is left for the model's own width check
+        return X[:, cols] if X.ndim == 2 and X.shape[1] == width else X
 
     def predict_log(self, op: str, X: np.ndarray) -> np.ndarray:
         """log(latency ms) for feature rows ``X`` of op type ``op`` (this latpred's :func:`~latpred.features.featurize`
@@ -318,6 +316,13 @@ class Predictor:
             composition = Composition(info={"stale": str(e)})
         return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition,
                    schemas)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_index(op: str, extra_names: tuple[str, ...], names: tuple[str, ...]) -> tuple[int, np.ndarray]:
+    """Width of this latpred's full schema of ``op`` and the positions of ``names`` in it."""
+    full = feature_names(op, list(extra_names))
+    return len(full), np.array([full.index(n) for n in names], dtype=int)
 
 
 def load_predictor(path: str | Path) -> Any:

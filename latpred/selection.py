@@ -27,7 +27,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from .errors import SpecError
-from .features import GENERIC_FEATURES, featurize
+from .features import GENERIC_FEATURES, feature_names, featurize, optional_columns
 from .metrics import accuracy_report
 from .predictor import Predictor
 from .regressors import FAMILIES, candidate_table, make_regressor
@@ -197,9 +197,10 @@ class SelectionReport:
         """A predictor that uses ``family`` for every op type (a single-family baseline)."""
         ops = list(self.per_op_choice)
         if family == "medn":
-            return Predictor({op: "medn" for op in ops}, {}, self.medn, ops, base.extra_names, base.metadata)
+            return Predictor({op: "medn" for op in ops}, {}, self.medn, ops, base.extra_names, base.metadata,
+                             schemas=dict(base.schemas))
         return Predictor({op: family for op in ops}, {op: self.models[op, family] for op in ops}, None, [],
-                         base.extra_names, base.metadata)
+                         base.extra_names, base.metadata, schemas=dict(base.schemas))
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [asdict(c) for c in self.candidates], "overall": self.overall,
@@ -265,6 +266,18 @@ def fit_generic(X: Mapping[str, np.ndarray], ylog: Mapping[str, np.ndarray], n_e
     cols = [x[:, x.shape[1] - n_extra - width: x.shape[1] - n_extra] for x in X.values()]
     est = make_regressor("gbdt", None, seed=seed, table=table)
     return est.fit(np.vstack(cols), np.concatenate(list(ylog.values())))
+
+
+def _varied_columns(op: str, X: np.ndarray, extra_names: Sequence[str]) -> list[str] | None:
+    """The feature columns ``op``'s models train on when some optional hyper-parameter never varies in its
+    data (None: all of them). A model cannot learn what an option it never saw changed does; without the
+    column it predicts such a spec as for the value it saw, instead of extrapolating along a dimension
+    it knows nothing of (e.g. ``inplace`` from a store profiled before in-place specs existed)."""
+    constant = [i for i in optional_columns(op) if len(X) and np.all(X[:, i] == X[0, i])]
+    if not constant:
+        return None
+    names = feature_names(op, extra_names)
+    return [n for i, n in enumerate(names) if i not in set(constant)]
 
 
 def _ms(log_ms: np.ndarray) -> np.ndarray:
@@ -340,6 +353,10 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     say = progress or (lambda _msg: None)
     ops = data.ops
     X = {op: data.X(op) for op in ops}
+    schemas = {op: cols for op in ops if (cols := _varied_columns(op, X[op], data.extra_names)) is not None}
+    for op, names in schemas.items():
+        full = feature_names(op, data.extra_names)
+        X[op] = X[op][:, [full.index(n) for n in names]]
     ylog = {op: np.log(data.latency_ms[op]) for op in ops}
     folds = {op: _folds(len(ylog[op]), cv, seed, [_group_key(s, group_by) for s in data.specs[op]]) for op in ops}
     oof: dict[tuple[str, str], np.ndarray] = {}
@@ -423,6 +440,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         medn_tasks=list(ops) if uses_medn else [],
         extra_names=list(data.extra_names),
         generic=generic,
+        schemas=schemas,
         metadata={**data.metadata, "dataset_fingerprint": data.fingerprint(),
                   "n_samples": {op: len(ylog[op]) for op in ops}, "cv": cv, "tolerance": tolerance,
                   "cv_acc10": {op: next(c.metrics["acc10"] for c in cands if c.selected and c.op == op)

@@ -68,7 +68,7 @@ def test_bad_conditions_are_clear_errors(predictor, graph):
 
 
 def test_no_generic_fallback_is_a_clear_error(predictor, graph):
-    bare = Predictor(predictor.families, predictor.models, extra_names=[], metadata={})
+    bare = Predictor(predictor.families, predictor.models, extra_names=[], metadata={}, schemas=predictor.schemas)
     with pytest.raises(UnknownOpError, match="no generic fallback"):
         bare.predict_graph(graph)
 

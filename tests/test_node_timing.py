@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from latpred import trace
 from latpred.errors import SpecError
-from latpred.graph import trace
 from latpred.graph.node_timing import time_in_context
 
 

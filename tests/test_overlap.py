@@ -97,7 +97,9 @@ class _Chain(torch.nn.Module):
 
 def test_overlap_predictor_composes_the_stage_predictions(stage_store, tmp_path):
     with ProfileStore(stage_store, readonly=True) as store:
-        fams = ["ridge", "poly", "gbdt"]
+        # smooth families: the fake device's stage times are smooth in the features, while 80 conv specs
+        # leave gradient boosting free to split on columns the fake device ignores (channel alignment)
+        fams = ["ridge", "poly"]
         host_p, _ = select(load_training_data(store, target="host_ms"), families=fams, cv=2)
         gpu_p, _ = select(load_training_data(store, target="gpu_ms"), families=fams, cv=2)
         lat_p, _ = select(load_training_data(store), families=["ridge"], cv=2)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import REGISTRY
-from ..ops.pointwise import ACTIVATIONS
+from ..ops.pointwise import ACTIVATIONS, INPLACE_ACTIVATIONS
 from .model_graph import fold_chw
 
 __all__ = ["NoFit", "Call", "map_call", "leaf_module_types"]
@@ -108,8 +108,21 @@ def _act_fn(c: Call) -> str:
     return fn
 
 
+def _inplace(c: Call) -> bool:
+    """Whether the call writes into its first argument: ``inplace=True`` modules and keyword arguments,
+    ``relu_``-style functions and methods, and augmented assignments (``x += y`` traces as ``operator.iadd``)."""
+    if c.kind == "call_module":
+        return bool(getattr(c.module, "inplace", False))
+    if c.kind == "call_method":
+        return str(c.target).endswith("_")
+    if c.target in _INPLACE_FUNCS:
+        return True
+    return bool(c.kwargs.get("inplace", False))
+
+
 def _activation(c: Call) -> dict[str, Any]:
-    return {"fn": _act_fn(c), **_fold(c.x())}
+    fn = _act_fn(c)
+    return {"fn": fn, **_fold(c.x()), "inplace": _inplace(c) and fn in INPLACE_ACTIVATIONS}
 
 
 def _elementwise(c: Call) -> dict[str, Any]:
@@ -121,7 +134,9 @@ def _elementwise(c: Call) -> dict[str, Any]:
         raise NoFit("neither operand depends on the model input")
     out = c.outs[0]
     sizes = [math.prod(s) for s in c.ins[:2]]
-    return {"fn": fn, **_fold(out), "broadcast": min(sizes) < math.prod(out)}
+    # in place only when the written operand is the full-size one (an in-place op cannot grow its target)
+    inplace = _inplace(c) and c.batched[0] and sizes[0] == math.prod(out)
+    return {"fn": fn, **_fold(out), "broadcast": min(sizes) < math.prod(out), "inplace": bool(inplace)}
 
 
 def _norm_tokens(c: Call, dim_shape: Any) -> dict[str, Any]:
@@ -245,11 +260,15 @@ def _chw(c: Call) -> dict[str, Any]:
 _ACT_FUNCS: dict[Any, str] = {F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu6",
                               F.gelu: "gelu", F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid",
                               torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh"}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
+                "tanh_": "tanh"}
+#: functions that write into their first argument
+_INPLACE_FUNCS = {F.relu_, torch.relu_, operator.iadd, operator.imul, operator.isub, operator.itruediv}
 _BIN_FUNCS: dict[Any, str] = {operator.add: "add", operator.iadd: "add", torch.add: "add", operator.mul: "mul",
-                              operator.imul: "mul", torch.mul: "mul", operator.sub: "sub", torch.sub: "sub",
-                              operator.truediv: "div", torch.div: "div"}
-_BIN_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub", "div": "div"}
+                              operator.imul: "mul", torch.mul: "mul", operator.sub: "sub", operator.isub: "sub",
+                              torch.sub: "sub", operator.truediv: "div", operator.itruediv: "div", torch.div: "div"}
+_BIN_METHODS = {"add": "add", "add_": "add", "mul": "mul", "mul_": "mul", "sub": "sub", "sub_": "sub", "div": "div",
+                "div_": "div"}
 
 #: (op type, parameter function) per module class
 _MODULES: dict[type, tuple[str, Callable[[Call], dict[str, Any]]]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -127,6 +127,12 @@ class OpType:
         self.check(values)
         return values
 
+    def with_defaults(self, spec: ModuleSpec) -> ModuleSpec:
+        """``spec`` with every parameter it lacks that has a default filled in: a spec stored before a
+        parameter was added (e.g. ``inplace``) ran with that parameter's default."""
+        missing = {p.name: p.default for p in self.params if p.name not in spec.params and p.default is not None}
+        return replace(spec, params={**spec.params, **missing}) if missing else spec
+
     def _resolve_symbols(self, values: dict[str, Any]) -> dict[str, Any]:
         """Hook: replace symbolic values (``"same"``, ``"depthwise"``) and tied defaults."""
         return values
@@ -189,6 +195,7 @@ class OpType:
         The module is built directly on ``device`` (weights never pass through host memory), so a
         spec too large for the device fails there, with the device's own out-of-memory error.
         """
+        spec = self.with_defaults(spec)
         with torch.device(device):
             module = self.build(spec)
         module = module.eval().to(device=device, dtype=TORCH_DTYPES[spec.dtype])
