@@ -44,8 +44,10 @@ DERIVED = ("log_flops", "log_bytes", "log_weights", "log_in_elems", "log_out_ele
 #: output size from which glibc malloc uses mmap whatever its dynamic threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
 LARGE_ALLOC_BYTES = 32 * 2**20
 RUNTIME = ("log2_batch_size", "dtype_bytes", "utilization", "threads")
-#: the ``.align`` column of a ``log_align`` parameter counts factors of 2 up to this (64 = 2**6)
-MAX_ALIGN_LOG2 = 6
+#: the ``.align`` column of a ``log_align`` parameter counts factors of 2 up to this (16 = 2**4: one AVX-512
+#: vector of float32). A cap of 6 (64) cross-validated conv2d at 56.6% acc10 on the 3-draw store, 4 at 59.9%:
+#: counts of 32 or 64 are rare in a drawn space, and splitting on them only fits noise
+MAX_ALIGN_LOG2 = 4
 #: the op-agnostic columns (derived costs and runtime conditions) the generic fallback model reads
 GENERIC_FEATURES = (*DERIVED, *RUNTIME)
 

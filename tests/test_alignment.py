@@ -17,8 +17,8 @@ def _conv(cin: int, cout: int) -> ModuleSpec:
 
 
 def test_alignment_counts_factors_of_two_up_to_the_cap():
-    assert [alignment(v) for v in (1, 2, 3, 8, 24, 48, 96, 120, 128, 4096, 0, -8)] == [0, 1, 0, 3, 3, 4, 5, 3, 6, 6, 0, 0]
-    assert MAX_ALIGN_LOG2 == 6
+    assert [alignment(v) for v in (1, 2, 3, 8, 24, 48, 96, 120, 128, 4096, 0, -8)] == [0, 1, 0, 3, 3, 4, 4, 3, 4, 4, 0, 0]
+    assert MAX_ALIGN_LOG2 == 4
 
 
 def test_conv_features_carry_channel_alignment():
@@ -26,11 +26,11 @@ def test_conv_features_carry_channel_alignment():
     i, o = names.index("in_channels.align"), names.index("out_channels.align")
     assert names[i - 1] == "in_channels" and names[o - 1] == "out_channels"
     x = featurize(_conv(120, 128))
-    assert x[i] == 3 and x[o] == 6
+    assert x[i] == 3 and x[o] == 4
     assert x[i - 1] == pytest.approx(np.log1p(120))
     # 120 and 128 channels differ in alignment by far more than in their log channel count
     a, b = featurize_many([_conv(120, 64), _conv(128, 64)])
-    assert b[i] - a[i] == 3 and b[i - 1] - a[i - 1] < 0.07
+    assert b[i] - a[i] == 1 and b[i - 1] - a[i - 1] < 0.07
     assert "in_features.align" not in feature_names("linear")
 
 

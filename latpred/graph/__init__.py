@@ -17,6 +17,7 @@ _LAZY = {
     "validate_models": ".validate", "ValidationReport": ".validate",
     "measure_in_passes": ".measure", "ModelJob": ".measure", "PooledMeasurement": ".measure",
     "load_model": ".models", "TORCHVISION_ZOO": ".models",
+    "time_in_context": ".node_timing", "InContextTiming": ".node_timing",
 }
 
 __all__ = list(_LAZY)

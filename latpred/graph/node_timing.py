@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import MeasurementError, SpecError
 from ..profiling.devices import robust_stat
 
-__all__ = ["InContextTiming", "time_in_context"]
+__all__ = ["InContextTiming", "time_in_context", "node_ratio_summary"]
 
 
 @dataclass
