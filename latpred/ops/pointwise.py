@@ -35,8 +35,9 @@ INPLACE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "hardswish": lambda x: F.hardswish(x, inplace=True), "hardsigmoid": lambda x: F.hardsigmoid(x, inplace=True),
     "sigmoid": torch.sigmoid_, "tanh": torch.tanh_,
 }
-#: in-place inputs are shifted to [8, ...): every in-place activation then maps them to values it maps to
-#: themselves or to a fixed point, so repeating the call in a timing window never drifts into denormals
+#: in-place inputs are shifted to [8, ...): every in-place activation then maps them to themselves, to a fixed
+#: point, or (tanh) towards 0 no faster than 1/sqrt(calls), so repeating the call in a timing window never
+#: drifts into denormals (SiLU or Hardswish on values near 0 would halve them on every call)
 _INPLACE_SHIFT = 8.0
 
 _INPLACE_DOC = ("writes into its input (``nn.ReLU(inplace=True)``, ``x += y``): no output is allocated, which "
