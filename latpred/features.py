@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import SpecError
 from .ops import get_op
-from .ops.base import OpType
+from .ops.base import OpType, Param
 from .spec import ModuleSpec, dtype_bytes
 
 __all__ = ["featurize", "featurize_many", "feature_names", "featurize_conditions", "featurize_conditions_many", "cost_features",
@@ -52,16 +52,17 @@ MAX_ALIGN_LOG2 = 4
 GENERIC_FEATURES = (*DERIVED, *RUNTIME)
 
 
+def _param_columns(p: Param) -> list[str]:
+    """The feature column names that encode hyper-parameter ``p`` (none for ``feature="none"``)."""
+    if p.feature == "onehot":
+        return [f"{p.name}={c}" for c in p.choices]
+    if p.feature == "log_align":
+        return [p.name, f"{p.name}.align"]
+    return [] if p.feature == "none" else [p.name]
+
+
 def _param_names(op: OpType) -> list[str]:
-    names: list[str] = []
-    for p in op.params:
-        if p.feature == "onehot":
-            names.extend(f"{p.name}={c}" for c in p.choices)
-        elif p.feature == "log_align":
-            names.extend((p.name, f"{p.name}.align"))
-        elif p.feature != "none":
-            names.append(p.name)
-    return names
+    return [name for p in op.params for name in _param_columns(p)]
 
 
 def optional_columns(op: str) -> list[int]:
@@ -70,7 +71,7 @@ def optional_columns(op: str) -> list[int]:
     out: list[int] = []
     i = 0
     for p in get_op(op).params:
-        width = len(p.choices) if p.feature == "onehot" else 2 if p.feature == "log_align" else 0 if p.feature == "none" else 1
+        width = len(_param_columns(p))
         if p.default is not None or p.tie is not None:
             out.extend(range(i, i + width))
         i += width
@@ -89,6 +90,7 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
     a named extra missing from the spec, or a non-numeric one, is a :class:`SpecError`.
     """
     op = get_op(spec.op)
+    spec = op.with_defaults(spec)  # a spec stored before a parameter existed ran with its default
     row: list[float] = []
     for p in op.params:
         if p.feature == "none":
@@ -96,9 +98,7 @@ def featurize(spec: ModuleSpec, extra_names: Sequence[str] | None = None) -> np.
         try:
             v = spec.params[p.name]
         except KeyError:
-            if p.default is None:
-                raise SpecError(f"{spec.op}: spec lacks parameter {p.name!r}; resolve it with latpred.ops.resolve_spec") from None
-            v = p.default  # a spec stored before the parameter existed ran with its default
+            raise SpecError(f"{spec.op}: spec lacks parameter {p.name!r}; resolve it with latpred.ops.resolve_spec") from None
         if p.feature == "onehot":
             row.extend(1.0 if v == c else 0.0 for c in p.choices)
         elif p.feature == "log":

@@ -268,16 +268,13 @@ def fit_generic(X: Mapping[str, np.ndarray], ylog: Mapping[str, np.ndarray], n_e
     return est.fit(np.vstack(cols), np.concatenate(list(ylog.values())))
 
 
-def _varied_columns(op: str, X: np.ndarray, extra_names: Sequence[str]) -> list[str] | None:
-    """The feature columns ``op``'s models train on when some optional hyper-parameter never varies in its
-    data (None: all of them). A model cannot learn what an option it never saw changed does; without the
-    column it predicts such a spec as for the value it saw, instead of extrapolating along a dimension
+def _varied_columns(op: str, X: np.ndarray) -> list[int] | None:
+    """Indices of the feature columns ``op``'s models train on when some optional hyper-parameter never varies
+    in its data (None: all of them). A model cannot learn what an option it never saw changed does; without
+    the column it predicts such a spec as for the value it saw, instead of extrapolating along a dimension
     it knows nothing of (e.g. ``inplace`` from a store profiled before in-place specs existed)."""
-    constant = [i for i in optional_columns(op) if len(X) and np.all(X[:, i] == X[0, i])]
-    if not constant:
-        return None
-    names = feature_names(op, extra_names)
-    return [n for i, n in enumerate(names) if i not in set(constant)]
+    constant = {i for i in optional_columns(op) if len(X) and np.all(X[:, i] == X[0, i])}
+    return [i for i in range(X.shape[1]) if i not in constant] if constant else None
 
 
 def _ms(log_ms: np.ndarray) -> np.ndarray:
@@ -353,10 +350,13 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     say = progress or (lambda _msg: None)
     ops = data.ops
     X = {op: data.X(op) for op in ops}
-    schemas = {op: cols for op in ops if (cols := _varied_columns(op, X[op], data.extra_names)) is not None}
-    for op, names in schemas.items():
-        full = feature_names(op, data.extra_names)
-        X[op] = X[op][:, [full.index(n) for n in names]]
+    schemas: dict[str, list[str]] = {}
+    for op in ops:
+        keep = _varied_columns(op, X[op])
+        if keep is not None:
+            full = feature_names(op, data.extra_names)
+            schemas[op] = [full[i] for i in keep]
+            X[op] = X[op][:, keep]
     ylog = {op: np.log(data.latency_ms[op]) for op in ops}
     folds = {op: _folds(len(ylog[op]), cv, seed, [_group_key(s, group_by) for s in data.specs[op]]) for op in ops}
     oof: dict[tuple[str, str], np.ndarray] = {}

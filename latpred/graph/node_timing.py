@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+import torch.fx as fx
 
 from ..errors import MeasurementError, SpecError
 from ..profiling.devices import robust_stat
@@ -58,24 +60,19 @@ class InContextTiming:
                 "overhead_per_node_ms": self.overhead_per_node_ms}
 
 
-def _timer_class() -> type:
-    import torch.fx as fx
+class _NodeTimer(fx.Interpreter):
+    """An fx Interpreter that records each node's wall time (ms) in ``self.readings``."""
 
-    class _NodeTimer(fx.Interpreter):
-        """An fx Interpreter that adds each node's wall time to ``self.readings``."""
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.readings: dict[str, float] = {}
 
-        def __init__(self, gm: Any) -> None:
-            super().__init__(gm, garbage_collect_values=True)
-            self.readings: dict[str, float] = {}
-
-        def run_node(self, n: Any) -> Any:
-            clock = time.perf_counter
-            t = clock()
-            out = super().run_node(n)
-            self.readings[n.name] = (clock() - t) * 1e3
-            return out
-
-    return _NodeTimer
+    def run_node(self, n: fx.Node) -> Any:
+        clock = time.perf_counter
+        t = clock()
+        out = super().run_node(n)
+        self.readings[n.name] = (clock() - t) * 1e3
+        return out
 
 
 def time_in_context(gm: Any, inputs: tuple[Any, ...], runs: int = 20, threads: int | None = None,
@@ -86,9 +83,6 @@ def time_in_context(gm: Any, inputs: tuple[Any, ...], runs: int = 20, threads: i
     ``statistic`` (min, median, mean, trimmed) reduces each node's runs. Raises :class:`SpecError` for
     bad arguments and :class:`MeasurementError` when the model fails to run.
     """
-    import torch
-    import torch.fx as fx
-
     if not isinstance(gm, fx.GraphModule):
         raise SpecError(f"time_in_context needs a torch.fx GraphModule (ModelGraph.gm of a traced model), got "
                         f"{type(gm).__name__}; ONNX graphs have none")
@@ -98,7 +92,7 @@ def time_in_context(gm: Any, inputs: tuple[Any, ...], runs: int = 20, threads: i
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise SpecError(f"threads must be a positive integer or None, got {threads!r}")
     robust_stat([1.0], statistic)  # names a bad statistic before any work
-    timer = _timer_class()(gm)
+    timer = _NodeTimer(gm)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
