@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, time-boxed (each step under `timeout -s INT`; a cut-off profile stays resumable),
 # for the host/device overlap composition (latpred/graph/overlap.py):
-#   1. the new CUDA stage-timing test (tests/test_overlap.py, cuda-marked);
+#   1. the CUDA stage-timing and in-place tests (tests/test_overlap.py, tests/test_inplace.py);
 #   2. the 14-model torchvision zoo measured whole with its host/GPU/single-call stage times
 #      (bench/measure_zoo.py, 2 passes; no predictor needed on the device);
 #   3. a training store of the `default` space (then `coverage`), one pass, every spec with host_ms/gpu_ms;
@@ -25,8 +25,8 @@ step() { echo "== $(date -u +%T) $*" | tee -a "$LOG"; }
 step "device"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python3 -c 'import torch, torchvision, sklearn; print(torch.__version__, torchvision.__version__, sklearn.__version__)'; } 2>&1 | tee -a "$LOG"
-step "stage-timing test on the GPU"
-timeout -s INT 60 python3 -m pytest -q -rs tests/test_overlap.py 2>&1 | tail -15 | tee -a "$LOG"
+step "stage-timing and in-place tests on the GPU"
+timeout -s INT 90 python3 -m pytest -q -rs tests/test_overlap.py tests/test_inplace.py 2>&1 | tail -15 | tee -a "$LOG"
 step "zoo: 14 models x batch 1,8,32 x utilization 0,0.5, 2 passes, with stage times"
 timeout -s INT 200 python3 bench/measure_zoo.py --device cuda --models torchvision:zoo --batch-sizes 1,8,32 \
     --utilization 0,0.5 --passes 2 --json "$OUT/zoo_stages_gpu.json" 2>"$OUT/zoo_stages_gpu.log" | tee -a "$LOG"

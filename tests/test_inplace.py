@@ -95,3 +95,20 @@ def test_training_without_inplace_samples_ignores_the_column():
     a, b = _act("relu", False, channels=64, h=14), _act("relu", True, channels=64, h=14)
     assert predictor.predict([a])[0] == predictor.predict([b])[0]
     assert "in_channels.align" in predictor.feature_names("conv2d")
+
+
+@pytest.mark.cuda
+def test_cuda_measures_inplace_ops_with_their_stage_times():
+    # a CUDA graph replays the in-place call many times on one buffer: the capture must work and the
+    # stage timings must be there, as for the out-of-place form
+    from latpred.profiling.devices import CudaDevice
+
+    dev = CudaDevice()
+    try:
+        for spec in (_act("silu", True, batch=8, channels=96, h=56), _act("silu", False, batch=8, channels=96, h=56),
+                     get_op("elementwise").spec(fn="add", channels=96, h=56, batch_size=8, inplace=True)):
+            m = dev.measure(spec)
+            assert "gpu_error" not in m.extra, m.extra.get("gpu_error")
+            assert m.latency_ms > 0 and m.extra["gpu_ms"] > 0 and m.extra["host_ms"] > 0
+    finally:
+        dev.close()
