@@ -51,6 +51,7 @@ def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads:
                "predicted_ms": float(lat.isolated_ms[j]), "composed_ms": float(lat.node_ms[j]),
                "in_context_ms": ctx.node_ms.get(node.name)}
         if node.spec is not None:
+            row["params"] = dict(node.spec.params)
             m = dev.measure(node.spec)
             raw = m.extra.get("raw_timings_ms") or list(m.timings_ms)
             row["isolated_ms"] = float(m.latency_ms)  # normalised to the predictor's nominal
@@ -85,6 +86,13 @@ def _summary(m: dict) -> dict:
             "per_class": per_class}
 
 
+def _write(args: argparse.Namespace, t0: float, models: list[dict]) -> None:
+    doc = {"predictor": args.predictor, "threads": args.threads, "runs": args.runs, "wall_s": time.time() - t0,
+           "date": time.strftime("%Y-%m-%d %H:%M"), "models": models}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=1, default=list))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--predictor", required=True)
@@ -110,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                                             f"{v['pred_over_iso']:.2f}" for c, v in s["per_class"].items()),
                   file=sys.stderr, flush=True)
             models.append(m)
-    doc = {"predictor": args.predictor, "threads": args.threads, "runs": args.runs, "wall_s": time.time() - t0,
-           "date": time.strftime("%Y-%m-%d %H:%M"), "models": models}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=1))
+            _write(args, t0, models)  # after every case: a cut-off run keeps what it measured
     sums = [m["summary"] for m in models]
     print(f"node_context: {len(sums)} cases; predicted/isolated median {np.median([s['pred_over_iso_sum'] for s in sums]):.3f}, "
           f"in-context/isolated median {np.median([s['ctx_over_iso_sum'] for s in sums]):.3f} "

@@ -34,6 +34,21 @@ def test_overlap_recurrence_by_hand():
     assert overlap_ms([1.0], [1.0], sync_ms=0.25)[0] == pytest.approx(2.25)
 
 
+def test_the_running_sum_and_the_node_loop_give_the_same_recurrence():
+    from latpred.graph import overlap
+
+    rng = np.random.default_rng(3)
+    h = rng.exponential(size=(overlap._LOOP_ABOVE + 8, 23))
+    g = rng.exponential(size=h.shape) * rng.choice([0.0, 1.0, 4.0], size=h.shape)  # host- and GPU-bound stretches
+    for calls in (1, 2, 5):
+        looped = overlap_ms(h, g, calls, 0.3)  # more conditions than _LOOP_ABOVE: node by node
+        for k in (0, 7, len(h) - 1):
+            total, node = overlap_ms(h[k], g[k], calls, 0.3)  # one condition: running sums
+            assert total == pytest.approx(looped[0][k], rel=1e-12)
+            np.testing.assert_allclose(node, looped[1][k], rtol=1e-12, atol=1e-12)
+    assert overlap_ms(np.zeros((2, 0)), np.zeros((2, 0)), 1, 0.5)[0].tolist() == [0.5, 0.5]
+
+
 def test_overlap_back_to_back_calls_tend_to_the_slower_stage_and_stay_below_the_plain_sum():
     rng = np.random.default_rng(0)
     h, g = rng.uniform(0.01, 0.05, (4, 30)), rng.uniform(0.0, 0.1, (4, 30))

@@ -59,19 +59,51 @@ def overlap_ms(host_ms: Any, gpu_ms: Any, calls: int = 1, sync_ms: float = 0.0) 
         raise SpecError(f"calls must be a positive integer, got {calls!r}")
     if not np.all(np.isfinite(h)) or not np.all(np.isfinite(g)) or (h < 0).any() or (g < 0).any():
         raise SpecError("stage times must be finite and non-negative")
+    if h.shape[-1] == 0:
+        return np.full(h.shape[:-1], float(sync_ms)) / calls, h.copy()
+    if h.size // h.shape[-1] > _LOOP_ABOVE:
+        return _overlap_loop(h, g, int(calls), sync_ms)
+    reps = (1,) * (h.ndim - 1) + (int(calls),)
+    t_g = _gpu_finish(np.tile(h, reps), np.tile(g, reps))
+    first = t_g[..., :h.shape[-1]]  # the GPU never finishes a node before the host issued it: finish = t_g
+    node = np.diff(first, axis=-1, prepend=0.0)
+    return (t_g[..., -1] + sync_ms) / calls, node
+
+
+#: above this many conditions the recurrence steps node by node over vectors of conditions (they stay in
+#: cache), below it runs as running sums over whole arrays (no Python loop: resnet50's 177 nodes at one
+#: condition 0.9 -> 0.05 ms; at 1,000 conditions the loop was ~3x faster on the 2-core CPU)
+_LOOP_ABOVE = 32
+
+
+def _overlap_loop(h: np.ndarray, g: np.ndarray, calls: int, sync_ms: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`overlap_ms` stepping node by node (each step over all conditions at once)."""
     t_h = np.zeros(h.shape[:-1])
     t_g = np.zeros(h.shape[:-1])
     node = np.zeros_like(h)
     done = np.zeros(h.shape[:-1])
-    for c in range(int(calls)):
+    for c in range(calls):
         for i in range(h.shape[-1]):
             t_h = t_h + h[..., i]
             t_g = np.maximum(t_g, t_h) + g[..., i]
             if c == 0:
-                finish = np.maximum(t_g, t_h)
-                node[..., i] = finish - done
-                done = finish
-    return (np.maximum(t_g, t_h) + sync_ms) / calls, node
+                node[..., i] = t_g - done
+                done = t_g
+    return (t_g + sync_ms) / calls, node
+
+
+def _gpu_finish(h: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``t_g`` of the recurrence for every node, without a Python loop over nodes.
+
+    With ``G`` the running sum of ``g`` and ``u[i] = t_g[i] - G[i]``, the recurrence reads
+    ``u[i] = max(u[i-1], t_h[i] - G[i-1])`` with ``u[-1] = 0``: a running maximum. Each ``t_h[i] - G[i-1]``
+    is at least ``h_0 >= 0`` at ``i = 0``, so the running maximum is never below the start value."""
+    # node-major copies: numpy accumulates along the first axis with vectorised inner loops, along the
+    # last one element by element
+    hn, gn = np.ascontiguousarray(np.moveaxis(h, -1, 0)), np.ascontiguousarray(np.moveaxis(g, -1, 0))
+    G = np.cumsum(gn, axis=0)
+    u = np.maximum.accumulate(np.cumsum(hn, axis=0) - (G - gn), axis=0)
+    return np.moveaxis(u + G, 0, -1)
 
 
 def _host_scale(host_scale: Any) -> np.ndarray:
