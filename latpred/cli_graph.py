@@ -107,7 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .graph.calibrate import calibrate
+    from .graph.calibrate import calibrate, conditions_for
     from .predictor import Predictor
     from .profiling.devices import make_device
 
@@ -147,7 +147,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         device = make_device(args.device)
         try:
             comp, cases = calibrate(pred, device, n_networks=args.networks, seed=args.seed, passes=args.passes,
-                                    progress=_say(args))
+                                    conditions=conditions_for(args.batch_sizes), progress=_say(args))
         finally:
             device.close()
     pred.composition = comp
@@ -283,6 +283,9 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
     c.add_argument("--networks", type=int, default=30, help="random networks to measure (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-sizes", type=_csv(int), default=[1, 8, 32],
+                   help="batch sizes measured, each unloaded, loaded and on one thread (a case above 30 GFLOPs per call is "
+                   "skipped); include the batches you will predict: the composition extrapolates poorly in batch (default: 1,8,32)")
     c.add_argument("--cases", help="also write the measured cases to this JSON file")
     c.add_argument("--passes", type=int, default=3,
                    help="measurement passes over all cases, pooled as in profiling (default: %(default)s)")
