@@ -1,0 +1,78 @@
+"""How much of the reference probe's reading should a measurement be divided by? Two stores of the same specs.
+
+    python bench/reference_exponent.py STORE_A STORE_B [--json bench/results/reference_exponent.json]
+
+For every spec both stores measured with reference readings (unloaded specs: their ``extra`` holds
+``raw_timings_ms`` and the ``reference_ms`` read after each window), recomputes the latency as the profiler does
+(minimum over the windows) from ``raw x (nominal / reference) ** beta`` for beta from 0 (raw) to 1 (the shipped
+normalisation), with one nominal per thread count shared by both stores (the median reading), and reports how
+well the two stores agree: the share within ±10%, the median ratio B / A, the share within ±10% once that median
+offset is removed, and the MAPE. No measurement. Prints one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _load(path: str) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+    if not Path(path).is_file():
+        raise SystemExit(f"no store at {path!r}")
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    out = {}
+    for key, threads, util, extra in con.execute("SELECT spec_key, threads, utilization, extra_json FROM samples "
+                                                 "WHERE status = 'ok'"):
+        e = json.loads(extra or "{}")
+        if util == 0 and e.get("raw_timings_ms") and e.get("reference_ms"):
+            out[key] = (int(threads), np.asarray(e["raw_timings_ms"], float), np.asarray(e["reference_ms"], float))
+    con.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store_a")
+    ap.add_argument("store_b")
+    ap.add_argument("--json", default="bench/results/reference_exponent.json")
+    args = ap.parse_args(argv)
+    a, b = _load(args.store_a), _load(args.store_b)
+    common = sorted(set(a) & set(b))
+    if len(common) < 10:
+        raise SystemExit(f"the stores share {len(common)} specs with reference readings; need at least 10")
+    readings: dict[int, list[float]] = {}
+    for store in (a, b):
+        for k in common:
+            readings.setdefault(store[k][0], []).extend(store[k][2].tolist())
+    nominal = {t: float(np.median(v)) for t, v in readings.items()}
+
+    def latency(s: tuple[int, np.ndarray, np.ndarray], beta: float) -> float:
+        t, raw, ref = s
+        return float(np.min(raw * (nominal[t] / ref) ** beta))
+
+    rows = {}
+    for beta in BETAS:
+        r = np.array([latency(b[k], beta) / latency(a[k], beta) for k in common])
+        off = float(np.median(r))
+        rows[beta] = {"within10": float(np.mean(np.abs(r - 1) <= 0.1)), "median_ratio": off,
+                      "within10_offset_removed": float(np.mean(np.abs(r / off - 1) <= 0.1)),
+                      "mape": float(np.mean(np.abs(r - 1)) * 100)}
+    doc = {"store_a": args.store_a, "store_b": args.store_b, "specs": len(common), "nominal_ms": nominal,
+           "by_beta": {str(k): v for k, v in rows.items()}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=1))
+    print(f"reference_exponent: {len(common)} specs; " + "; ".join(
+        f"beta {k:g}: within10 {100 * v['within10']:.1f}%, B/A {v['median_ratio']:.3f}, offset removed "
+        f"{100 * v['within10_offset_removed']:.1f}%, MAPE {v['mape']:.1f}%" for k, v in rows.items()) + f" -> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
