@@ -32,9 +32,8 @@ from .trace import trace
 __all__ = ["random_network", "RANDOM_NETWORK_VERSION", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS",
            "conditions_for", "composition_from_cases", "recompute_features", "cases_from_validation", "leave_one_model_out"]
 
-#: (batch size, utilization, threads) measured per network; threads None = the device default (the
-#: single-thread unloaded cases feed the composition's single_thread regime)
-#: the three regimes a calibration measures at every batch size: (utilization, threads)
+#: the three regimes a calibration measures at every batch size: (utilization, threads); threads None = the
+#: device default (the single-thread unloaded cases feed the composition's single_thread regime)
 CALIBRATION_REGIMES: tuple[tuple[float, int | None], ...] = ((0.0, None), (0.5, 1), (0.0, 1))
 
 
@@ -46,9 +45,10 @@ def conditions_for(batch_sizes: Sequence[int]) -> tuple[tuple[int, float, int | 
     return tuple((int(b), u, t) for u, t in CALIBRATION_REGIMES for b in dict.fromkeys(sizes))
 
 
-#: batch 32 included: without it the composition extrapolated to large batches (the zoo at batch 32 was
-#: over-predicted by 1.21x at the median; with it 1.18x, and acc10 of the random-network composition on the zoo
-#: rose from 44.4% to 49.2%, docs/benchmarks.md)
+#: (batch size, utilization, threads) measured per network. Batch 32 is included: without it the
+#: composition extrapolated to large batches (the zoo at batch 32 was over-predicted by 1.21x at the
+#: median; with it 1.18x, and acc10 of the random-network composition on the zoo rose from 44.4% to
+#: 49.2%, docs/benchmarks.md)
 DEFAULT_CONDITIONS: tuple[tuple[int, float, int | None], ...] = conditions_for((1, 8, 32))
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU}
 
@@ -206,7 +206,7 @@ class _ViT(nn.Module):
             patch = int(rng.choice([p for p in (4, 8, 16) if res // p >= 4]))
             d = int(rng.choice([64, 128, 192, 256, 384]))
             heads = int(rng.choice([h for h in (2, 4, 8) if d % h == 0]))
-        else:  # real ViTs' token counts (50-785) and widths (head dim 32-64, up to ViT-B's 768)
+        else:  # real ViTs' token counts (17-785) and widths (head dim 32-64, up to ViT-B's 768)
             patch = int(rng.choice([p for p in (8, 16, 32) if 4 <= res // p <= 28]))
             d = int(rng.choice([128, 192, 256, 384, 512, 768]))
             heads = int(rng.choice([h for h in (2, 4, 8, 12) if d % h == 0 and 32 <= d // h <= 64]))
