@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from latpred import trace
+from latpred.graph.calibrate import random_network
 from latpred.graph.compose import CLASSES, node_class, node_groups
 from latpred.graph.models import load_model
 from latpred.graph.node_timing import node_ratio_summary, time_in_context
@@ -36,10 +38,18 @@ from latpred.profiling.devices import CpuDevice
 from latpred.profiling.reference import adopt_reference
 
 
-def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads: int, runs: int) -> dict:
+def _model(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A zoo model by torchvision name, or ``randomK``: the current generator's random network of seed K."""
+    if name.startswith("random") and name[6:].isdigit():
+        module, shape = random_network(int(name[6:]))
+        return module, torch.randn(batch, *shape)
     ref = load_model(f"torchvision:{name}")
-    x = ref.example_input(batch)
-    graph = trace(ref.module, (x,)).with_conditions(threads=threads)
+    return ref.module, ref.example_input(batch)
+
+
+def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads: int, runs: int) -> dict:
+    module, x = _model(name, batch)
+    graph = trace(module, (x,)).with_conditions(threads=threads)
     lat = predict_graph(pred, graph, threads=threads)
     ctx = time_in_context(graph.gm, (x,), runs=runs, threads=threads)
     rows = []
@@ -96,7 +106,8 @@ def _write(args: argparse.Namespace, t0: float, models: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--predictor", required=True)
-    ap.add_argument("--models", default="resnet18,mobilenet_v2,vgg16,alexnet,efficientnet_b0,vit_b_16")
+    ap.add_argument("--models", default="resnet18,mobilenet_v2,vgg16,alexnet,efficientnet_b0,vit_b_16",
+                    help="torchvision names, or randomK for the calibration generator's network of seed K")
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
