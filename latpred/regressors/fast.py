@@ -4,7 +4,8 @@ Optimizers call the predictor thousands of times with a few dozen rows each, whe
 input validation and (for forests) joblib's per-tree dispatch cost far more than the arithmetic: a
 200-tree ExtraTrees model took ~35 ms per call on cpu2 whatever the row count. :func:`fast_predict`
 walks the fitted model and evaluates the pieces directly — scalers, polynomial features (one gather
-per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds),
+per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds), kNN
+(brute-force distances),
 tree ensembles (for a few rows, all trees walked together level by level over flattened node
 arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
 ``model.predict`` for anything else. Results equal ``model.predict`` to rounding (tests check every
@@ -22,6 +23,7 @@ from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, Product, Sum, WhiteKernel
 from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from sklearn.svm import SVR
@@ -34,6 +36,10 @@ __all__ = ["fast_predict"]
 # derived arrays of fitted models (flattened forests, polynomial index tables, ...), built on first use and
 # dropped with the model; kept outside the estimators so that saving a model never saves them
 _CACHE: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+# up to this many (query, training row) distances a kNN model is evaluated here (one distance matrix); above it,
+# by scikit-learn (chunked, tree-based)
+_KNN_MAX = 4_000_000
 
 # up to this many (row, tree) pairs a forest is walked level by level for all trees at once (a few dozen
 # numpy calls); above it, tree by tree (sklearn's compiled walk, one call per tree)
@@ -230,6 +236,32 @@ def _svr(model: SVR, X: np.ndarray) -> np.ndarray:
     return k @ model.dual_coef_[0] + model.intercept_[0]
 
 
+def _knn_ok(model: KNeighborsRegressor) -> bool:
+    """The kNN models the zoo builds: Euclidean, uniform or distance weights, one output."""
+    metric_ok = model.effective_metric_ == "euclidean" or (model.effective_metric_ == "minkowski"
+                                                          and (model.effective_metric_params_ or {}).get("p", 2) == 2)
+    return metric_ok and model.weights in ("uniform", "distance") and np.ndim(model._y) == 1
+
+
+def _knn(model: KNeighborsRegressor, X: np.ndarray) -> np.ndarray:
+    """Brute-force neighbours (the training sets are a few thousand rows), weighted as scikit-learn weighs
+    them: by 1 / distance, and a query on a training row takes that row's value alone."""
+    fit_X, y, k = model._fit_X, np.asarray(model._y, dtype=np.float64), model.n_neighbors
+    fit_sq = _cached(model, fit_X, lambda m: (m._fit_X ** 2).sum(axis=1))
+    d2 = _sqdist(X, fit_X, fit_sq)
+    idx = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.broadcast_to(np.arange(d2.shape[1]), d2.shape)
+    near = y[idx]
+    if model.weights == "uniform":
+        return near.mean(axis=1)
+    # the chosen neighbours' distances exactly (the expansion above leaves rounding residue where a query sits
+    # on a training row, and scikit-learn's trees measure those as exactly 0)
+    dist = np.sqrt(((X[:, None, :] - fit_X[idx]) ** 2).sum(axis=2))
+    exact = dist == 0
+    with np.errstate(divide="ignore"):
+        w = np.where(exact.any(axis=1, keepdims=True), exact.astype(np.float64), 1.0 / dist)
+    return (w * near).sum(axis=1) / w.sum(axis=1)
+
+
 def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarray:
     """``model.predict(X)`` for a fitted zoo model, without per-call validation and dispatch overhead.
 
@@ -253,4 +285,6 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
         return _gp(model, X, condition_tail)
     if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False) and hasattr(model, "_gamma"):
         return _svr(model, X)
+    if isinstance(model, KNeighborsRegressor) and hasattr(model, "_fit_X") and _knn_ok(model) and len(X) * len(model._fit_X) <= _KNN_MAX:
+        return _knn(model, X)
     return np.asarray(model.predict(X), dtype=np.float64)
