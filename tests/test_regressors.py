@@ -96,6 +96,21 @@ def test_gp_factors_its_kernel_over_specs_and_conditions(monkeypatch):
     assert np.allclose(fast_predict(m, rows), got, rtol=1e-9, atol=1e-9)  # the hint changes nothing but the cost
 
 
+def test_svr_factors_its_kernel_over_specs_and_conditions(monkeypatch):
+    import latpred.regressors.fast as fast
+
+    m = make_regressor("svr", "conv2d", seed=0).fit(X, Y)
+    conds = np.array([[u, t] for u in np.linspace(0.0, 0.9, 10) for t in (1.0, 2.0)])
+    rows = np.hstack([np.repeat(X[:8, :-2], len(conds), axis=0), np.tile(conds, (8, 1))])
+    calls = []
+    real = fast._rbf
+    monkeypatch.setattr(fast, "_rbf", lambda *a: calls.append(1) or real(*a))
+    got = fast_predict(m, rows, condition_tail=2)
+    assert len(calls) == 2  # the spec block's kernel and the condition block's
+    assert np.allclose(got, m.predict(rows), rtol=1e-9, atol=1e-9)
+    assert np.allclose(fast_predict(m, rows), got, rtol=1e-9, atol=1e-9) and len(calls) == 2
+
+
 def test_candidate_table_is_data_with_per_op_overrides():
     table = {"knn": {"params": {"n_neighbors": 5}, "ops": {"linear": {"n_neighbors": 9}}}}
     assert candidate_params("knn", "conv2d", table) == {"n_neighbors": 5}

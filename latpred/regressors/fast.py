@@ -229,8 +229,15 @@ def _gp(model: GaussianProcessRegressor, X: np.ndarray, tail: int = 0) -> np.nda
     return y.reshape(len(X), -1)[:, 0] if y.ndim > 1 else y
 
 
-def _svr(model: SVR, X: np.ndarray) -> np.ndarray:
+def _svr(model: SVR, X: np.ndarray, tail: int = 0) -> np.ndarray:
     sv = model.support_vectors_
+    if 0 < tail < X.shape[1] and len(X) >= 64:  # an RBF SVR factors over specs x conditions as a GP does
+        A, ia = _unique_rows(X[:, :-tail])
+        B, ib = _unique_rows(X[:, -tail:])
+        if len(A) * len(B) <= 8 * len(X):
+            ls = np.full(X.shape[1], 1.0 / np.sqrt(2.0 * model._gamma))  # exp(-gamma d^2) = RBF of that length scale
+            KA, KB = _rbf(A, sv[:, :-tail], ls[:-tail]), _rbf(B, sv[:, -tail:], ls[-tail:])
+            return ((KA * model.dual_coef_[0]) @ KB.T)[ia, ib] + model.intercept_[0]
     sv_sq = _cached(model, sv, lambda m: (m.support_vectors_ ** 2).sum(axis=1))
     k = np.exp(-model._gamma * _sqdist(X, sv, sv_sq))
     return k @ model.dual_coef_[0] + model.intercept_[0]
@@ -266,8 +273,8 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
     """``model.predict(X)`` for a fitted zoo model, without per-call validation and dispatch overhead.
 
     ``condition_tail``: how many trailing columns vary independently of the others (the runtime
-    conditions of specs x conditions rows); a Gaussian process then factors its kernel over the
-    two column blocks. Only a hint: the result is the same without it."""
+    conditions of specs x conditions rows); a Gaussian process or an RBF SVR then factors its kernel
+    over the two column blocks. Only a hint: the result is the same without it."""
     X = np.asarray(X, dtype=np.float64)
     if isinstance(model, Pipeline):
         for _, step in model.steps[:-1]:
@@ -284,7 +291,7 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
         return _gp(model, X, condition_tail)
     if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False) and hasattr(model, "_gamma"):
-        return _svr(model, X)
+        return _svr(model, X, condition_tail)
     if isinstance(model, KNeighborsRegressor) and hasattr(model, "_fit_X") and _knn_ok(model) and len(X) * len(model._fit_X) <= _KNN_MAX:
         return _knn(model, X)
     return np.asarray(model.predict(X), dtype=np.float64)
