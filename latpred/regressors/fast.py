@@ -5,9 +5,8 @@ input validation and (for forests) joblib's per-tree dispatch cost far more than
 200-tree ExtraTrees model took ~35 ms per call on cpu2 whatever the row count. :func:`fast_predict`
 walks the fitted model and evaluates the pieces directly — scalers, polynomial features (one gather
 per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds), kNN
-(brute-force distances),
-tree ensembles (for a few rows, all trees walked together level by level over flattened node
-arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
+(brute-force distances), tree ensembles (for a few rows, all trees walked together level by level over
+flattened node arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
 ``model.predict`` for anything else. Results equal ``model.predict`` to rounding (tests check every
 family). Inputs must be finite float arrays of the fitted width (the predictor's
 own features are).
