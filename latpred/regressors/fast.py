@@ -181,25 +181,42 @@ def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return A[first], inverse.ravel()
 
 
-def _factored_gp_mean(model: GaussianProcessRegressor, X: np.ndarray, tail: int) -> np.ndarray | None:
-    """The GP's (normalised) mean for rows whose last ``tail`` columns vary independently of the others.
-
-    A graph's rows are specs x conditions: the leading columns take few distinct values (specs x batch
-    sizes) and so do the trailing ones (utilization, threads, ...), but their pairs are many. An RBF is a
-    product over columns, so ``k(x, y) = k_lead(x, y) * k_tail(x, y)`` and, with ``KA``/``KB`` the
-    kernels of the distinct leading/trailing rows, ``sum_j k(x_i, y_j) a_j = (KA diag(a) KB^T)[ia_i, ib_i]``:
-    one matrix product instead of an exp per (row, training row). Returns None where the kernel has
-    another form or the rows share too little for this to pay."""
-    terms = _terms(model.kernel_)
+def _blocks(X: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(A, ia, B, ib)``: the distinct leading rows (specs x batch sizes) and trailing rows (the ``tail``
+    condition columns) of ``X`` and each row's index among them, or None where factoring cannot pay
+    (no tail, few rows, or rows that share too little)."""
+    if not (0 < tail < X.shape[1] and len(X) >= 64):
+        return None
     A, ia = _unique_rows(X[:, :-tail])
     B, ib = _unique_rows(X[:, -tail:])
-    if len(A) * len(B) > 8 * len(X):
-        return None
+    return (A, ia, B, ib) if len(A) * len(B) <= 8 * len(X) else None
+
+
+def _factored_rbf(blocks: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], Y: np.ndarray, ls: np.ndarray,
+                  coef: np.ndarray) -> np.ndarray:
+    """``sum_j rbf(x_i, Y_j) coef_j`` for every row of the factored ``X`` (:func:`_blocks`).
+
+    A graph's rows are specs x conditions: the leading columns take few distinct values and so do the
+    trailing ones, but their pairs are many. An RBF is a product over columns, so ``k(x, y) = k_lead(x, y) *
+    k_tail(x, y)`` and, with ``KA``/``KB`` the kernels of the distinct leading/trailing rows,
+    ``sum_j k(x_i, y_j) c_j = (KA diag(c) KB^T)[ia_i, ib_i]``: one matrix product instead of an exp per
+    (row, training row)."""
+    A, ia, B, ib = blocks
+    tail = B.shape[1]
+    KA, KB = _rbf(A, Y[:, :-tail], ls[:-tail]), _rbf(B, Y[:, -tail:], ls[-tail:])
+    return ((KA * coef) @ KB.T)[ia, ib]
+
+
+def _factored_gp_mean(model: GaussianProcessRegressor, X: np.ndarray, tail: int) -> np.ndarray | None:
+    """The GP's (normalised) mean for rows whose last ``tail`` columns vary independently of the others
+    (:func:`_factored_rbf` per RBF term). Returns None where the kernel has another form or the rows share
+    too little for this to pay."""
+    blocks = _blocks(X, tail)
     Y, alpha = model.X_train_, np.asarray(model.alpha_, dtype=np.float64)
-    if alpha.ndim != 1:
+    if blocks is None or alpha.ndim != 1:
         return None
     y = np.zeros(len(X))
-    for term in terms:
+    for term in _terms(model.kernel_):
         scale, rbf = 1.0, term
         if isinstance(term, Product) and isinstance(term.k1, ConstantKernel) and np.ndim(term.k1.constant_value) == 0:
             scale, rbf = float(term.k1.constant_value), term.k2
@@ -211,15 +228,14 @@ def _factored_gp_mean(model: GaussianProcessRegressor, X: np.ndarray, tail: int)
             y += X @ (Y.T @ alpha) + term.sigma_0 ** 2 * alpha.sum()
         elif isinstance(rbf, RBF):
             ls = np.broadcast_to(np.asarray(rbf.length_scale, dtype=np.float64), (X.shape[1],))
-            KA, KB = _rbf(A, Y[:, :-tail], ls[:-tail]), _rbf(B, Y[:, -tail:], ls[-tail:])
-            y += scale * ((KA * alpha) @ KB.T)[ia, ib]
+            y += scale * _factored_rbf(blocks, Y, ls, alpha)
         else:
             return None
     return y
 
 
 def _gp(model: GaussianProcessRegressor, X: np.ndarray, tail: int = 0) -> np.ndarray:
-    y = _factored_gp_mean(model, X, tail) if 0 < tail < X.shape[1] and len(X) >= 64 else None
+    y = _factored_gp_mean(model, X, tail)
     if y is None:
         memo = _cached(model, model.X_train_, lambda m: {})  # per fitted model: its training rows never change
         k = np.broadcast_to(_kernel(model.kernel_, X, model.X_train_, memo), (len(X), len(model.X_train_)))
@@ -230,13 +246,10 @@ def _gp(model: GaussianProcessRegressor, X: np.ndarray, tail: int = 0) -> np.nda
 
 def _svr(model: SVR, X: np.ndarray, tail: int = 0) -> np.ndarray:
     sv = model.support_vectors_
-    if 0 < tail < X.shape[1] and len(X) >= 64:  # an RBF SVR factors over specs x conditions as a GP does
-        A, ia = _unique_rows(X[:, :-tail])
-        B, ib = _unique_rows(X[:, -tail:])
-        if len(A) * len(B) <= 8 * len(X):
-            ls = np.full(X.shape[1], 1.0 / np.sqrt(2.0 * model._gamma))  # exp(-gamma d^2) = RBF of that length scale
-            KA, KB = _rbf(A, sv[:, :-tail], ls[:-tail]), _rbf(B, sv[:, -tail:], ls[-tail:])
-            return ((KA * model.dual_coef_[0]) @ KB.T)[ia, ib] + model.intercept_[0]
+    blocks = _blocks(X, tail)
+    if blocks is not None:  # an RBF SVR factors over specs x conditions as a GP does
+        ls = np.full(X.shape[1], 1.0 / np.sqrt(2.0 * model._gamma))  # exp(-gamma d^2) = RBF of that length scale
+        return _factored_rbf(blocks, sv, ls, model.dual_coef_[0]) + model.intercept_[0]
     sv_sq = _cached(model, sv, lambda m: (m.support_vectors_ ** 2).sum(axis=1))
     k = np.exp(-model._gamma * _sqdist(X, sv, sv_sq))
     return k @ model.dual_coef_[0] + model.intercept_[0]
