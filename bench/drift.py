@@ -20,15 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-
-
-def _min_ms(fn, n: int) -> float:
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+from _timing import min_ms  # bench/_timing.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             model(x)
             reference()
         while time.time() - t0 < args.seconds:
-            rows.append((time.time() - t0, _min_ms(lambda: model(x), 3), _min_ms(reference, 10)))
+            rows.append((time.time() - t0, min_ms(lambda: model(x), 3), min_ms(reference, 10)))
     r = np.array(rows)
     lm, lr = np.log(r[:, 1]), np.log(r[:, 2])
     padded = np.pad(lr, 2, mode="edge")

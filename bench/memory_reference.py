@@ -21,17 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import min_ms  # bench/_timing.py
 
 from latpred.profiling.reference import ReferenceProbe
-
-
-def _min_ms(fn, n: int) -> float:
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
 
 
 def _stats(layer: np.ndarray, ref: np.ndarray, stream: np.ndarray) -> dict[str, float]:
@@ -58,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         fc(xf), conv(xc), dst.copy_(src), probe.probe(args.threads)
         while time.time() - t0 < args.seconds:
-            rows.append((time.time() - t0, _min_ms(lambda: fc(xf), 3), _min_ms(lambda: conv(xc), 3),
-                         probe.probe(args.threads), _min_ms(lambda: dst.copy_(src), 2)))
+            rows.append((time.time() - t0, min_ms(lambda: fc(xf), 3), min_ms(lambda: conv(xc), 3),
+                         probe.probe(args.threads), min_ms(lambda: dst.copy_(src), 2)))
     r = np.array(rows)
     doc = {"samples": len(r), "seconds": args.seconds, "threads": args.threads,
            "reference_ms_median": float(np.median(r[:, 3])), "stream_ms_median": float(np.median(r[:, 4])),
