@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from latpred.profiling.store import ProfileStore
 
 BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -27,15 +28,11 @@ BETAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def _load(path: str) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     if not Path(path).is_file():
         raise SystemExit(f"no store at {path!r}")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    out = {}
-    for key, threads, util, extra in con.execute("SELECT spec_key, threads, utilization, extra_json FROM samples "
-                                                 "WHERE status = 'ok'"):
-        e = json.loads(extra or "{}")
-        if util == 0 and e.get("raw_timings_ms") and e.get("reference_ms"):
-            out[key] = (int(threads), np.asarray(e["raw_timings_ms"], float), np.asarray(e["reference_ms"], float))
-    con.close()
-    return out
+    with ProfileStore(path) as store:
+        samples = store.samples()
+    return {s.spec.key: (int(s.extra.get("threads", s.spec.threads)), np.asarray(s.extra["raw_timings_ms"], float),
+                         np.asarray(s.extra["reference_ms"], float))
+            for s in samples if s.spec.utilization == 0 and s.extra.get("raw_timings_ms") and s.extra.get("reference_ms")}
 
 
 def main(argv: list[str] | None = None) -> int:
