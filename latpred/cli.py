@@ -20,7 +20,8 @@ EXAMPLES = {
   latpred profile --space default --ops conv2d,linear --batch-sizes 1,8,32 --utilization 0,0.5
   latpred profile --space my_space.toml --device cuda --db gpu.sqlite --limit 200""",
     "ops": "examples:\n  latpred ops\n  latpred ops --json",
-    "db": "examples:\n  latpred db info latpred-out/profiles.sqlite\n  latpred db export latpred-out/profiles.sqlite --csv samples.csv",
+    "db": "examples:\n  latpred db info latpred-out/profiles.sqlite\n  latpred db export latpred-out/profiles.sqlite --csv samples.csv"
+          "\n  latpred db renormalise latpred-out/profiles.sqlite --scheme working-set-v1",
     "space": "examples:\n  latpred space show quick\n  latpred space show my_space.toml --specs 5",
     "quickstart": "examples:\n  latpred quickstart\n  latpred quickstart --out demo-out",
     "train": """examples:
@@ -140,8 +141,8 @@ def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> s
         lines.append(f"  batch sizes {dev.get('batch_sizes')}, utilizations {dev.get('utilizations')}")
         nominal = dev.get("reference_nominal_ms") or {}
         lines.append("  unloaded latencies " + ("normalised to reference " + ", ".join(
-            f"{v:.3f} ms on {t} thread{'s' if t != '1' else ''}" for t, v in nominal.items()) if nominal
-            else "not reference-normalised (raw timings)"))
+            f"{v:.3f} ms on {t} thread{'s' if t != '1' else ''}" for t, v in nominal.items())
+            + f" ({dev.get('reference_scheme')} scheme)" if nominal else "not reference-normalised (raw timings)"))
         for run in dev.get("runs", []):
             rate = run.get("samples_per_s")
             lines.append(f"  run {run.get('id')} {run.get('status')} space={run.get('space_name')} "
@@ -167,6 +168,18 @@ def cmd_db_export(args: argparse.Namespace) -> int:
     with ProfileStore(args.db, readonly=True) as store:
         n = store.export_csv(args.csv, status=None if args.all else "ok")
     _emit(args, {"rows": n, "csv": str(args.csv)}, f"wrote {n} rows to {args.csv}")
+    return 0
+
+
+def cmd_db_renormalise(args: argparse.Namespace) -> int:
+    from .profiling.renormalise import renormalise_store
+    from .profiling.store import ProfileStore
+
+    with ProfileStore(args.db) as store:
+        done = renormalise_store(store, args.scheme)
+    n = sum(done.values())
+    _emit(args, {"db": str(args.db), "scheme": args.scheme, "rewritten": {str(k): v for k, v in done.items()}},
+          f"{args.db}: {n} normalised sample{'s' if n != 1 else ''} now in the {args.scheme} scheme (raw windows kept)")
     return 0
 
 
@@ -276,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("db", help="SQLite store")
     ex.add_argument("--csv", required=True, help="output CSV path")
     ex.add_argument("--all", action="store_true", help="include failed samples")
+    from .profiling.reference import SCHEMES
+
+    rn = add("renormalise", "re-express a store's normalised samples in another reference scheme, from its raw windows",
+             cmd_db_renormalise, "db", dbs)
+    rn.add_argument("db", help="SQLite store")
+    rn.add_argument("--scheme", required=True, choices=SCHEMES,
+                    help="constant: beta = 1 (stores before 2026-11-28); working-set-v1: beta from the bytes a call moves")
 
     from .cli_graph import register
 

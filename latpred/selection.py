@@ -165,6 +165,7 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     nominal = store.reference_nominal(device_id)
     if nominal:  # the unit of the unloaded latencies: whole models measured for this predictor adopt it
         meta["reference_nominal_ms"] = {str(k): v for k, v in sorted(nominal.items())}
+        meta["reference_scheme"] = store.reference_scheme(device_id) or "constant"
     return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta)
 
 

@@ -19,8 +19,10 @@ import numpy as np
 
 from ..errors import MeasurementError, SpecError
 from ..profiling.devices import robust_stat
+from ..profiling.reference import WORKING_SET_SCHEME, reference_exponent
 
-__all__ = ["ModelJob", "PooledMeasurement", "measure_in_passes", "pass_agreement", "check_passes"]
+__all__ = ["ModelJob", "PooledMeasurement", "measure_in_passes", "pass_agreement", "check_passes",
+           "model_reference_exponent"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class ModelJob:
     make_inputs: Callable[[], tuple[Any, ...]]
     utilization: float = 0.0
     threads: int | None = None
+    #: the model's beta for the working-set normalisation (:func:`model_reference_exponent`); None: the device's default
+    reference_exponent: float | None = None
 
 
 @dataclass
@@ -60,6 +64,25 @@ def _statistic(device: Any, utilization: float) -> str:
     return protocol.loaded_statistic if utilization > 0 else protocol.statistic
 
 
+def model_reference_exponent(graph: Any, node_ms: Any, batch_size: int, scheme: str = WORKING_SET_SCHEME) -> float:
+    """A whole model's beta of ``window * (nominal / reference) ** beta``: its compute nodes' exponents
+    (:func:`~latpred.profiling.reference.reference_exponent` of the bytes each moves at ``batch_size``)
+    weighted by their predicted milliseconds ``node_ms`` (one per graph node, e.g. ``GraphLatency.isolated_ms``
+    of one condition), so a model whose time goes to large, memory-streaming nodes is normalised as they are.
+    """
+    ms = np.asarray(node_ms, dtype=float)
+    if ms.shape != (len(graph.nodes),):
+        raise SpecError(f"node_ms must hold one value per graph node ({len(graph.nodes)}), got shape {ms.shape}")
+    num = den = 0.0
+    for node, t in zip(graph.nodes, ms):
+        if node.kind != "compute" or node.costs is None or not np.isfinite(t) or t <= 0:
+            continue
+        costs = node.costs if node.costs_per_sample is None else node.costs.plus(node.costs_per_sample, batch_size - graph.batch_size)
+        num += t * reference_exponent(max(costs.bytes_moved(graph.dtype), 0.0), scheme)
+        den += t
+    return num / den if den > 0 else 1.0
+
+
 def check_passes(passes: Any) -> None:
     """Raise :class:`SpecError` unless ``passes`` is a positive integer (callers check before any work)."""
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
@@ -82,7 +105,10 @@ def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
         for i in walk:
             job, res = jobs[i], out[i]
             try:
-                m = device.measure_model(job.module, job.make_inputs(), utilization=job.utilization, threads=job.threads)
+                # only a device that normalises by a reference probe takes an exponent (CpuDevice)
+                kw = {} if job.reference_exponent is None or getattr(device, "reference", None) is None \
+                    else {"reference_exponent": job.reference_exponent}
+                m = device.measure_model(job.module, job.make_inputs(), utilization=job.utilization, threads=job.threads, **kw)
             except MeasurementError as e:
                 res.errors.append(f"pass {p + 1}: {e}")
                 if progress is not None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..profiling.reference import adopt_reference
-from .measure import ModelJob, check_passes, measure_in_passes, pass_agreement
+from .measure import ModelJob, check_passes, measure_in_passes, model_reference_exponent, pass_agreement
 from .models import ModelRef, load_model
 from .trace import trace
 
@@ -46,6 +46,9 @@ class ValidationCase:
     #: an overlap predictor's prediction with the host at the speed the device's probe read while the case
     #: was measured (``components['host_probe_ms']``; :meth:`~latpred.graph.overlap.OverlapPredictor.host_scale_for`)
     predicted_at_probe_ms: float | None = None
+    #: CPU: the raw windows and the reference reading after each, per pass, and the exponent they were
+    #: normalised with (:mod:`latpred.profiling.reference`), so the case can be re-normalised later
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rel_error(self) -> float | None:
@@ -179,7 +182,8 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
             case = ValidationCase(ref.name, bb, uu, tt, float(lat.total_ms[i]), None, float(lat.isolated_ms[i].sum()), cov)
             cases.append(case)
             if measure and ref.module is not None:
-                jobs.append((case, ModelJob(ref.module, lambda r=ref, n=bb: (r.example_input(n),), uu, tt)))
+                beta = model_reference_exponent(graph, lat.isolated_ms[i], bb)
+                jobs.append((case, ModelJob(ref.module, lambda r=ref, n=bb: (r.example_input(n),), uu, tt, beta)))
             elif measure:
                 case.error = "ONNX file: predicted only (measure the PyTorch model instead)"
             else:
@@ -200,6 +204,11 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
         for (case, _), res in zip(jobs, pooled):
             case.measured_ms, case.pass_ms = res.latency_ms, res.pass_ms
             case.components = {k: v for k in COMPONENTS if (v := res.component(k)) is not None}
+            raw = [e for e in res.pass_extra if "raw_timings_ms" in e]
+            if raw:
+                case.reference = {"raw_timings_ms": [e["raw_timings_ms"] for e in raw], "reference_ms": [e["reference_ms"] for e in raw],
+                                  "nominal_ms": raw[0].get("reference_nominal_ms"), "scheme": raw[0].get("reference_scheme"),
+                                  "exponent": raw[0].get("reference_exponent")}
             probe = case.components.get("host_probe_ms")
             if probe and getattr(predictor, "host_nominal_ms", None):
                 case.predicted_at_probe_ms = float(predictor.predict_graph(

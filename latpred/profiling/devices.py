@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
-from .reference import ReferenceProbe
+from .reference import CONSTANT_SCHEME, ReferenceProbe
 from .result import Measurement
 
 __all__ = ["Device", "TimingProtocol", "CpuDevice", "CudaDevice", "FakeDevice", "make_device", "robust_stat"]
@@ -290,15 +290,26 @@ class CpuDevice(_LoadMixin):
 
     def measure(self, spec: ModuleSpec) -> Measurement:
         op = get_op(spec.op)
-        return self._measure(lambda: op.instantiate(spec, "cpu"), spec.utilization, spec.threads)
+        beta = self.reference.exponent(op.costs(spec).bytes_moved(spec.dtype)) if self.reference is not None else 1.0
+        return self._measure(lambda: op.instantiate(spec, "cpu"), spec.utilization, spec.threads, beta)
 
     def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
-                      threads: int | None = None) -> Measurement:
-        """Time a whole model (eval mode, inference mode) under the same protocol and background load as specs."""
-        return self._measure(lambda: (module.eval(), inputs), utilization, threads)
+                      threads: int | None = None, reference_exponent: float | None = None) -> Measurement:
+        """Time a whole model (eval mode, inference mode) under the same protocol and background load as specs.
+
+        ``reference_exponent``: the model's beta under the working-set normalisation scheme (see
+        :func:`latpred.graph.measure.model_reference_exponent`); ignored (beta = 1) when the reference
+        probe uses the constant scheme, and None means 1.
+        """
+        beta = 1.0
+        if reference_exponent is not None and self.reference is not None and self.reference.scheme != CONSTANT_SCHEME:
+            if not 0.0 <= float(reference_exponent) <= 1.0:
+                raise SpecError(f"reference_exponent must be in [0, 1], got {reference_exponent!r}")
+            beta = float(reference_exponent)
+        return self._measure(lambda: (module.eval(), inputs), utilization, threads, beta)
 
     def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float,
-                 threads: int | None) -> Measurement:
+                 threads: int | None, beta: float = 1.0) -> Measurement:
         import torch
 
         self.set_utilization(utilization)
@@ -316,8 +327,9 @@ class CpuDevice(_LoadMixin):
                     timings, n = self.protocol.time(lambda: module(*inputs))
                 else:
                     raw, n, probes = self.protocol.time_probed(lambda: module(*inputs), lambda: ref.probe(threads))
-                    timings = [w * nominal / r for w, r in zip(raw, probes)]
-                    extra.update(raw_timings_ms=raw, reference_ms=probes, reference_nominal_ms=nominal)
+                    timings = [w * (nominal / r) ** beta for w, r in zip(raw, probes)]
+                    extra.update(raw_timings_ms=raw, reference_ms=probes, reference_nominal_ms=nominal,
+                                 reference_scheme=ref.scheme, reference_exponent=beta)
                 observed, system = self._end_window()
         except (RuntimeError, ValueError, MemoryError) as e:
             raise MeasurementError(f"{type(e).__name__}: {e}") from e
@@ -381,9 +393,9 @@ class CudaDevice(_LoadMixin):
         return self._measure(lambda: op.instantiate(spec, self.device), spec.utilization, self.protocol.statistic_for(spec))
 
     def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
-                      threads: int | None = None) -> Measurement:
+                      threads: int | None = None, reference_exponent: float | None = None) -> Measurement:
         """Time a whole model moved to this GPU (host wall clock to a synchronised result)."""
-        del threads  # host threads do not apply to GPU kernels
+        del threads, reference_exponent  # host threads do not apply to GPU kernels; no reference normalisation
 
         def build() -> tuple[Any, tuple[Any, ...]]:
             return module.eval().to(self.device), tuple(x.to(self.device) for x in inputs)
@@ -568,7 +580,7 @@ class FakeDevice:
         return robust_stat(list(timings))
 
     def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
-                      threads: int | None = None) -> Measurement:
+                      threads: int | None = None, reference_exponent: float | None = None) -> Measurement:
         """A whole model on the fake device: ``model_scale`` × the sum of its nodes' true latencies plus
         ``model_overhead_us`` per compute node (the traced graph gives the nodes; uncovered nodes count
         their FLOPs at the device's rate), so composition fitting can be tested against known truth."""

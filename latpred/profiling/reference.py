@@ -19,6 +19,24 @@ stored sample is rescaled exactly when it does), a trained predictor carries it 
 and whole models measured for that predictor adopt it (:func:`adopt_reference`). Only unloaded
 measurements are normalised: under an emulated background load the slowdown is the thing being
 measured, and the reference would cancel it.
+
+**How much of the slowdown to divide out depends on the working set.** The reference is small and
+cache-resident; a slow episode of this VM (a busy SMT sibling, a noisy neighbour) slows cache-resident
+work more than work that streams from memory. Stores of the same 585 unloaded specs taken in machine
+states whose reference readings differed 2x (2026-11-27 05:32 against 08:52 and 18:13,
+``bench/reference_exponent.py``) agree at the median when a window is normalised as
+
+    normalised_window = window_ms * (nominal_ms / reference_ms) ** beta
+
+with beta = 1 for specs that move up to 4 MiB, 0.75 at 16-64 MiB and 0.625 above 64 MiB; with beta = 1
+for all of them the large specs read 1.12-1.34x apart. The *working-set* scheme
+(:data:`WORKING_SET_SCHEME`, the default) therefore takes :func:`reference_exponent` of the bytes a
+call moves: 1 up to :data:`EXPONENT_FULL_MIB`, falling linearly in log2 to :data:`EXPONENT_FLOOR` at
+:data:`EXPONENT_FLOOR_MIB` and above. A whole model is normalised with the mean of its nodes'
+exponents weighted by their predicted time (:func:`latpred.graph.measure.model_reference_exponent`).
+The *constant* scheme (beta = 1) is how stores and predictors before it were made; a store keeps the
+scheme it was profiled with, a predictor carries its store's, and ``latpred db renormalise`` converts a
+store from its raw windows (nothing measured is lost).
 """
 
 from __future__ import annotations
@@ -30,7 +48,43 @@ from typing import Any
 
 from ..errors import SpecError
 
-__all__ = ["ReferenceProbe", "parse_nominal", "adopt_reference"]
+__all__ = ["ReferenceProbe", "parse_nominal", "adopt_reference", "reference_exponent", "check_scheme",
+           "WORKING_SET_SCHEME", "CONSTANT_SCHEME", "SCHEMES", "EXPONENT_FULL_MIB", "EXPONENT_FLOOR_MIB", "EXPONENT_FLOOR"]
+
+#: beta = 1 for every measurement (stores and predictors made before the working-set scheme)
+CONSTANT_SCHEME = "constant"
+#: beta from the bytes one call moves (:func:`reference_exponent`)
+WORKING_SET_SCHEME = "working-set-v1"
+SCHEMES = (CONSTANT_SCHEME, WORKING_SET_SCHEME)
+#: working sets up to this many MiB are divided by the whole reference slowdown (beta = 1)
+EXPONENT_FULL_MIB = 4.0
+#: from this many MiB on, beta is :data:`EXPONENT_FLOOR`
+EXPONENT_FLOOR_MIB = 64.0
+EXPONENT_FLOOR = 0.6
+
+
+def check_scheme(scheme: Any) -> str:
+    """``scheme`` if it is one of :data:`SCHEMES`; raises :class:`SpecError` naming the known ones otherwise."""
+    if scheme not in SCHEMES:
+        raise SpecError(f"unknown reference normalisation scheme {scheme!r}; known: {', '.join(SCHEMES)}")
+    return scheme
+
+
+def reference_exponent(bytes_moved: float, scheme: str = WORKING_SET_SCHEME) -> float:
+    """beta of ``window * (nominal / reference) ** beta`` for a call that moves ``bytes_moved`` bytes.
+
+    1 under the constant scheme; under the working-set scheme 1 up to :data:`EXPONENT_FULL_MIB`,
+    :data:`EXPONENT_FLOOR` from :data:`EXPONENT_FLOOR_MIB` on, linear in log2 of the size between.
+    """
+    if check_scheme(scheme) == CONSTANT_SCHEME:
+        return 1.0
+    mib = float(bytes_moved) / 2**20
+    if not math.isfinite(mib) or mib < 0:
+        raise SpecError(f"bytes moved must be a finite non-negative number, got {bytes_moved!r}")
+    if mib <= EXPONENT_FULL_MIB:
+        return 1.0
+    frac = min(1.0, math.log2(mib / EXPONENT_FULL_MIB) / math.log2(EXPONENT_FLOOR_MIB / EXPONENT_FULL_MIB))
+    return 1.0 - (1.0 - EXPONENT_FLOOR) * frac
 
 
 def parse_nominal(value: Any, what: str = "reference nominal") -> dict[int, float]:
@@ -58,13 +112,15 @@ class ReferenceProbe:
     a thread count without a nominal is probed to set one (its fastest probe).
     """
 
-    def __init__(self, calls: int = 5, calibration_s: float = 0.3) -> None:
+    def __init__(self, calls: int = 5, calibration_s: float = 0.3, scheme: str = WORKING_SET_SCHEME) -> None:
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
             raise SpecError(f"reference calls must be a positive integer, got {calls!r}")
         if not calibration_s > 0:
             raise SpecError(f"reference calibration_s must be positive, got {calibration_s!r}")
         self.calls = calls
         self.calibration_s = float(calibration_s)
+        #: how much of the reference slowdown a measurement is divided by (:func:`reference_exponent`)
+        self.scheme = check_scheme(scheme)
         self.nominal: dict[int, float] = {}
         self.floor: dict[int, float] = {}
         self._work: Any = None
@@ -112,8 +168,12 @@ class ReferenceProbe:
         """Adopt nominals (e.g. a store's or a predictor's); thread counts not given keep theirs."""
         self.nominal.update(parse_nominal(nominal))
 
+    def exponent(self, bytes_moved: float) -> float:
+        """beta for a call moving ``bytes_moved`` bytes under this probe's scheme."""
+        return reference_exponent(bytes_moved, self.scheme)
+
     def settings(self) -> dict[str, Any]:
-        return {"calls": self.calls, "calibration_s": self.calibration_s,
+        return {"calls": self.calls, "calibration_s": self.calibration_s, "scheme": self.scheme,
                 "nominal_ms": {str(k): v for k, v in sorted(self.nominal.items())}}
 
 
@@ -123,7 +183,9 @@ def adopt_reference(device: Any, predictor: Any) -> str:
     A predictor trained on normalised data carries ``metadata["reference_nominal_ms"]``: the device
     adopts it, so whole models are normalised to the same machine speed as the modules were. A
     predictor without it was profiled on raw timings: the device's normalisation is switched off
-    so whole models are measured the same way. Devices without a reference (CUDA, fakes) are left alone.
+    so whole models are measured the same way. The device also takes the predictor's normalisation
+    scheme (``metadata["reference_scheme"]``; predictors without one were made with the constant
+    scheme). Devices without a reference (CUDA, fakes) are left alone.
     """
     ref = getattr(device, "reference", None)
     if ref is None:
@@ -134,5 +196,6 @@ def adopt_reference(device: Any, predictor: Any) -> str:
         device.reference = None
         return "predictor was profiled without reference normalisation: measuring raw timings"
     ref.set_nominal(nominal)
+    ref.scheme = check_scheme(getattr(predictor, "metadata", {}).get("reference_scheme", CONSTANT_SCHEME))
     return "normalised to the predictor's reference nominal " + ", ".join(
-        f"{t} thread{'s' if t > 1 else ''}: {v:.3f} ms" for t, v in sorted(nominal.items()))
+        f"{t} thread{'s' if t > 1 else ''}: {v:.3f} ms" for t, v in sorted(nominal.items())) + f" ({ref.scheme} scheme)"

@@ -77,7 +77,9 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     re-running the same call resumes where it stopped (specs and passes already stored are
     skipped). On a CPU that normalises by a reference kernel, the device adopts the store's
     nominal before measuring and the store's nominal moves down to the fastest reference seen at
-    the end (stored samples are rescaled exactly). A spec that cannot run is stored as failed with its reason and the run goes on
+    the end (stored samples are rescaled exactly); it also keeps the store's normalisation scheme
+    (:mod:`latpred.profiling.reference`; ``latpred db renormalise`` converts a store). A spec that
+    cannot run is stored as failed with its reason and the run goes on
     (``retry_failed`` measures failed ones again). ``KeyboardInterrupt`` marks the run
     interrupted and re-raises.
 
@@ -104,6 +106,9 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         device.reference = ref = None
     if ref is not None:  # measure in the store's units; the first run's calibration sets them
         ref.set_nominal(store_nominal)
+        scheme = store.reference_scheme(device_id)
+        if scheme is not None:  # windows of two normalisation schemes must not be pooled either
+            ref.scheme = scheme
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
     already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)

@@ -548,12 +548,68 @@ class ProfileStore:
                            "AND (extra_json IS NULL OR extra_json NOT LIKE '%reference_nominal_ms%')", (device_id,))
         return int(rows[0]["n"])
 
+    def reference_scheme(self, device_id: int) -> str | None:
+        """The normalisation scheme of the device's normalised samples (``"constant"`` for samples that do not
+        record one); None without normalised samples. A store whose samples disagree raises :class:`StoreError`."""
+        self.device(device_id)
+        rows = self._query("SELECT DISTINCT json_extract(extra_json, '$.reference_scheme') AS scheme FROM samples "
+                           "WHERE device_id = ? AND status = 'ok' AND extra_json LIKE '%reference_nominal_ms%'", (device_id,))
+        schemes = {r["scheme"] or "constant" for r in rows}
+        if len(schemes) > 1:
+            raise StoreError(f"profile store {self.path} mixes reference normalisation schemes {sorted(schemes)} for "
+                             f"device {device_id}; convert it with `latpred db renormalise`")
+        return schemes.pop() if schemes else None
+
+    def _scheme_or_mixed(self, device_id: int) -> str | None:
+        try:
+            return self.reference_scheme(device_id)
+        except StoreError:
+            return "mixed"
+
+    def renormalise(self, device_id: int, scheme: str, exponent_of: Callable[[ModuleSpec], float],
+                    reduce: Callable[[list[float]], float]) -> int:
+        """Re-express every normalised sample of the device under ``scheme``, from its raw windows, in one transaction.
+
+        Each sample's windows become ``raw * (nominal / reference) ** exponent_of(spec)``, its latency
+        ``reduce(windows)``, its pass latencies ``reduce`` of each pass's windows (passes hold equal
+        numbers of windows; otherwise they are scaled like the latency). Raw windows and reference
+        readings are kept, so converting back is exact. Returns the number of samples rewritten.
+        """
+        self.device(device_id)
+        changed = 0
+        with self._write() as conn:
+            rows = conn.execute("SELECT id, spec_json, latency_ms, passes, pass_latency_json, extra_json FROM samples "
+                                "WHERE device_id = ? AND status = 'ok' AND extra_json LIKE '%reference_nominal_ms%'",
+                                (device_id,)).fetchall()
+            for sid, spec_json, latency, passes, pass_lat, extra_json in rows:
+                extra = json.loads(extra_json)
+                raw, ref, nominal = extra.get("raw_timings_ms"), extra.get("reference_ms"), extra.get("reference_nominal_ms")
+                if not isinstance(raw, list) or not isinstance(ref, list) or len(raw) != len(ref) or not raw:
+                    raise StoreError(f"profile store {self.path}: sample {sid} has no raw windows with reference readings "
+                                     "to renormalise from; nothing was changed")
+                beta = float(exponent_of(ModuleSpec.from_dict(json.loads(spec_json))))
+                windows = [float(w) * (float(nominal) / float(r)) ** beta for w, r in zip(raw, ref)]
+                new_latency = float(reduce(windows))
+                n = int(passes or 1)
+                if len(windows) % n == 0:
+                    k = len(windows) // n
+                    new_pass = [float(reduce(windows[i * k:(i + 1) * k])) for i in range(n)]
+                else:
+                    new_pass = [float(t) * new_latency / latency for t in json.loads(pass_lat or "[]")]
+                extra.update(reference_scheme=scheme, reference_exponent=beta)
+                conn.execute("UPDATE samples SET latency_ms = ?, timings_json = ?, pass_latency_json = ?, extra_json = ? "
+                             "WHERE id = ?", (new_latency, json.dumps(windows), json.dumps(new_pass),
+                                              json.dumps(extra, sort_keys=True), sid))
+                changed += 1
+        return changed
+
     def set_reference_nominal(self, device_id: int, nominal: Mapping[Any, Any]) -> int:
         """Record the device's nominals and rescale every normalised sample to them, in one transaction.
 
-        A sample normalised with nominal ``a`` for its thread count is expressed at nominal ``b`` by
-        multiplying its windows and latency by ``b / a`` (exact: normalised windows are proportional
-        to the nominal); raw windows and reference readings are kept as measured. Thread counts not
+        A sample normalised with nominal ``a`` for its thread count and exponent ``beta`` (its extra's
+        ``reference_exponent``, 1 when absent) is expressed at nominal ``b`` by multiplying its windows
+        and latency by ``(b / a) ** beta`` (exact: normalised windows are proportional to the nominal
+        to that power); raw windows and reference readings are kept as measured. Thread counts not
         in ``nominal`` keep their recorded value. Returns the number of samples rescaled.
         """
         new = {**self.reference_nominal(device_id), **parse_nominal(nominal)}
@@ -569,7 +625,7 @@ class ProfileStore:
                 old, threads = extra.get("reference_nominal_ms"), extra.get("threads")
                 if not isinstance(old, (int, float)) or threads not in new or old == new[threads]:
                     continue
-                f = new[threads] / old
+                f = (new[threads] / old) ** float(extra.get("reference_exponent", 1.0))
                 extra["reference_nominal_ms"] = new[threads]
                 conn.execute("UPDATE samples SET latency_ms = ?, timings_json = ?, pass_latency_json = ?, extra_json = ? "
                              "WHERE id = ?", (latency * f, json.dumps([t * f for t in json.loads(timings or "[]")]),
@@ -693,6 +749,7 @@ class ProfileStore:
                     "first_measured_at": span["first"],
                     "last_measured_at": span["last"],
                     "reference_nominal_ms": {str(k): v for k, v in sorted(self.reference_nominal(did).items())},
+                    "reference_scheme": self._scheme_or_mixed(did),
                     "runs": runs,
                 }
             )
@@ -754,7 +811,7 @@ def _merge_pass_extra(stored: dict[str, Any], new: dict[str, Any]) -> tuple[dict
     scale = 1.0
     old_nom, new_nom = stored.get("reference_nominal_ms"), new.get("reference_nominal_ms")
     if isinstance(old_nom, (int, float)) and isinstance(new_nom, (int, float)) and new_nom > 0:
-        scale = old_nom / new_nom
+        scale = (old_nom / new_nom) ** float(new.get("reference_exponent", 1.0))
     out = dict(stored)
     for key in ("raw_timings_ms", "reference_ms"):
         if isinstance(new.get(key), list):
