@@ -116,6 +116,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if not (args.cache_mib >= 0 and math.isfinite(args.cache_mib)):
             raise SpecError(f"--cache-mib must be a non-negative number of MiB, got {args.cache_mib!r}")
         pred.metadata["cache_mib"] = args.cache_mib
+    if args.activation_cap_mib is not None:
+        if not (args.activation_cap_mib >= 0 and math.isfinite(args.activation_cap_mib)):
+            raise SpecError(f"--activation-cap-mib must be a non-negative number of MiB, got {args.activation_cap_mib!r}")
+        pred.metadata["activation_cap_mib"] = args.activation_cap_mib
     if args.from_cases or args.from_validation:
         from .graph.calibrate import CalibrationCase, cases_from_validation, composition_from_cases, recompute_features
 
@@ -140,7 +144,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
                               + (" + random networks" if args.from_cases else ""))
         comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads,
-                                      weight_cache_mib=pred.cache_mib)
+                                      weight_cache_mib=pred.cache_mib, activation_cap_mib=pred.activation_cap_mib)
         comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
@@ -296,6 +300,10 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--cache-mib", type=float, metavar="MIB",
                    help="the device's last-level cache in MiB, where the predictor's metadata lacks it (e.g. from lscpu); "
                    "each node's cold-weight cost is capped at it; 0 = no cap (default: the profiled device's, if recorded)")
+    c.add_argument("--activation-cap-mib", type=float, metavar="MIB",
+                   help="the CPU's private per-core (L2) cache in MiB, where the predictor's metadata lacks it (e.g. from "
+                   "lscpu: L2 size / instances); each node's activation cost is capped at it; 0 = no cap (default: the "
+                   "profiled CPU's L2, if recorded)")
 
     o = add("overlap", "combine a host-stage and a GPU-stage predictor into a GPU whole-model predictor (host/device "
             "overlap composition)", cmd_overlap)

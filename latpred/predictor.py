@@ -190,6 +190,21 @@ class Predictor:
             return float(size) / 2**20
         return self.composition.weight_cache_mib
 
+    @property
+    def activation_cap_mib(self) -> float | None:
+        """The profiled CPU's private per-core cache (L2) in MiB, from the metadata: the composition caps each
+        node's activation cost at it (:class:`~latpred.graph.compose.Composition`). ``metadata["activation_cap_mib"]``
+        overrides it (``latpred calibrate --activation-cap-mib``; 0 = no cap); without either, the cap the current
+        composition was fitted with (None for GPUs and for predictors profiled before the L2 was recorded)."""
+        if "activation_cap_mib" in self.metadata:
+            v = self.metadata["activation_cap_mib"]
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else None
+        dev = self.metadata.get("device", {})
+        size = dev.get("cpu_l2_cache_bytes") if isinstance(dev, dict) and dev.get("kind") == "cpu" else None
+        if isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0:
+            return float(size) / 2**20
+        return self.composition.activation_cap_mib
+
     def predict_graph(self, graph: Any, batch_size: Any = None, utilization: Any = 0.0, threads: Any = None,
                       **extra: Any) -> Any:
         """Per-node and total latency of a :class:`~latpred.graph.ModelGraph` under one or many conditions;

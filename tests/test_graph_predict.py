@@ -146,6 +146,41 @@ def test_weight_cache_caps_each_nodes_cold_weight_cost():
             Composition(weight_cache_mib=bad)
 
 
+def test_activation_cap_limits_each_nodes_activation_cost():
+    """A node's output counts up to activation_cap_mib (the per-core cache): beyond it the module streams its output
+    to memory alone as in a model, so the in-context cost does not grow with the batch."""
+    iso = np.array([[1.0, 2.0], [1.0, 2.0]])
+    classes, compute, view = np.array([0, 3]), np.array([True, True]), np.zeros(2, dtype=bool)
+    param, act = np.zeros(2), np.array([[0.5, 3.0], [16.0, 96.0]])  # batch 1 and a large batch
+    a = FEATURES.index("activation_mib")
+    assert Composition.features(iso, classes, compute, view, param, act)[:, a] == pytest.approx([3.5, 112.0])
+    assert Composition.features(iso, classes, compute, view, param, act, None, 1.0)[:, a] == pytest.approx([1.5, 2.0])
+    coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.0, 0.1]
+    capped = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, None, 1.0)
+    node_ms = capped.apply(iso, classes, compute, view, np.zeros(2), param, act)
+    assert node_ms == pytest.approx(np.array([[1.05, 2.1], [1.1, 2.1]]))  # 0.1 ms/MiB x min(MiB, 1)
+    again = Composition.from_dict(capped.to_dict())
+    assert again.activation_cap_mib == 1.0 and again.weight_cache_mib is None
+    old = capped.to_dict()
+    del old["activation_cap_mib"]  # written before the cap: no cap, the same predictions as then
+    assert Composition.from_dict(old).activation_cap_mib is None
+    assert "outputs up to 1 MiB" in capped.describe()
+    for bad in (0.0, -2.0, float("nan"), "1", False):
+        with pytest.raises(SpecError, match="activation_cap_mib"):
+            Composition(activation_cap_mib=bad)
+
+
+def test_predictor_activation_cap_comes_from_the_cpus_l2(predictor):
+    p = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cpu", "cpu_l2_cache_bytes": 1 << 20}}})
+    assert p.activation_cap_mib == 1.0
+    gpu = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cuda", "cpu_l2_cache_bytes": 1 << 20}}})
+    assert gpu.activation_cap_mib is None
+    assert Predictor(**{**predictor.__dict__, "metadata": {**p.metadata, "activation_cap_mib": 2}}).activation_cap_mib == 2.0
+    assert Predictor(**{**predictor.__dict__, "metadata": {**p.metadata, "activation_cap_mib": 0}}).activation_cap_mib is None
+    bare = Predictor(**{**predictor.__dict__, "metadata": {}, "composition": Composition(activation_cap_mib=0.5)})
+    assert bare.activation_cap_mib == 0.5
+
+
 def test_predictor_cache_mib_comes_from_the_device_metadata(predictor):
     p = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cpu", "cpu_cache_bytes": 32 << 20}}})
     assert p.cache_mib == 32.0

@@ -188,3 +188,8 @@ def test_composition_from_real_model_measurements(predictor_dir, tmp_path, capsy
     assert Predictor.load(p2).composition.weight_cache_mib == 0.001 and Predictor.load(p2).cache_mib == 0.001
     assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--cache-mib", "-1"]) == 2
     assert "--cache-mib must be a non-negative number" in capsys.readouterr().err
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--activation-cap-mib", "0.25", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["activation_cap_mib"] == 0.25
+    assert Predictor.load(p2).activation_cap_mib == 0.25
+    assert main(["calibrate", "--predictor", str(p2), "--from-validation", str(path), "--activation-cap-mib", "nan"]) == 2
+    assert "--activation-cap-mib must be a non-negative number" in capsys.readouterr().err

@@ -13,7 +13,8 @@ from latpred.errors import DeviceError
 from latpred.profiling.metadata import device_metadata, fingerprint
 
 CPU_KEYS = {
-    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "cpu_cache_bytes", "memory_bytes",
+    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "cpu_cache_bytes", "cpu_l2_cache_bytes",
+    "memory_bytes",
     "os", "os_release", "platform", "machine", "python_version", "torch_version", "numpy_version",
     "torch_num_threads", "torch_num_interop_threads", "mkl_available", "mkldnn_available", "openmp_available",
     "hostname", "gpu_name", "fingerprint",
@@ -38,6 +39,8 @@ def test_cpu_metadata_keys_and_values():
     # the last-level cache, as sysfs reports it (this machine exposes it; None only where it cannot be read)
     if Path("/sys/devices/system/cpu/cpu0/cache/index0/size").exists():
         assert isinstance(meta["cpu_cache_bytes"], int) and meta["cpu_cache_bytes"] >= 256 * 1024
+        l2 = meta["cpu_l2_cache_bytes"]  # the private per-core cache: no larger than the last level
+        assert l2 is None or (isinstance(l2, int) and 0 < l2 <= meta["cpu_cache_bytes"])
 
 
 def test_cache_sizes_parse_as_sysfs_writes_them():

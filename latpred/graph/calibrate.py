@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import SpecError
 from ..profiling.reference import adopt_reference
 from .compose import Composition
-from .measure import ModelJob, check_passes, measure_in_passes
+from .measure import ModelJob, check_passes, measure_in_passes, model_reference_exponent
 from .predict import composition_features
 from .trace import trace
 
@@ -298,7 +298,9 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
             if graph.total_flops * b / 1e9 > max_gflops:
                 continue
             todo.append((k, graph, b, u, t))
-            jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t))
+            iso = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t).isolated_ms
+            jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t,
+                                 model_reference_exponent(graph, iso, b)))
 
     def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
         k, graph, b, u, _t = todo[i]
@@ -320,7 +322,8 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                                           "passes": passes, "generator": generator,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"},
-                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib)
+                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
+                                  activation_cap_mib=predictor.activation_cap_mib)
     return comp, cases
 
 
@@ -330,7 +333,8 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
     if not cases:
         raise SpecError("no calibration case to refit from")
     return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)},
-                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib)
+                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
+                                  activation_cap_mib=predictor.activation_cap_mib)
 
 
 def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
@@ -402,16 +406,19 @@ def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[Calibr
 
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None,
-                           default_threads: int | None = None, weight_cache_mib: float | None = None) -> Composition:
+                           default_threads: int | None = None, weight_cache_mib: float | None = None,
+                           activation_cap_mib: float | None = None) -> Composition:
     """Fit a :class:`Composition` from calibration cases (``default_threads``: the device's default thread
     count, which decides whether a 1-thread case is the single-thread regime; None: it is).
-    ``weight_cache_mib`` must be the cap the cases' features were computed with (``predictor.cache_mib``)."""
+    ``weight_cache_mib`` and ``activation_cap_mib`` must be the caps the cases' features were computed with
+    (``predictor.cache_mib``, ``predictor.activation_cap_mib``)."""
     if not cases:
         raise SpecError("no calibration case was measured")
     F_ = np.array([c.features for c in cases])
     y = np.array([c.measured_ms for c in cases])
     u = np.array([c.utilization for c in cases])
     return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)), threads=[c.threads for c in cases],
-                           default_threads=default_threads, weight_cache_mib=weight_cache_mib)
+                           default_threads=default_threads, weight_cache_mib=weight_cache_mib,
+                           activation_cap_mib=activation_cap_mib)
 
 

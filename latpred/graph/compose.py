@@ -6,7 +6,8 @@ is 0.71-0.89x of the model's latency (DESIGN.md), on an eager GPU 1.07-1.94x. Th
 is linear and per node, so node latencies stay additive (the partitioner sums them per device):
 
     node_ms = scale[class(node)] * isolated_ms(node) + overhead_ms[kind(node)]
-              + ms_per_param_mb * min(param_MiB(node), weight_cache_mib) + ms_per_activation_mb * output_MiB(node)
+              + ms_per_param_mb * min(param_MiB(node), weight_cache_mib)
+              + ms_per_activation_mb * min(output_MiB(node), activation_cap_mib)
     model_ms = sum(node_ms)
 
 with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
@@ -22,7 +23,15 @@ cache, :attr:`~latpred.Predictor.cache_mib`): weights larger than the cache stre
 call, so profiling the layer alone already measured them cold (AlexNet's 144 MiB classifier layer at
 batch 1 was over-predicted 1.6x in leave-one-model-out without the cap; with it, on 3-pass measurements
 of the zoo and 30 random networks, leave-one-model-out MAPE fell from 13.2% to 11.8% and acc10 stayed
-within noise, 51.6% -> 50.8%; docs/benchmarks.md). Coefficients are fitted by non-negative least squares on *relative*
+within noise, 51.6% -> 50.8%; docs/benchmarks.md). A node's output likewise counts only up to
+``activation_cap_mib`` (the CPU's private per-core cache, :attr:`~latpred.Predictor.activation_cap_mib`): the
+in-context cost of an output is that of the part that would have stayed in the core's cache when the
+module runs alone; beyond it, the module streams its output to memory alone as in a model. Without the
+cap the per-MiB activation term fitted on random networks grew linearly with the batch and put
+depthwise-heavy models 1.3-1.6x over their measurement at batch 8 and 32; with a 1 MiB cap (the per-core L2
+of the 2-core dev VM) the random-network composition scored the zoo at 58.3% acc10 / MAPE 10.6% against
+45.2% / 15.1% uncapped that evening, and 58.7% / 13.1% against 49.2% / 18.6% on the afternoon's zoo
+(docs/benchmarks.md). Coefficients are fitted by non-negative least squares on *relative*
 error over whole-network measurements, separately per regime: unloaded (utilization 0),
 loaded, and unloaded on a single thread of a multi-threaded device (measured on the 2-core CPU: at
 one thread the zoo composes differently — vit_b_16 ran 19–23% above the unloaded 2-thread
@@ -97,9 +106,12 @@ class Composition:
     info: dict[str, Any] = field(default_factory=dict)
     #: per-node cap on the weight MiB that pays the cold-weight cost (None: no cap, as compositions written before it)
     weight_cache_mib: float | None = None
+    #: per-node cap on the output MiB that pays the activation cost (None: no cap, as compositions written before it)
+    activation_cap_mib: float | None = None
 
     def __post_init__(self) -> None:
         self.weight_cache_mib = check_cache_mib(self.weight_cache_mib)
+        self.activation_cap_mib = check_cache_mib(self.activation_cap_mib, "activation_cap_mib")
         if "single_thread" not in self.coef and "unloaded" in self.coef:  # written before the single-thread regime
             self.coef = {**self.coef, "single_thread": list(self.coef["unloaded"])}
         for r in REGIMES:
@@ -129,18 +141,20 @@ class Composition:
         if param_mib is not None:
             out = out + coef[:, _K + 2:_K + 3] * (capped_weights(param_mib, self.weight_cache_mib) * compute)[None, :]
         if activation_mib is not None:
-            out = out + coef[:, _K + 3:_K + 4] * activation_mib * compute[None, :]
+            out = out + coef[:, _K + 3:_K + 4] * capped_weights(activation_mib, self.activation_cap_mib) * compute[None, :]
         return out
 
     # -- fitting ----------------------------------------------------------------------------
     @staticmethod
     def features(isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
-                 param_mib: np.ndarray, activation_mib: np.ndarray, weight_cache_mib: float | None = None) -> np.ndarray:
+                 param_mib: np.ndarray, activation_mib: np.ndarray, weight_cache_mib: float | None = None,
+                 activation_cap_mib: float | None = None) -> np.ndarray:
         """Per-condition regression features (:data:`FEATURES`): summed isolated ms per class, compute and
         view node counts, weight MiB (each node's capped at ``weight_cache_mib``) and output-activation MiB
-        of the compute nodes. Fit with the same ``weight_cache_mib`` the composition will apply."""
+        (each node's capped at ``activation_cap_mib``) of the compute nodes. Fit with the same caps the
+        composition will apply."""
         iso = np.atleast_2d(isolated_ms)
-        act = np.atleast_2d(activation_mib)
+        act = capped_weights(np.atleast_2d(activation_mib), check_cache_mib(activation_cap_mib, "activation_cap_mib"))
         out = np.empty((len(iso), _N_FEATURES))
         for k in range(_K):
             out[:, k] = iso[:, classes == k].sum(axis=1)
@@ -154,7 +168,7 @@ class Composition:
     def fit(cls, features: np.ndarray, measured_ms: np.ndarray, utilization: np.ndarray,
             info: dict[str, Any] | None = None, min_rows: int = 8, threads: Any = None,
             default_threads: int | None = None, shrink: float = DEFAULT_SHRINK,
-            weight_cache_mib: float | None = None) -> Composition:
+            weight_cache_mib: float | None = None, activation_cap_mib: float | None = None) -> Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
         Rows are split by :func:`regime` (``threads`` per row, None = the device default). A regime with
@@ -171,7 +185,8 @@ class Composition:
         16.1% and 20.4% at most (over 40 subsets), and leave-one-model-out on the zoo also improves
         (MAPE 12.9 -> 12.4%; docs/benchmarks.md). ``shrink=0`` is plain NNLS.
 
-        ``weight_cache_mib`` is stored in the composition: the cap the features were computed with.
+        ``weight_cache_mib`` and ``activation_cap_mib`` are stored in the composition: the caps the features were
+        computed with.
         """
         if not shrink >= 0:
             raise SpecError(f"shrink must be >= 0, got {shrink!r}")
@@ -216,7 +231,7 @@ class Composition:
         single = REGIMES.index("single_thread")
         if (reg == single).sum() < min_rows:
             coef["single_thread"] = coef["unloaded"]
-        comp = cls(coef, True, dict(info or {}), weight_cache_mib)
+        comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib)
         pred = (F * comp.matrix(utilization, threads, default_threads)).sum(axis=1)
         rel = pred / y - 1
         comp.info.update({"shrink": float(shrink), "rows": int(len(y)),
@@ -228,7 +243,7 @@ class Composition:
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(CLASSES), "features": list(FEATURES), "coef": self.coef, "calibrated": self.calibrated,
-                "weight_cache_mib": self.weight_cache_mib, "info": self.info}
+                "weight_cache_mib": self.weight_cache_mib, "activation_cap_mib": self.activation_cap_mib, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
@@ -236,12 +251,12 @@ class Composition:
         if classes == list(_CLASSES_V1) and list(d.get("features", [])) == [*_CLASSES_V1, *FEATURES[_K:]]:
             # written before the dwconv class: grouped convolutions keep the conv scale (identical predictions)
             coef = {r: [float(c[0]), *map(float, c)] for r, c in dict(d["coef"]).items() if r in REGIMES}
-            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"))
+            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"))
         if classes != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
         coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
-        return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"))
+        return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"))
 
     def describe(self) -> str:
         if not self.calibrated:
@@ -252,21 +267,23 @@ class Composition:
             scales = ", ".join(f"{k}×{v:.2f}" for k, v in zip(CLASSES, c))
             parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
                          f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations")
-        cap = "" if self.weight_cache_mib is None else f" (weights counted up to {self.weight_cache_mib:g} MiB per node)"
+        caps = ([] if self.weight_cache_mib is None else [f"weights counted up to {self.weight_cache_mib:g} MiB per node"]) + (
+            [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"])
+        cap = f" ({', '.join(caps)})" if caps else ""
         return "composition (calibrated)" + cap + ": " + "; ".join(parts)
 
 
-def check_cache_mib(value: Any) -> float | None:
-    """``value`` as a positive finite float, or None; anything else raises :class:`SpecError`."""
+def check_cache_mib(value: Any, what: str = "weight_cache_mib") -> float | None:
+    """``value`` as a positive finite float, or None; anything else raises :class:`SpecError` naming ``what``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise SpecError(f"weight_cache_mib must be a positive number of MiB (or None), got {value!r}")
+        raise SpecError(f"{what} must be a positive number of MiB (or None), got {value!r}")
     return float(value)
 
 
 def capped_weights(param_mib: np.ndarray, weight_cache_mib: float | None) -> np.ndarray:
-    """Each node's weight MiB, capped at ``weight_cache_mib`` (unchanged when None)."""
+    """Each node's MiB (weights or outputs), capped at ``weight_cache_mib`` (unchanged when None)."""
     p = np.asarray(param_mib, dtype=float)
     return p if weight_cache_mib is None else np.minimum(p, weight_cache_mib)
 

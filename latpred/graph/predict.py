@@ -205,13 +205,14 @@ def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan,
 
 def composition_features(predictor: Predictor, graph: ModelGraph, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
     """The :meth:`Composition.features` row of ``graph`` at ``batch_size`` from its isolated node ms (one condition),
-    node weights capped at ``predictor.cache_mib``: fit compositions with ``weight_cache_mib=predictor.cache_mib``."""
+    node weights capped at ``predictor.cache_mib`` and outputs at ``predictor.activation_cap_mib``: fit compositions
+    with ``weight_cache_mib=predictor.cache_mib, activation_cap_mib=predictor.activation_cap_mib``."""
     from .compose import Composition
 
     plan = _plan(graph)
     classes, compute, act_mib = _composition_inputs(predictor, graph, plan, np.array([float(batch_size)]))
     return Composition.features(np.asarray(isolated_ms)[None, :], classes, compute, plan.view, plan.param_mib, act_mib,
-                                predictor.cache_mib)[0]
+                                predictor.cache_mib, predictor.activation_cap_mib)[0]
 
 
 def _static_costs(static: StaticFeatures, i: int) -> Any:

@@ -52,12 +52,14 @@ def _size_bytes(text: str) -> int | None:
         return None
 
 
-def _cpu_cache_bytes() -> int | None:
-    """Size of CPU 0's largest (last-level) data or unified cache, from sysfs; None when unknown."""
+def _cpu_cache_bytes(level: int | None = None) -> int | None:
+    """Size of CPU 0's largest (last-level) data or unified cache, or of its cache of ``level`` (2: the
+    private per-core L2), from sysfs; None when unknown."""
     sizes = []
     for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
-            if (d / "type").read_text().strip() in ("Data", "Unified"):
+            if (d / "type").read_text().strip() in ("Data", "Unified") and (
+                    level is None or (d / "level").read_text().strip() == str(level)):
                 size = _size_bytes((d / "size").read_text())
                 if size:
                     sizes.append(size)
@@ -152,7 +154,8 @@ def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
 
     Keys: ``kind``, ``cpu_model``, ``cpu_count_logical``, ``cpu_count_physical``, ``cpu_affinity``
     (CPUs this process may run on), ``cpu_quota`` (cgroup CPU limit or ``None``), ``cpu_cache_bytes``
-    (the last-level cache, ``None`` when unknown), ``memory_bytes``,
+    (the last-level cache, ``None`` when unknown), ``cpu_l2_cache_bytes`` (the private per-core L2),
+    ``memory_bytes``,
     ``os``, ``os_release``, ``platform``, ``machine``, ``python_version``, ``torch_version``,
     ``numpy_version``, ``torch_num_threads``, ``torch_num_interop_threads``, ``mkl_available``,
     ``mkldnn_available``, ``openmp_available``, ``hostname``; for ``'cuda'`` also ``gpu_index``,
@@ -178,6 +181,7 @@ def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
         "cpu_affinity": _affinity_count(),
         "cpu_quota": _cgroup_cpu_limit(),
         "cpu_cache_bytes": _cpu_cache_bytes(),
+        "cpu_l2_cache_bytes": _cpu_cache_bytes(2),
         "memory_bytes": int(psutil.virtual_memory().total),
         "os": platform.system(),
         "os_release": platform.release(),
