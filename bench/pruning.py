@@ -31,7 +31,8 @@ import torch
 # bench/partition.py would shadow the partition package when this script runs from bench/
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from latpred.graph.measure import ModelJob, measure_in_passes, pass_agreement  # noqa: E402
+from latpred import trace  # noqa: E402
+from latpred.graph.measure import ModelJob, measure_in_passes, model_reference_exponent, pass_agreement  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
 from latpred.profiling.devices import CpuDevice, TimingProtocol  # noqa: E402
 from latpred.profiling.reference import adopt_reference  # noqa: E402
@@ -43,6 +44,12 @@ def _model(name: str) -> torch.nn.Module:
     import torchvision
 
     return getattr(torchvision.models, name)(weights=None).eval()
+
+
+def _exponent(predictor: Predictor, model: torch.nn.Module, x1: torch.Tensor, batch_size: int) -> float:
+    """The model's time-weighted reference exponent at ``batch_size`` (:func:`model_reference_exponent`)."""
+    graph = trace(model, x1)
+    return model_reference_exponent(graph, predictor.predict_graph(graph, batch_size=batch_size).isolated_ms, batch_size)
 
 
 def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes: list[int], size_px: int, n_variants: int,
@@ -65,8 +72,9 @@ def bench_model(name: str, predictor: Predictor, device: CpuDevice, batch_sizes:
         pred = res.table.latency_ms(X)
         x = torch.randn(b, 3, size_px, size_px)
         # the unpruned model is measured in the same passes: the anchor of optimize_pruning(reference_ms=...)
-        jobs = [ModelJob(model, lambda x=x: (x,))]
-        jobs += [ModelJob(analysis.prune_(copy.deepcopy(model), res.table.ratios(xi[None])[0]), lambda x=x: (x,)) for xi in X]
+        models = [model] + [analysis.prune_(copy.deepcopy(model), res.table.ratios(xi[None])[0]) for xi in X]
+        # each model normalised with its own reference exponent (working-set scheme; ignored by a constant-scheme device)
+        jobs = [ModelJob(m, lambda x=x: (x,), 0.0, None, _exponent(predictor, m, x1, b)) for m in models]
         with torch.inference_mode():
             pooled = measure_in_passes(device, jobs, passes)
         base_meas = pooled[0].latency_ms
