@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
              cmd_db_renormalise, "db", dbs)
     rn.add_argument("db", help="SQLite store")
     rn.add_argument("--scheme", required=True, choices=SCHEMES,
-                    help="constant: beta = 1 (stores before 2026-11-28); working-set-v1: beta from the bytes a call moves")
+                    help="constant: beta = 1 (stores made before the working-set scheme); "
+                    "working-set-v1: beta from the bytes a call moves")
 
     from .cli_graph import register
 

@@ -24,7 +24,7 @@ measured, and the reference would cancel it.
 cache-resident; a slow episode of this VM (a busy SMT sibling, a noisy neighbour) slows cache-resident
 work more than work that streams from memory. Stores of the same 585 unloaded specs taken in machine
 states whose reference readings differed 2x (2026-11-27 05:32 against 08:52 and 18:13,
-``bench/reference_exponent.py``) agree at the median when a window is normalised as
+``bench/reference_exponent.py``, its per-size table) agree at the median when a window is normalised as
 
     normalised_window = window_ms * (nominal_ms / reference_ms) ** beta
 
