@@ -37,10 +37,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 
-from latpred.graph.measure import pass_agreement  # noqa: E402
+from latpred.graph.measure import model_reference_exponent, pass_agreement  # noqa: E402
 from latpred.graph.models import load_model, parse_model_refs  # noqa: E402
 from latpred.graph.trace import trace  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
+from latpred.profiling.reference import CONSTANT_SCHEME  # noqa: E402
 from partition import CostModel, Link, PartitionPlan, can_pin, measure_split, min_cut_partition, optimize  # noqa: E402
 from partition.exact import best_single_cut, single_cut_assignments  # noqa: E402
 
@@ -98,6 +99,7 @@ def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_req
         g = trace(ref.module, ref.example_input(1), name=name)
         edge = pred.predict_graph(g, utilization=0.0, threads=1).node_ms
         cloud = pred.predict_graph(g, utilization=0.0, threads=cloud_threads).node_ms
+        working_set = pred.metadata.get("reference_scheme", CONSTANT_SCHEME) != CONSTANT_SCHEME
         for bw in bandwidths:
             cm = CostModel(g, [edge, cloud], Link(bw, rtt_ms=RTT_MS))
             chosen = optimize(cm, ("latency",), pop_size=50, n_gen=60, seed=0)
@@ -114,13 +116,19 @@ def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_req
                     plans[f"cut{i}"] = cuts[i]
             measured = {label: {"predicted_ms": float(cm.evaluate(np.asarray(a)[None, :])["latency_ms"][0]), "pass_ms": [],
                                 "pass_raw_ms": [], "edge_slowdown": [], "cloud_slowdown": [], "fallbacks": 0} for label, a in plans.items()}
-            cases.append({"model": name, "bandwidth_mbps": bw, "names": cm.node_names, "plans": plans, "measured": measured})
+            # each side's compute normalised with the exponent of the nodes it runs (working-set scheme)
+            exps = {label: (tuple(model_reference_exponent(g, np.where(np.asarray(a) == d, ms, 0.0), 1)
+                                  for d, ms in ((0, edge), (1, cloud))) if working_set else (1.0, 1.0))
+                    for label, a in plans.items()}
+            cases.append({"model": name, "bandwidth_mbps": bw, "names": cm.node_names, "plans": plans, "measured": measured,
+                          "exponents": exps})
     walk = [(c, label) for c in cases for label in c["plans"]]
     for p in range(passes):
         for c, label in walk[::-1] if p % 2 else walk:
             plan = PartitionPlan(tuple(int(x) for x in c["plans"][label]), c["names"])
             m = measure_split(f"torchvision:{c['model']}", plan, bandwidth_mbps=c["bandwidth_mbps"], rtt_ms=RTT_MS,
-                              n_requests=n_requests, edge_threads=1, cloud_threads=cloud_threads, nominal_ms=nominal_ms, **cpus)
+                              n_requests=n_requests, edge_threads=1, cloud_threads=cloud_threads, nominal_ms=nominal_ms,
+                              reference_exponents=c["exponents"][label], **cpus)
             rec = c["measured"][label]
             rec["pass_ms"].append(m.latency_ms)
             rec["pass_raw_ms"].append(m.median_ms)
@@ -138,6 +146,8 @@ def real_part(pred: Predictor, models: list[str], bandwidths: list[float], n_req
             rec["measured_raw_ms"] = min(rec["pass_raw_ms"])
         best_cut = min(v["measured_ms"] for v in measured.values())  # the chosen plan included: it may be the best
         ch = measured["chosen"]
+        for label, rec in measured.items():
+            rec["reference_exponents"] = list(c["exponents"][label])
         rows.append({"model": c["model"], "bandwidth_mbps": c["bandwidth_mbps"], "plans": measured,
                      "chosen_error": ch["predicted_ms"] / ch["measured_ms"] - 1,
                      "chosen_error_raw": ch["predicted_ms"] / ch["measured_raw_ms"] - 1,

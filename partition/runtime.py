@@ -912,13 +912,27 @@ def _check_nominals(nominal_ms: Any) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
+def _check_exponents(exponents: Any) -> tuple[float, float]:
+    """``(edge, cloud)`` reference exponents, each in [0, 1]; clear errors otherwise."""
+    if not isinstance(exponents, (tuple, list)) or len(exponents) != 2:
+        raise ValueError(f"reference_exponents must be (edge, cloud), got {exponents!r}")
+    out = []
+    for side, beta in zip(("edge", "cloud"), exponents):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+            raise ValueError(f"{side} reference exponent must be a number in [0, 1], got {beta!r}")
+        out.append(float(beta))
+    return out[0], out[1]
+
+
 def normalise_request(timings: Mapping[str, Any], speed: Mapping[str, Any],
-                      nominal_ms: tuple[Any, Any]) -> dict[str, Any]:
+                      nominal_ms: tuple[Any, Any], exponents: tuple[float, float] = (1.0, 1.0)) -> dict[str, Any]:
     """One request's end-to-end latency at the nominal machine speed.
 
     The compute of each side (``edge_ms``, ``cloud_ms`` of :meth:`EdgeRunner.infer`) is multiplied by
-    that side's nominal over its reference reading (:meth:`EdgeRunner.read_speed`), as the profiler
-    normalises module timings; the link's share (emulated delays, encoding, gRPC) is left as measured.
+    that side's nominal over its reference reading (:meth:`EdgeRunner.read_speed`) to the power of that
+    side's exponent (``exponents``: ``(edge, cloud)``, 1 under the constant scheme; under the working-set
+    scheme the side's nodes' time-weighted exponent, :func:`latpred.graph.measure.model_reference_exponent`),
+    as the profiler normalises module timings; the link's share (emulated delays, encoding, gRPC) is left as measured.
     ``nominal_ms``: ``(edge, cloud)``, each a ``{threads: ms}`` mapping (a predictor's
     ``metadata["reference_nominal_ms"]``), a number of ms, or ``None`` (that side stays raw). A side
     whose nominal or reading is missing stays raw too.
@@ -928,6 +942,7 @@ def normalise_request(timings: Mapping[str, Any], speed: Mapping[str, Any],
     """
     total = float(timings["total_ms"])
     out: dict[str, Any] = {"edge_slowdown": None, "cloud_slowdown": None}
+    betas = dict(zip(("edge", "cloud"), _check_exponents(exponents)))
     for side, nominal in zip(("edge", "cloud"), _check_nominals(nominal_ms)):
         threads, ref = speed.get(f"{side}_threads"), speed.get(f"{side}_reference_ms")
         nom = nominal.get(int(threads)) if isinstance(nominal, dict) and threads is not None else nominal
@@ -935,7 +950,7 @@ def normalise_request(timings: Mapping[str, Any], speed: Mapping[str, Any],
             continue
         slowdown = float(ref) / nom
         out[f"{side}_slowdown"] = slowdown
-        total += float(timings.get(f"{side}_ms", 0.0)) * (1.0 / slowdown - 1.0)
+        total += float(timings.get(f"{side}_ms", 0.0)) * (slowdown ** -betas[side] - 1.0)
     out["normalised_ms"] = total
     return out
 
@@ -944,7 +959,8 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
                   warmup: int = 2, edge_threads: int | None = None, cloud_threads: int | None = None, seed: int = 0,
                   input_shape: Sequence[int] | None = None, batch_size: int = 1, timeout_s: float = 30.0,
                   server_address: str | None = None, edge_cpus: Sequence[int] | None = None,
-                  cloud_cpus: Sequence[int] | None = None, nominal_ms: tuple[Any, Any] | None = None) -> SplitMeasurement:
+                  cloud_cpus: Sequence[int] | None = None, nominal_ms: tuple[Any, Any] | None = None,
+                  reference_exponents: tuple[float, float] = (1.0, 1.0)) -> SplitMeasurement:
     """Measure a plan for real: start a :class:`CloudServer` process (unless ``server_address`` is given
     or the plan runs all on the edge), run ``warmup + n_requests`` requests through an
     :class:`EdgeRunner` and return the median timings (:class:`SplitMeasurement`; ``median_ms`` is
@@ -956,12 +972,14 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
     ``metadata["reference_nominal_ms"]``): after every measured request both sides time the reference
     kernel (outside the request's wall time) and the result carries :attr:`SplitMeasurement.normalised_ms`,
     the latency in the units of predictors trained on reference-normalised profiles. Each sample then
-    also holds the readings and its ``normalised_ms``."""
+    also holds the readings and its ``normalised_ms``. ``reference_exponents``: each side's exponent
+    (:func:`normalise_request`; 1 for predictors of the constant scheme)."""
     if n_requests < 1:
         raise ValueError(f"n_requests must be >= 1, got {n_requests}")
     _check_cpus(edge_cpus, "edge_cpus")
     if nominal_ms is not None:
         nominal_ms = _check_nominals(nominal_ms)  # before anything starts
+    reference_exponents = _check_exponents(reference_exponents)
     placement = placement_of(plan)
     remote = any(d >= 1 for d in placement.values())
     server = None
@@ -981,7 +999,7 @@ def measure_split(model_ref: str, plan: Any, *, bandwidth_mbps: float | None = N
                     if nominal_ms is not None:
                         speed = edge.read_speed(cloud=remote, timeout_s=min(timeout_s, 5.0))
                         tm.update(speed)
-                        tm.update(normalise_request(tm, speed, nominal_ms))
+                        tm.update(normalise_request(tm, speed, nominal_ms, reference_exponents))
                     samples.append(tm)
     finally:
         if server is not None:

@@ -179,6 +179,12 @@ def test_normalise_request_scales_each_sides_compute_only():
         normalise_request(tm, speed, (None, {"two": 1.0}))
     with pytest.raises(ValueError, match=r"\(edge, cloud\)"):
         normalise_request(tm, speed, (1.0,))
+    # per-side exponents (working-set scheme): the edge divided by 2 ** 0.5, the cloud by 1.5 ** 0
+    half = normalise_request(tm, speed, ({"1": 1.0}, {2: 1.0}), (0.5, 0.0))
+    assert half["normalised_ms"] == pytest.approx(100 - 40 + 40 / 2 ** 0.5)
+    for bad in ((1.5, 1.0), (1.0, -0.1), (1.0,), (True, 1.0)):
+        with pytest.raises(ValueError, match="reference"):
+            normalise_request(tm, speed, (1.0, 1.0), bad)
 
 
 def test_measure_split_normalised(server, reference):
