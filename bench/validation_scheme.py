@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from latpred.profiling.reference import CONSTANT_SCHEME, SCHEMES
+from latpred.profiling.reference import CONSTANT_SCHEME, SCHEMES, normalised_windows
 
 
 def renormalise_case(case: dict, scheme: str) -> bool:
@@ -36,7 +36,7 @@ def renormalise_case(case: dict, scheme: str) -> bool:
     else:
         raise SystemExit(f"case {case.get('model')} batch {case.get('batch_size')} was measured in the {ref.get('scheme')} "
                          f"scheme; its {scheme} exponent needs the model's node predictions: validate it again")
-    passes = [[w * (nominal / r) ** beta for w, r in zip(ws, rs)] for ws, rs in zip(raw, probes)]
+    passes = [normalised_windows(ws, rs, nominal, beta) for ws, rs in zip(raw, probes)]
     case["pass_ms"] = [statistics.median(p) for p in passes]
     case["measured_ms"] = statistics.median([w for p in passes for w in p])
     case["rel_error"] = case["predicted_ms"] / case["measured_ms"] - 1

@@ -30,6 +30,7 @@ from .errors import SpecError
 from .features import GENERIC_FEATURES, feature_names, featurize, optional_columns
 from .metrics import accuracy_report
 from .predictor import Predictor
+from .profiling.reference import CONSTANT_SCHEME
 from .regressors import FAMILIES, candidate_table, make_regressor
 from .regressors.fast import fast_predict
 from .regressors.medn import MEDNRegressor
@@ -165,7 +166,7 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     nominal = store.reference_nominal(device_id)
     if nominal:  # the unit of the unloaded latencies: whole models measured for this predictor adopt it
         meta["reference_nominal_ms"] = {str(k): v for k, v in sorted(nominal.items())}
-        meta["reference_scheme"] = store.reference_scheme(device_id) or "constant"
+        meta["reference_scheme"] = store.reference_scheme(device_id) or CONSTANT_SCHEME
     return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta)
 
 

@@ -56,7 +56,7 @@ from typing import Any
 
 import torch
 
-from latpred.profiling.reference import ReferenceProbe, parse_nominal
+from latpred.profiling.reference import ReferenceProbe, check_exponent, parse_nominal
 
 from .plan import SplitModel, placement_of, split_graph_module
 from .transport import (
@@ -916,12 +916,7 @@ def _check_exponents(exponents: Any) -> tuple[float, float]:
     """``(edge, cloud)`` reference exponents, each in [0, 1]; clear errors otherwise."""
     if not isinstance(exponents, (tuple, list)) or len(exponents) != 2:
         raise ValueError(f"reference_exponents must be (edge, cloud), got {exponents!r}")
-    out = []
-    for side, beta in zip(("edge", "cloud"), exponents):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
-            raise ValueError(f"{side} reference exponent must be a number in [0, 1], got {beta!r}")
-        out.append(float(beta))
-    return out[0], out[1]
+    return check_exponent(exponents[0], "edge reference exponent"), check_exponent(exponents[1], "cloud reference exponent")
 
 
 def normalise_request(timings: Mapping[str, Any], speed: Mapping[str, Any],

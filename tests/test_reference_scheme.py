@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -50,24 +51,22 @@ def test_reference_exponent_falls_from_one_to_the_floor_with_the_working_set():
         reference_exponent(-1.0)
 
 
+def _measure(spec: ModuleSpec, scheme: str) -> Measurement:
+    """``spec`` measured once on a fresh CPU device whose probe uses ``scheme``."""
+    with closing(CpuDevice(FAST)) as dev:
+        dev.reference.scheme = scheme
+        return dev.measure(spec)
+
+
 def test_a_large_spec_is_normalised_with_its_exponent_and_records_it():
     spec = get_op("activation").spec(channels=64, h=256, w=256, fn="relu", batch_size=1, threads=1)
     beta = reference_exponent(get_op("activation").costs(spec).bytes_moved("float32"))
     assert 0.6 < beta < 0.8
-    dev = CpuDevice(FAST)
-    try:
-        m = dev.measure(spec)
-    finally:
-        dev.close()
+    m = _measure(spec, WORKING_SET_SCHEME)
     raw, probes, nominal = m.extra["raw_timings_ms"], m.extra["reference_ms"], m.extra["reference_nominal_ms"]
     assert m.extra["reference_scheme"] == WORKING_SET_SCHEME and m.extra["reference_exponent"] == pytest.approx(beta)
     assert m.timings_ms == pytest.approx([w * (nominal / r) ** beta for w, r in zip(raw, probes)])
-    dev = CpuDevice(FAST)
-    dev.reference.scheme = CONSTANT_SCHEME
-    try:
-        m = dev.measure(spec)
-    finally:
-        dev.close()
+    m = _measure(spec, CONSTANT_SCHEME)
     assert m.extra["reference_exponent"] == 1.0 and m.extra["reference_scheme"] == CONSTANT_SCHEME
 
 

@@ -289,7 +289,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
     check_passes(passes)  # before tracing the networks
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
-    todo: list[tuple[int, Any, int, float, int | None]] = []  # (network, graph, batch, utilization, threads)
+    todo: list[tuple[int, Any, int, float, int | None, Any]] = []  # (network, graph, batch, utilization, threads, prediction)
     jobs: list[ModelJob] = []
     for k in range(n_networks):
         model, shape = random_network(seed * 100_003 + k, generator)
@@ -297,24 +297,23 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
         for b, u, t in conditions:
             if graph.total_flops * b / 1e9 > max_gflops:
                 continue
-            todo.append((k, graph, b, u, t))
-            iso = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t).isolated_ms
+            lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
+            todo.append((k, graph, b, u, t, lat))
             jobs.append(ModelJob(model, lambda n=b, s=shape: (torch.randn(n, *s),), u, t,
-                                 model_reference_exponent(graph, iso, b)))
+                                 model_reference_exponent(graph, lat.isolated_ms, b)))
 
     def report(p: int, i: int, job: ModelJob, ms: float | None) -> None:
-        k, graph, b, u, _t = todo[i]
+        k, graph, b, u, _t, _lat = todo[i]
         say(f"pass {p + 1}/{passes}: network {k} ({graph.summary().split(':')[0]}) batch {b} util {u:g}: "
             + (f"measured {ms:.2f} ms" if ms else "measurement failed"))
 
     say(adopt_reference(device, predictor))
     pooled = measure_in_passes(device, jobs, passes, report)
     cases: list[CalibrationCase] = []
-    for (k, graph, b, u, t), res in zip(todo, pooled):
+    for (k, graph, b, u, t, lat), res in zip(todo, pooled):
         if res.latency_ms is None:
             say(f"network {k} batch {b}: every measurement failed ({'; '.join(res.errors)}); skipped")
             continue
-        lat = predictor.predict_graph(graph, batch_size=b, utilization=u, threads=t)
         feats = composition_features(predictor, graph, lat.isolated_ms, b)
         cases.append(CalibrationCase(k, b, u, t, res.latency_ms, feats.tolist(), graph.total_flops * b / 1e9,
                                      generator=generator))

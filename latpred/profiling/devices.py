@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
-from .reference import CONSTANT_SCHEME, ReferenceProbe
+from .reference import CONSTANT_SCHEME, ReferenceProbe, check_exponent, normalised_windows
 from .result import Measurement
 
 __all__ = ["Device", "TimingProtocol", "CpuDevice", "CudaDevice", "FakeDevice", "make_device", "robust_stat"]
@@ -303,9 +303,7 @@ class CpuDevice(_LoadMixin):
         """
         beta = 1.0
         if reference_exponent is not None and self.reference is not None and self.reference.scheme != CONSTANT_SCHEME:
-            if not 0.0 <= float(reference_exponent) <= 1.0:
-                raise SpecError(f"reference_exponent must be in [0, 1], got {reference_exponent!r}")
-            beta = float(reference_exponent)
+            beta = check_exponent(reference_exponent)
         return self._measure(lambda: (module.eval(), inputs), utilization, threads, beta)
 
     def _measure(self, build: Callable[[], tuple[Any, tuple[Any, ...]]], utilization: float,
@@ -327,7 +325,7 @@ class CpuDevice(_LoadMixin):
                     timings, n = self.protocol.time(lambda: module(*inputs))
                 else:
                     raw, n, probes = self.protocol.time_probed(lambda: module(*inputs), lambda: ref.probe(threads))
-                    timings = [w * (nominal / r) ** beta for w, r in zip(raw, probes)]
+                    timings = normalised_windows(raw, probes, nominal, beta)
                     extra.update(raw_timings_ms=raw, reference_ms=probes, reference_nominal_ms=nominal,
                                  reference_scheme=ref.scheme, reference_exponent=beta)
                 observed, system = self._end_window()

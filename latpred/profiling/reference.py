@@ -48,7 +48,8 @@ from typing import Any
 
 from ..errors import SpecError
 
-__all__ = ["ReferenceProbe", "parse_nominal", "adopt_reference", "reference_exponent", "check_scheme",
+__all__ = ["ReferenceProbe", "parse_nominal", "adopt_reference", "reference_exponent", "check_scheme", "check_exponent",
+           "normalised_windows",
            "WORKING_SET_SCHEME", "CONSTANT_SCHEME", "SCHEMES", "EXPONENT_FULL_MIB", "EXPONENT_FLOOR_MIB", "EXPONENT_FLOOR"]
 
 #: beta = 1 for every measurement (stores and predictors made before the working-set scheme)
@@ -68,6 +69,18 @@ def check_scheme(scheme: Any) -> str:
     if scheme not in SCHEMES:
         raise SpecError(f"unknown reference normalisation scheme {scheme!r}; known: {', '.join(SCHEMES)}")
     return scheme
+
+
+def check_exponent(value: Any, what: str = "reference_exponent") -> float:
+    """``value`` as a float in [0, 1] (a beta of :func:`normalised_windows`); raises :class:`SpecError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise SpecError(f"{what} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def normalised_windows(raw_ms: Any, reference_ms: Any, nominal_ms: float, beta: float) -> list[float]:
+    """Each raw window expressed at the nominal machine speed: ``raw * (nominal / reference) ** beta``."""
+    return [float(w) * (float(nominal_ms) / float(r)) ** beta for w, r in zip(raw_ms, reference_ms)]
 
 
 def reference_exponent(bytes_moved: float, scheme: str = WORKING_SET_SCHEME) -> float:

@@ -1,6 +1,6 @@
 """Convert a profile store to another reference normalisation scheme, from the raw windows it keeps.
 
-    latpred renormalise --db latpred-out/profile.sqlite --scheme working-set-v1
+    latpred db renormalise latpred-out/profiles.sqlite --scheme working-set-v1
 
 Unloaded CPU samples keep every raw window and the reference reading after it, so a store profiled
 with one scheme (:mod:`latpred.profiling.reference`) can be re-expressed in another exactly, and back;
@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..errors import SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
-from .devices import TimingProtocol, robust_stat
+from .devices import STATISTICS, TimingProtocol, robust_stat
 from .reference import check_scheme, reference_exponent
 from .store import ProfileStore
 
@@ -25,8 +25,8 @@ def renormalise_store(store: ProfileStore, scheme: str, statistic: str = TimingP
     ``statistic`` reduces a sample's normalised windows (the profiler's: the median).
     """
     check_scheme(scheme)
-    if statistic not in ("median", "min", "mean", "trimmed"):
-        raise SpecError(f"unknown statistic {statistic!r}; use median, min, mean or trimmed")
+    if statistic not in STATISTICS:
+        raise SpecError(f"unknown statistic {statistic!r}; expected one of {STATISTICS}")
 
     def exponent_of(spec: ModuleSpec) -> float:
         return reference_exponent(get_op(spec.op).costs(spec).bytes_moved(spec.dtype), scheme)

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..spec import ModuleSpec
-from .reference import parse_nominal
+from .reference import CONSTANT_SCHEME, normalised_windows, parse_nominal
 from .result import Measurement
 
 __all__ = ["ProfileStore", "Sample", "SCHEMA_VERSION", "RUN_STATUSES", "SAMPLE_STATUSES", "EXPORT_COLUMNS"]
@@ -554,7 +554,7 @@ class ProfileStore:
         self.device(device_id)
         rows = self._query("SELECT DISTINCT json_extract(extra_json, '$.reference_scheme') AS scheme FROM samples "
                            "WHERE device_id = ? AND status = 'ok' AND extra_json LIKE '%reference_nominal_ms%'", (device_id,))
-        schemes = {r["scheme"] or "constant" for r in rows}
+        schemes = {r["scheme"] or CONSTANT_SCHEME for r in rows}
         if len(schemes) > 1:
             raise StoreError(f"profile store {self.path} mixes reference normalisation schemes {sorted(schemes)} for "
                              f"device {device_id}; convert it with `latpred db renormalise`")
@@ -588,7 +588,7 @@ class ProfileStore:
                     raise StoreError(f"profile store {self.path}: sample {sid} has no raw windows with reference readings "
                                      "to renormalise from; nothing was changed")
                 beta = float(exponent_of(ModuleSpec.from_dict(json.loads(spec_json))))
-                windows = [float(w) * (float(nominal) / float(r)) ** beta for w, r in zip(raw, ref)]
+                windows = normalised_windows(raw, ref, nominal, beta)
                 new_latency = float(reduce(windows))
                 n = int(passes or 1)
                 if len(windows) % n == 0:
