@@ -7,6 +7,7 @@ import torch
 from latpred import SpecError, UnknownOpError
 from latpred.graph.calibrate import calibrate, random_network
 from latpred.graph.compose import CLASSES, FEATURES, Composition, class_index, node_class
+from latpred.graph.predict import composition_features
 from latpred.graph.trace import trace
 from latpred.predictor import Predictor
 from latpred.profiling.devices import FakeDevice
@@ -170,6 +171,39 @@ def test_activation_cap_limits_each_nodes_activation_cost():
             Composition(activation_cap_mib=bad)
 
 
+def test_in_place_nodes_pay_no_activation_cost(predictor):
+    """nn.ReLU(inplace=True) allocates no output: the per-MiB activation term skips it (compositions written
+    before the rule keep charging it, so old predictors predict as they did)."""
+    def net(inplace):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(inplace=inplace)).eval()
+
+    x = torch.randn(1, 3, 32, 32)
+    g_in, g_out = trace(net(True), x), trace(net(False), x)
+    relu_mib = 8 * 32 * 32 * 4 / 2**20
+    coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.0, 0.5]
+    new = Composition({r: coef for r in ("unloaded", "loaded")}, True)
+    assert new.inplace_free and "in-place outputs free" in new.describe()
+    legacy = Composition.from_dict({k: v for k, v in new.to_dict().items() if k != "inplace_free"})
+    assert not legacy.inplace_free and Composition.from_dict(new.to_dict()).inplace_free
+
+    def total(comp, g):
+        p = Predictor(**{**predictor.__dict__, "composition": comp})
+        return float(p.predict_graph(g, batch_size=2, utilization=0.0, threads=1).total_ms)
+
+    gap = total(new, g_out) - total(new, g_in)  # the same isolated predictions, minus the ReLU's output cost
+    iso = predictor.predict_graph(g_out, batch_size=2, utilization=0.0, threads=1).isolated_ms.sum() - \
+        predictor.predict_graph(g_in, batch_size=2, utilization=0.0, threads=1).isolated_ms.sum()
+    assert gap - iso == pytest.approx(0.5 * 2 * relu_mib, rel=1e-6)
+    assert total(legacy, g_in) - total(new, g_in) == pytest.approx(0.5 * 2 * relu_mib, rel=1e-6)
+    # the fitting features leave in-place outputs out as well
+    a = FEATURES.index("activation_mib")
+    f_in = composition_features(predictor, g_in, np.ones(len(g_in.nodes)), 2)[a]
+    f_out = composition_features(predictor, g_out, np.ones(len(g_out.nodes)), 2)[a]
+    assert f_out - f_in == pytest.approx(2 * relu_mib, rel=1e-6)
+    with pytest.raises(SpecError, match="inplace_free"):
+        Composition.from_dict({**new.to_dict(), "inplace_free": "yes"})
+
+
 def test_predictor_activation_cap_comes_from_the_cpus_l2(predictor):
     p = Predictor(**{**predictor.__dict__, "metadata": {"device": {"kind": "cpu", "cpu_l2_cache_bytes": 1 << 20}}})
     assert p.activation_cap_mib == 1.0
@@ -298,9 +332,32 @@ def test_random_vits_keep_real_token_counts_and_old_cases_keep_their_generator()
                              "features": [], "gflops": 0.1, "model": ""})
     assert old.generator == 1 and old.group == "random3"
     new = CalibrationCase(3, 1, 0.0, None, 1.0, [], 0.1, generator=RANDOM_NETWORK_VERSION)
-    assert new.group == "random3v2" and CalibrationCase(**new.to_dict()) == new
+    assert new.group == "random3v3" and CalibrationCase(**new.to_dict()) == new
     with pytest.raises(SpecError, match="generator version"):
-        random_network(0, 3)
+        random_network(0, 4)
+
+
+def test_version_3_networks_are_version_2_with_in_place_activations():
+    from latpred.graph.calibrate import _INPLACE_ACTS
+
+    both = 0
+    for seed in range(12):
+        (m2, shape), (m3, _) = random_network(seed, 2), random_network(seed, 3)
+        x = torch.randn(1, *shape)
+        g2, g3 = trace(m2, x), trace(m3, x)
+        # the same nodes; only activations' in-place flag may differ
+        strip = [n.spec.with_params(inplace=False) if n.spec is not None and "inplace" in n.spec.params else n.spec for n in g3.nodes]
+        assert [n.spec for n in g2.nodes] == strip
+        flags = [m.inplace for m in m3.modules() if isinstance(m, _INPLACE_ACTS)]
+        assert not any(m.inplace for m in m2.modules() if isinstance(m, _INPLACE_ACTS))
+        both += bool(flags) and any(flags) and not all(flags)
+        traced = {n.spec.params["inplace"] for n in g3.nodes if n.spec is not None and n.spec.op == "activation"
+                  and n.spec.params["fn"] != "gelu"}
+        assert traced == set(flags) or not flags
+        m3.load_state_dict(m2.state_dict())
+        with torch.no_grad():  # in place is safe where the generator puts it: same outputs
+            torch.testing.assert_close(m3(x), m2(x))
+    assert both >= 3  # networks mix in-place and out-of-place activations
 
 
 def test_calibration_conditions_cover_each_batch_size_in_every_regime():

@@ -228,8 +228,14 @@ class _ViT(nn.Module):
 #: the current :func:`random_network` generator. Version 1 drew vision transformers with patches of 4 (up to 3,137
 #: tokens: attention matrices real ViTs never build), whose attention nodes taught the composition a gemm scale of
 #: 0.52-0.60 that then under-predicted vit_b_16 by a third (docs/benchmarks.md); version 2 keeps real token
-#: counts and widths. Stored calibration cases name the version they were measured with.
-RANDOM_NETWORK_VERSION = 2
+#: counts and widths. Version 3 is version 2's networks with each ReLU, ReLU6, SiLU and Hardswish made in place
+#: (``inplace=True``, as torchvision's CNNs build them) with probability :data:`INPLACE_SHARE`, drawn from a
+#: stream of its own: the composition charges an output's cost to out-of-place nodes only, and needs networks
+#: with both kinds to fit it. Stored calibration cases name the version they were measured with.
+RANDOM_NETWORK_VERSION = 3
+#: share of version 3's activations that run in place
+INPLACE_SHARE = 0.5
+_INPLACE_ACTS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish)
 
 
 def random_network(seed: int, version: int = RANDOM_NETWORK_VERSION) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -237,12 +243,17 @@ def random_network(seed: int, version: int = RANDOM_NETWORK_VERSION) -> tuple[nn
 
     ``version`` picks the generator (:data:`RANDOM_NETWORK_VERSION`); a seed gives the same network for a given
     version forever, so stored calibration cases can be re-traced."""
-    if version not in (1, 2):
-        raise SpecError(f"random network generator version must be 1 or 2, got {version!r}")
+    if version not in (1, 2, 3):
+        raise SpecError(f"random network generator version must be 1, 2 or 3, got {version!r}")
     rng = np.random.default_rng([seed, 7919])
     res = int(rng.choice([96, 128, 160, 192, 224]))  # real-model resolutions: feature maps stay >= 3x3
     with torch.no_grad():
-        model: nn.Module = _CNN(rng) if rng.random() < 0.7 else _ViT(res, rng, version)
+        model: nn.Module = _CNN(rng) if rng.random() < 0.7 else _ViT(res, rng, min(version, 2))
+    if version >= 3:  # every activation follows a fresh tensor (a convolution, norm, sum or linear): safe in place
+        flips = np.random.default_rng([seed, 7927])
+        for m in model.modules():
+            if isinstance(m, _INPLACE_ACTS):
+                m.inplace = bool(flips.random() < INPLACE_SHARE)
     return model.eval(), (3, res, res)
 
 

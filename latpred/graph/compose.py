@@ -31,7 +31,10 @@ cap the per-MiB activation term fitted on random networks grew linearly with the
 depthwise-heavy models 1.3-1.6x over their measurement at batch 8 and 32; with a 1 MiB cap (the per-core L2
 of the 2-core dev VM) the random-network composition scored the zoo at 58.3% acc10 / MAPE 10.6% against
 45.2% / 15.1% uncapped that evening, and 58.7% / 13.1% against 49.2% / 18.6% on the afternoon's zoo
-(docs/benchmarks.md). Coefficients are fitted by non-negative least squares on *relative*
+(docs/benchmarks.md). Nodes that write into their input (``nn.ReLU(inplace=True)``, ``x += y``: the
+``inplace`` spec parameter) allocate no output and pay no activation cost (``inplace_free``): the term is
+fitted on out-of-place outputs, and charged to the in-place activations of torchvision's CNNs it put
+mobilenet_v2 and efficientnet_b0 at batch 1 25-33% over their measurement on one thread. Coefficients are fitted by non-negative least squares on *relative*
 error over whole-network measurements, separately per regime: unloaded (utilization 0),
 loaded, and unloaded on a single thread of a multi-threaded device (measured on the 2-core CPU: at
 one thread the zoo composes differently — vit_b_16 ran 19–23% above the unloaded 2-thread
@@ -108,6 +111,8 @@ class Composition:
     weight_cache_mib: float | None = None
     #: per-node cap on the output MiB that pays the activation cost (None: no cap, as compositions written before it)
     activation_cap_mib: float | None = None
+    #: in-place nodes pay no activation cost (False for compositions written before it: they paid as any node)
+    inplace_free: bool = True
 
     def __post_init__(self) -> None:
         self.weight_cache_mib = check_cache_mib(self.weight_cache_mib)
@@ -168,7 +173,8 @@ class Composition:
     def fit(cls, features: np.ndarray, measured_ms: np.ndarray, utilization: np.ndarray,
             info: dict[str, Any] | None = None, min_rows: int = 8, threads: Any = None,
             default_threads: int | None = None, shrink: float = DEFAULT_SHRINK,
-            weight_cache_mib: float | None = None, activation_cap_mib: float | None = None) -> Composition:
+            weight_cache_mib: float | None = None, activation_cap_mib: float | None = None,
+            inplace_free: bool = True) -> Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
         Rows are split by :func:`regime` (``threads`` per row, None = the device default). A regime with
@@ -185,8 +191,8 @@ class Composition:
         16.1% and 20.4% at most (over 40 subsets), and leave-one-model-out on the zoo also improves
         (MAPE 12.9 -> 12.4%; docs/benchmarks.md). ``shrink=0`` is plain NNLS.
 
-        ``weight_cache_mib`` and ``activation_cap_mib`` are stored in the composition: the caps the features were
-        computed with.
+        ``weight_cache_mib``, ``activation_cap_mib`` and ``inplace_free`` are stored in the composition: how the
+        features were computed (:func:`~latpred.graph.predict.composition_features` leaves in-place outputs out).
         """
         if not shrink >= 0:
             raise SpecError(f"shrink must be >= 0, got {shrink!r}")
@@ -231,7 +237,7 @@ class Composition:
         single = REGIMES.index("single_thread")
         if (reg == single).sum() < min_rows:
             coef["single_thread"] = coef["unloaded"]
-        comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib)
+        comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib, bool(inplace_free))
         pred = (F * comp.matrix(utilization, threads, default_threads)).sum(axis=1)
         rel = pred / y - 1
         comp.info.update({"shrink": float(shrink), "rows": int(len(y)),
@@ -243,7 +249,8 @@ class Composition:
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(CLASSES), "features": list(FEATURES), "coef": self.coef, "calibrated": self.calibrated,
-                "weight_cache_mib": self.weight_cache_mib, "activation_cap_mib": self.activation_cap_mib, "info": self.info}
+                "weight_cache_mib": self.weight_cache_mib, "activation_cap_mib": self.activation_cap_mib,
+                "inplace_free": self.inplace_free, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
@@ -251,12 +258,17 @@ class Composition:
         if classes == list(_CLASSES_V1) and list(d.get("features", [])) == [*_CLASSES_V1, *FEATURES[_K:]]:
             # written before the dwconv class: grouped convolutions keep the conv scale (identical predictions)
             coef = {r: [float(c[0]), *map(float, c)] for r, c in dict(d["coef"]).items() if r in REGIMES}
-            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"))
+            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
+                       False)
         if classes != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
         coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
-        return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"))
+        inplace_free = d.get("inplace_free", False)
+        if not isinstance(inplace_free, bool):
+            raise SpecError(f"composition inplace_free must be true or false, got {inplace_free!r}")
+        return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
+                   inplace_free)
 
     def describe(self) -> str:
         if not self.calibrated:
@@ -268,7 +280,8 @@ class Composition:
             parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
                          f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations")
         caps = ([] if self.weight_cache_mib is None else [f"weights counted up to {self.weight_cache_mib:g} MiB per node"]) + (
-            [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"])
+            [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"]) + (
+            ["in-place outputs free"] if self.inplace_free else [])
         cap = f" ({', '.join(caps)})" if caps else ""
         return "composition (calibrated)" + cap + ": " + "; ".join(parts)
 

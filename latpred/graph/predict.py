@@ -75,6 +75,7 @@ class _Plan:
     param_mib: np.ndarray  # (nodes,)
     out_mib_fixed: np.ndarray  # (nodes,): output MiB = fixed + batch * per_sample
     out_mib_per_sample: np.ndarray
+    inplace: np.ndarray  # (nodes,): writes into its input (no output buffer; see Composition.inplace_free)
 
 
 def _plan(graph: ModelGraph) -> _Plan:
@@ -104,7 +105,8 @@ def _plan(graph: ModelGraph) -> _Plan:
     fixed = np.array([n.out_bytes for n in graph.nodes], dtype=float) / 2**20 - graph.batch_size * per
     plan = _Plan(groups, generic_costs, np.array(generic_cols, dtype=int), [n.op for n in graph.nodes],
                  [n.kind for n in graph.nodes], np.array([n.kind == "view" for n in graph.nodes]),
-                 np.array([n.param_bytes for n in graph.nodes], dtype=float) / 2**20, fixed, per)
+                 np.array([n.param_bytes for n in graph.nodes], dtype=float) / 2**20, fixed, per,
+                 np.array([bool(n.spec is not None and n.spec.params.get("inplace", False)) for n in graph.nodes]))
     cache["plan"] = plan
     return plan
 
@@ -183,7 +185,7 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
             X = cost_features(generic_costs, graph.dtype, b, u, t)
             iso[:, gcols] = np.exp(predictor.predict_generic(X.reshape(-1, X.shape[-1]))).reshape(-1, C).T
     comp = predictor.composition
-    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, b)
+    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, b, comp.inplace_free)
     node_ms = comp.apply(iso, classes, compute, plan.view, u, plan.param_mib, act_mib, t, predictor.default_threads)
     total = node_ms.sum(axis=1)
     return GraphLatency([n.name for n in graph.nodes], node_ms.reshape(*shape, N), iso.reshape(*shape, N),
@@ -191,26 +193,30 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
                         "calibrated" if comp.calibrated else "sum")
 
 
-def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan,
-                        b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Composition class per node (cached per predictor op set), compute mask, output MiB per condition."""
+def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan, b: np.ndarray,
+                        inplace_free: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Composition class per node (cached per predictor op set), compute mask, output MiB per condition (0 for
+    in-place nodes when ``inplace_free``)."""
     key = ("classes", tuple(predictor.ops))
     if key not in graph._cache:
         graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
                                         plan.kinds, [node_groups(n) for n in graph.nodes])
     classes = graph._cache[key]
     act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
+    if inplace_free:
+        act_mib = np.where(plan.inplace[None, :], 0.0, act_mib)
     return classes, classes >= 0, act_mib
 
 
 def composition_features(predictor: Predictor, graph: ModelGraph, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
     """The :meth:`Composition.features` row of ``graph`` at ``batch_size`` from its isolated node ms (one condition),
-    node weights capped at ``predictor.cache_mib`` and outputs at ``predictor.activation_cap_mib``: fit compositions
-    with ``weight_cache_mib=predictor.cache_mib, activation_cap_mib=predictor.activation_cap_mib``."""
+    node weights capped at ``predictor.cache_mib`` and outputs at ``predictor.activation_cap_mib``, in-place nodes'
+    outputs not counted: fit compositions with ``weight_cache_mib=predictor.cache_mib,
+    activation_cap_mib=predictor.activation_cap_mib`` (and the default ``inplace_free=True``)."""
     from .compose import Composition
 
     plan = _plan(graph)
-    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, np.array([float(batch_size)]))
+    classes, compute, act_mib = _composition_inputs(predictor, graph, plan, np.array([float(batch_size)]), True)
     return Composition.features(np.asarray(isolated_ms)[None, :], classes, compute, plan.view, plan.param_mib, act_mib,
                                 predictor.cache_mib, predictor.activation_cap_mib)[0]
 
