@@ -34,15 +34,15 @@ of the 2-core dev VM) the random-network composition scored the zoo at 58.3% acc
 (docs/benchmarks.md). Nodes that write into their input (``nn.ReLU(inplace=True)``, ``x += y``: the
 ``inplace`` spec parameter) allocate no output and pay no activation cost (``inplace_free``): the term is
 fitted on out-of-place outputs, and charged to the in-place activations of torchvision's CNNs it put
-mobilenet_v2 and efficientnet_b0 at batch 1 25-33% over their measurement on one thread. Coefficients are fitted by non-negative least squares on *relative*
-error over whole-network measurements, separately per regime: unloaded (utilization 0),
-loaded, and unloaded on a single thread of a multi-threaded device (measured on the 2-core CPU: at
-one thread the zoo composes differently — vit_b_16 ran 19–23% above the unloaded 2-thread
-composition — see docs/benchmarks.md). A regime without enough measurements shares the
-coefficients of the nearest one (single-thread → unloaded; otherwise all rows), and every class
-scale is pulled towards 1 (``shrink``, see :meth:`Composition.fit`). They are fitted on generated
-random networks (:mod:`latpred.graph.calibrate`) and/or on measured real models that are not the ones evaluated
-(``latpred calibrate --from-validation``; ``bench/composition_lomo.py`` scores it leave-one-model-out).
+mobilenet_v2 and efficientnet_b0 at batch 1 25-33% over their measurement on one thread.
+Coefficients are fitted by non-negative least squares on *relative* error over whole-network measurements,
+separately per regime: unloaded (utilization 0), loaded, and unloaded on a single thread of a multi-threaded
+device (measured on the 2-core CPU: at one thread the zoo composes differently — vit_b_16 ran 19–23% above the
+unloaded 2-thread composition — see docs/benchmarks.md). A regime without enough measurements shares the
+coefficients of the nearest one (single-thread → unloaded; otherwise all rows), and every class scale is
+pulled towards 1 (``shrink``, see :meth:`Composition.fit`). They are fitted on generated random networks
+(:mod:`latpred.graph.calibrate`) and/or on measured real models that are not the ones evaluated (``latpred
+calibrate --from-validation``; ``bench/composition_lomo.py`` scores it leave-one-model-out).
 """
 
 from __future__ import annotations
