@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_run import run_command
+from .errors import SpecError
 
 DEFAULT_OUT = Path("latpred-out")
 DEFAULT_DB = DEFAULT_OUT / "profiles.sqlite"
@@ -21,7 +22,8 @@ EXAMPLES = {
   latpred profile --space my_space.toml --device cuda --db gpu.sqlite --limit 200""",
     "ops": "examples:\n  latpred ops\n  latpred ops --json",
     "db": "examples:\n  latpred db info latpred-out/profiles.sqlite\n  latpred db export latpred-out/profiles.sqlite --csv samples.csv"
-          "\n  latpred db renormalise latpred-out/profiles.sqlite --scheme working-set-v1",
+          "\n  latpred db renormalise latpred-out/profiles.sqlite --scheme working-set-v1"
+          "\n  latpred db remeasure latpred-out/profiles.sqlite --op activation --run 7 --threads 1 --where fn=silu",
     "space": "examples:\n  latpred space show quick\n  latpred space show my_space.toml --specs 5",
     "quickstart": "examples:\n  latpred quickstart\n  latpred quickstart --out demo-out",
     "train": """examples:
@@ -183,6 +185,39 @@ def cmd_db_renormalise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--where takes PARAM=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_db_remeasure(args: argparse.Namespace) -> int:
+    from .profiling.devices import make_device
+    from .profiling.remeasure import remeasure, select_samples
+    from .profiling.store import ProfileStore
+
+    with ProfileStore(args.db, readonly=args.dry_run) as store:
+        chosen = select_samples(store, op=args.op, run=args.run, threads=args.threads, utilization=args.utilization,
+                                where=_where(args.where))
+        if args.dry_run:
+            _emit(args, {"db": str(args.db), "samples": [s.id for s in chosen]},
+                  f"{len(chosen)} sample{'s' if len(chosen) != 1 else ''} would be re-measured: "
+                  + ", ".join(f"{s.id} ({s.spec.op}, {s.latency_ms:.4g} ms)" for s in chosen[:20])
+                  + (" ..." if len(chosen) > 20 else ""))
+            return 0
+        device = make_device(args.device)
+        try:
+            report = remeasure(device, store, chosen, passes=args.passes, progress=not args.no_progress)
+        finally:
+            device.close()
+    _emit(args, {**report.__dict__, "median_ratio": report.median_ratio, "db": str(args.db)}, report.summary())
+    return 0
+
+
 def cmd_space_show(args: argparse.Namespace) -> int:
     from .profiling.space import load_space
 
@@ -297,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--scheme", required=True, choices=SCHEMES,
                     help="constant: beta = 1 (stores made before the working-set scheme); "
                     "working-set-v1: beta from the bytes a call moves")
+
+    rm = add("remeasure", "measure chosen samples again, replacing them (old values kept in the sample's extra)",
+             cmd_db_remeasure, "db", dbs)
+    rm.add_argument("db", help="SQLite store")
+    rm.add_argument("--op", required=True, help="op type of the samples")
+    rm.add_argument("--run", type=int, help="only samples of this run (`latpred db info` lists runs)")
+    rm.add_argument("--threads", type=int, help="only samples measured on this many threads")
+    rm.add_argument("--utilization", type=float, help="only samples at this background utilization")
+    rm.add_argument("--where", action="append", default=[], metavar="PARAM=VALUE",
+                    help="only samples whose spec parameter (or batch_size) has this value; repeat for several")
+    rm.add_argument("--passes", type=int, default=3, help="measurement passes per sample (default: 3)")
+    rm.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: the machine that profiled the samples")
+    rm.add_argument("--dry-run", action="store_true", help="list the chosen samples, measure nothing")
+    rm.add_argument("--no-progress", action="store_true")
 
     from .cli_graph import register
 

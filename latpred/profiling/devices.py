@@ -577,6 +577,9 @@ class FakeDevice:
     def reduce(self, spec: ModuleSpec, timings: tuple[float, ...] | list[float]) -> float:
         return robust_stat(list(timings))
 
+    def close(self) -> None:
+        """Nothing to release (the :class:`Device` protocol's call)."""
+
     def measure_model(self, module: Any, inputs: tuple[Any, ...], utilization: float = 0.0,
                       threads: int | None = None, reference_exponent: float | None = None) -> Measurement:
         """A whole model on the fake device: ``model_scale`` × the sum of its nodes' true latencies plus

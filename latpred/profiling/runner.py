@@ -56,12 +56,29 @@ def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
     return sorted(specs, key=lambda s: s.utilization)  # sort is stable: op interleaving is kept
 
 
-def _lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
+def lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
     """Move the store's nominal down to the fastest reference seen (rescaling its samples), adopt it on the device."""
     stored = store.reference_nominal(device_id)
     nominal = {t: min(stored.get(t, v), v) for t, v in ref.floor.items()}
     store.set_reference_nominal(device_id, nominal)
     ref.set_nominal(nominal)
+
+
+def adopt_store_reference(device: Device, store: ProfileStore, device_id: int) -> Any:
+    """Make ``device`` measure in the store's units: its reference probe takes the store's nominal and
+    normalisation scheme; a store profiled on raw timings stays raw (the device's probe is dropped). Returns
+    the probe in use (None: raw)."""
+    ref = getattr(device, "reference", None)
+    store_nominal = store.reference_nominal(device_id) if ref is not None else {}
+    if ref is not None and not store_nominal and store.raw_unloaded_samples(device_id):
+        # a store profiled on raw timings stays raw: normalised and raw windows must not be pooled
+        device.reference = ref = None
+    if ref is not None:  # measure in the store's units; the first run's calibration sets them
+        ref.set_nominal(store_nominal)
+        scheme = store.reference_scheme(device_id)
+        if scheme is not None:  # windows of two normalisation schemes must not be pooled either
+            ref.scheme = scheme
+    return ref
 
 
 def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit: int | None = None,
@@ -99,16 +116,7 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     stored = store.done_keys(device_id)
     counts = store.pass_counts(device_id)
     failed_keys = stored - set(counts)
-    ref = getattr(device, "reference", None)
-    store_nominal = store.reference_nominal(device_id) if ref is not None else {}
-    if ref is not None and not store_nominal and store.raw_unloaded_samples(device_id):
-        # a store profiled on raw timings stays raw: normalised and raw windows must not be pooled
-        device.reference = ref = None
-    if ref is not None:  # measure in the store's units; the first run's calibration sets them
-        ref.set_nominal(store_nominal)
-        scheme = store.reference_scheme(device_id)
-        if scheme is not None:  # windows of two normalisation schemes must not be pooled either
-            ref.scheme = scheme
+    ref = adopt_store_reference(device, store, device_id)
     plan = [(p, s) for p in range(passes) for s in order_for_measurement(specs)
             if s.key not in failed_keys and counts.get(s.key, 0) <= p]
     already = sum(1 for s in specs if s.key in failed_keys or counts.get(s.key, 0) >= passes)
@@ -161,7 +169,7 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         if set_util is not None:
             set_util(0.0)
         if ref is not None and ref.floor:
-            _lower_nominal(store, device_id, ref)
+            lower_nominal(store, device_id, ref)
         store.finish_run(run_id, status)
     continued = len({s.key for _, s in plan if counts.get(s.key, 0) > 0})
     return ProfileReport(run_id, device_id, len(specs), already, measured, failed,

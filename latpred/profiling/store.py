@@ -492,6 +492,41 @@ class ProfileStore:
                 conn.execute("UPDATE runs SET n_measured = n_measured + 1 WHERE id = ?", (run_id,))
         return inserted
 
+    def replace_sample(self, sample_id: int, run_id: int, measurement: Measurement) -> None:
+        """Replace a successful sample's measurement with ``measurement`` (one pass, belonging to ``run_id``) and
+        commit; its old latency, passes, windows, run and time are appended to ``extra["replaced"]``, so nothing
+        measured is lost. Further passes pool onto it with :meth:`add_pass` (``expected_passes=1``)."""
+        if not isinstance(measurement, Measurement):
+            raise TypeError(f"measurement must be a Measurement, got {type(measurement).__name__}")
+        latency = measurement.latency_ms
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency):
+            raise ValueError(f"measurement.latency_ms must be a finite number, got {latency!r}")
+        with self._write() as conn:
+            row = conn.execute("SELECT device_id, run_id, latency_ms, timings_json, passes, pass_latency_json, extra_json, "
+                               "measured_at, status FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if row is None or row[8] != "ok":
+                raise StoreError(f"profile store {self.path} has no successful sample with id {sample_id}")
+            run = conn.execute("SELECT device_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None or run[0] != row[0]:
+                raise StoreError(f"run {run_id} is not a run of device {row[0]} in {self.path}")
+            old_extra = json.loads(row[6] or "{}")
+            history = list(old_extra.pop("replaced", []))
+            history.append({"latency_ms": row[2], "run_id": row[1], "passes": row[4], "measured_at": row[7],
+                            "pass_latency_ms": json.loads(row[5] or "[]"), "timings_ms": json.loads(row[3] or "[]"),
+                            "extra": old_extra})
+            extra = {**dict(measurement.extra), "replaced": history}
+            try:
+                extra_json = json.dumps(extra, sort_keys=True, allow_nan=False)
+                timings_json = json.dumps([float(t) for t in measurement.timings_ms], allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"measurement timings/extra must be finite JSON values: {e}") from e
+            conn.execute(
+                "UPDATE samples SET run_id = ?, latency_ms = ?, timings_json = ?, calls_per_window = ?, util_observed = ?, "
+                "system_util = ?, extra_json = ?, measured_at = ?, passes = 1, pass_latency_json = ? WHERE id = ?",
+                (run_id, float(latency), timings_json, measurement.calls_per_window, measurement.util_observed,
+                 measurement.system_util, extra_json, _now(), json.dumps([float(latency)]), sample_id))
+            conn.execute("UPDATE runs SET n_measured = n_measured + 1 WHERE id = ?", (run_id,))
+
     def pass_counts(self, device_id: int) -> dict[str, int]:
         """Measurement passes stored per spec key for the device's successful samples."""
         rows = self._query("SELECT spec_key, passes FROM samples WHERE device_id = ? AND status = 'ok'", (device_id,))
@@ -657,28 +692,34 @@ class ProfileStore:
     def samples(self, op: str | None = None, device_id: int | None = None, status: str | None = "ok") -> list[Sample]:
         """Stored samples (default: successful ones only; ``status=None`` for all), in insertion order."""
         where, params = self._where(op, device_id, status)
-        out = []
-        for r in self._query(f"SELECT * FROM samples{where} ORDER BY id", params):
-            out.append(
-                Sample(
-                    id=r["id"],
-                    run_id=r["run_id"],
-                    device_id=r["device_id"],
-                    spec=ModuleSpec.from_dict(json.loads(r["spec_json"])),
-                    status=r["status"],
-                    error=r["error"],
-                    latency_ms=r["latency_ms"],
-                    timings_ms=tuple(json.loads(r["timings_json"])) if r["timings_json"] else (),
-                    calls_per_window=r["calls_per_window"],
-                    util_observed=r["util_observed"],
-                    system_util=r["system_util"],
-                    extra=json.loads(r["extra_json"]) if r["extra_json"] else {},
-                    measured_at=r["measured_at"],
-                    passes=int(r["passes"]),
-                    pass_latency_ms=tuple(json.loads(r["pass_latency_json"])) if r["pass_latency_json"] else (),
-                )
-            )
-        return out
+        return [self._sample(r) for r in self._query(f"SELECT * FROM samples{where} ORDER BY id", params)]
+
+    @staticmethod
+    def _sample(r: Mapping[str, Any]) -> Sample:
+        return Sample(
+            id=r["id"],
+            run_id=r["run_id"],
+            device_id=r["device_id"],
+            spec=ModuleSpec.from_dict(json.loads(r["spec_json"])),
+            status=r["status"],
+            error=r["error"],
+            latency_ms=r["latency_ms"],
+            timings_ms=tuple(json.loads(r["timings_json"])) if r["timings_json"] else (),
+            calls_per_window=r["calls_per_window"],
+            util_observed=r["util_observed"],
+            system_util=r["system_util"],
+            extra=json.loads(r["extra_json"]) if r["extra_json"] else {},
+            measured_at=r["measured_at"],
+            passes=int(r["passes"]),
+            pass_latency_ms=tuple(json.loads(r["pass_latency_json"])) if r["pass_latency_json"] else (),
+        )
+
+    def sample(self, sample_id: int) -> Sample:
+        """One stored sample by id (any status)."""
+        rows = self._query("SELECT * FROM samples WHERE id = ?", (sample_id,))
+        if not rows:
+            raise StoreError(f"profile store {self.path} has no sample with id {sample_id}")
+        return self._sample(rows[0])
 
     def count(self, device_id: int | None = None, status: str | None = None, op: str | None = None) -> int:
         """Number of samples matching every given filter."""
