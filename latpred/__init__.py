@@ -36,6 +36,7 @@ _LAZY = {
     "Measurement": ".profiling.result", "ProfileStore": ".profiling.store", "Sample": ".profiling.store",
     "profile": ".profiling.runner", "ProfileReport": ".profiling.runner",
     "check_state": ".profiling.state_check", "StateCheck": ".profiling.state_check",
+    "remeasure": ".profiling.remeasure", "select_samples": ".profiling.remeasure", "RemeasureReport": ".profiling.remeasure",
     # regression models, selection, prediction
     "MEDNRegressor": ".regressors", "make_regressor": ".regressors", "FAMILIES": ".regressors",
     "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",

@@ -107,3 +107,17 @@ def test_remeasure_on_the_cpu_keeps_the_stores_reference_units(tmp_path):
     assert report.status == "done" and again.extra["reference_scheme"] == s.extra["reference_scheme"]
     assert again.extra["reference_nominal_ms"] == pytest.approx(nominal[1])
     assert 0.2 < again.latency_ms / s.latency_ms < 5
+
+
+def test_a_parameter_a_stored_spec_predates_reads_as_its_default(store_with_a_bad_group):
+    db, good, bad = store_with_a_bad_group
+    with sqlite3.connect(db) as conn:  # as stored before activations had an `inplace` parameter
+        sid, spec_json = conn.execute("SELECT id, spec_json FROM samples WHERE op = 'activation' LIMIT 1").fetchone()
+        doc = json.loads(spec_json)
+        params = doc.get("params", doc)
+        params.pop("inplace", None)
+        conn.execute("UPDATE samples SET spec_json = ? WHERE id = ?", (json.dumps(doc), sid))
+    with ProfileStore(db, readonly=True) as store:
+        assert "inplace" not in store.sample(sid).spec.params
+        chosen = select_samples(store, op="activation", where={"inplace": "false"})
+        assert sid in {s.id for s in chosen} and len(chosen) == store.count(op="activation", status="ok")

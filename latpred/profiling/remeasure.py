@@ -23,6 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import MeasurementError, SpaceError, StoreError
+from ..ops import get_op
 from .devices import Device
 from .store import ProfileStore, Sample
 
@@ -31,7 +32,8 @@ __all__ = ["RemeasureReport", "select_samples", "remeasure"]
 
 @dataclass(frozen=True)
 class RemeasureReport:
-    """What one call of :func:`remeasure` did: per sample ``(id, old ms, new ms)`` (new None when it failed)."""
+    """What one call of :func:`remeasure` did: per sample ``(id, old ms, new ms)`` (new None when its first pass
+    failed and it kept its old values; a sample whose later pass failed keeps the passes it got)."""
 
     run_id: int | None
     changes: list[tuple[int, float, float | None]]
@@ -52,16 +54,18 @@ class RemeasureReport:
                 f"(old values kept in extra['replaced']){tail} - {self.status}")
 
 
-def _matches(s: Sample, op: str | None, run: int | None, threads: int | None, utilization: float | None,
-             where: Mapping[str, Any]) -> bool:
-    if op is not None and s.spec.op != op or run is not None and s.run_id != run:
-        return False
+def _defaults(op: str) -> dict[str, Any]:
+    return {p.name: p.default for p in get_op(op).params}
+
+
+def _matches(s: Sample, threads: int | None, utilization: float | None, where: Mapping[str, Any]) -> bool:
     if threads is not None and s.spec.threads != threads:
         return False
     if utilization is not None and abs(s.spec.utilization - utilization) > 1e-9:
         return False
-    return all(str(s.spec.params.get(k)).lower() == str(v).lower() or
-               (k == "batch_size" and str(s.spec.batch_size) == str(v)) for k, v in where.items())
+    defaults = _defaults(s.spec.op)  # a parameter a stored spec predates reads as its default
+    return all(str(s.spec.batch_size if k == "batch_size" else s.spec.params.get(k, defaults.get(k))).lower()
+               == str(v).lower() for k, v in where.items())
 
 
 def select_samples(store: ProfileStore, *, op: str | None = None, run: int | None = None, threads: int | None = None,
@@ -72,11 +76,11 @@ def select_samples(store: ProfileStore, *, op: str | None = None, run: int | Non
     that matches nothing, is a :class:`SpaceError` naming it."""
     where = dict(where or {})
     pool = [s for s in store.samples(op=op, device_id=device_id) if run is None or s.run_id == run]
+    ops = sorted({s.spec.op for s in pool})
     for k in where:
-        if k != "batch_size" and not any(k in s.spec.params for s in pool):
-            ops = sorted({s.spec.op for s in pool}) or ["none"]
-            raise SpaceError(f"no sample of op {', '.join(ops)} has a parameter {k!r}")
-    out = [s for s in pool if _matches(s, op, run, threads, utilization, where)]
+        if k != "batch_size" and not any(k in _defaults(o) for o in ops):
+            raise SpaceError(f"no sample of op {', '.join(ops) or 'none'} has a parameter {k!r}")
+    out = [s for s in pool if _matches(s, threads, utilization, where)]
     if not out:
         raise SpaceError(f"no stored sample matches op={op} run={run} threads={threads} utilization={utilization} "
                          f"where={where}")
@@ -125,11 +129,7 @@ def remeasure(device: Device, store: ProfileStore, samples: list[Sample], passes
                     store.replace_sample(s.id, run_id, m)
                 else:
                     store.add_pass(device_id, s.spec, m, lambda t, sp=s.spec: device.reduce(sp, t), expected_passes=p)
-                if p == passes - 1:
-                    new = store.sample(s.id).latency_ms
-                    changes[s.id] = (changes[s.id][0], new)
-                    if on_sample is not None:
-                        on_sample(s, changes[s.id][0], new)
+                changes[s.id] = (changes[s.id][0], store.sample(s.id).latency_ms)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -139,4 +139,7 @@ def remeasure(device: Device, store: ProfileStore, samples: list[Sample], passes
         if ref is not None and ref.floor:
             lower_nominal(store, device_id, ref)
         store.finish_run(run_id, status)
+    if on_sample is not None:
+        for s in samples:
+            on_sample(s, *changes[s.id])
     return RemeasureReport(run_id, [(i, old, new) for i, (old, new) in changes.items()], time.perf_counter() - t0, status)
