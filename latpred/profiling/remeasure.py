@@ -104,7 +104,7 @@ def remeasure(device: Device, store: ProfileStore, samples: list[Sample], passes
     if other:
         raise StoreError(f"the selected samples belong to device {other[0]} of the store, but this machine registers as "
                          f"device {device_id}: re-measure them on the machine that profiled them")
-    from .runner import adopt_store_reference, lower_nominal
+    from .runner import adopt_store_reference, finish_run
 
     ref = adopt_store_reference(device, store, device_id)
     run_id = store.start_run(device_id, "remeasure", json.dumps({"samples": [s.id for s in samples]}),
@@ -136,9 +136,7 @@ def remeasure(device: Device, store: ProfileStore, samples: list[Sample], passes
         raise
     finally:
         bar.close()
-        if ref is not None and ref.floor:
-            lower_nominal(store, device_id, ref)
-        store.finish_run(run_id, status)
+        finish_run(device, store, device_id, ref, run_id, status)
     if on_sample is not None:
         for s in samples:
             on_sample(s, *changes[s.id])

@@ -64,6 +64,17 @@ def lower_nominal(store: ProfileStore, device_id: int, ref: Any) -> None:
     ref.set_nominal(nominal)
 
 
+def finish_run(device: Device, store: ProfileStore, device_id: int, ref: Any, run_id: int, status: str) -> None:
+    """End a measuring run: background load off, the store's nominal lowered to the fastest reference seen, the run
+    marked ``status``."""
+    set_util = getattr(device, "set_utilization", None)
+    if set_util is not None:
+        set_util(0.0)
+    if ref is not None and ref.floor:
+        lower_nominal(store, device_id, ref)
+    store.finish_run(run_id, status)
+
+
 def adopt_store_reference(device: Device, store: ProfileStore, device_id: int) -> Any:
     """Make ``device`` measure in the store's units: its reference probe takes the store's nominal and
     normalisation scheme; a store profiled on raw timings stays raw (the device's probe is dropped). Returns
@@ -165,12 +176,7 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
         raise
     finally:
         bar.close()
-        set_util = getattr(device, "set_utilization", None)
-        if set_util is not None:
-            set_util(0.0)
-        if ref is not None and ref.floor:
-            lower_nominal(store, device_id, ref)
-        store.finish_run(run_id, status)
+        finish_run(device, store, device_id, ref, run_id, status)
     continued = len({s.key for _, s in plan if counts.get(s.key, 0) > 0})
     return ProfileReport(run_id, device_id, len(specs), already, measured, failed,
                          time.perf_counter() - t0, status, len(plan), continued, check)
