@@ -27,28 +27,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latpred import trace
-from latpred.graph.calibrate import random_network
-from latpred.graph.compose import CLASSES, node_class, node_groups
-from latpred.graph.models import load_model
-from latpred.graph.node_timing import node_ratio_summary, time_in_context
-from latpred.graph.predict import predict_graph
-from latpred.predictor import Predictor
-from latpred.profiling.devices import CpuDevice
-from latpred.profiling.reference import adopt_reference
+# bench/partition.py would shadow the partition package (for --prune) when this script runs from bench/
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from latpred import trace  # noqa: E402
+from latpred.graph.calibrate import random_network  # noqa: E402
+from latpred.graph.compose import CLASSES, node_class, node_groups  # noqa: E402
+from latpred.graph.models import load_model  # noqa: E402
+from latpred.graph.node_timing import node_ratio_summary, time_in_context  # noqa: E402
+from latpred.graph.predict import predict_graph  # noqa: E402
+from latpred.predictor import Predictor  # noqa: E402
+from latpred.profiling.devices import CpuDevice  # noqa: E402
+from latpred.profiling.reference import adopt_reference  # noqa: E402
 
 
-def _model(name: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A zoo model by torchvision name, or ``randomK``: the current generator's random network of seed K."""
+def _model(name: str, batch: int, prune: float = 0.0) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A zoo model by torchvision name, or ``randomK``: the current generator's random network of seed K.
+
+    ``prune`` > 0 prunes every channel group of the model by that ratio (Torch-Pruning, kept channels rounded
+    to multiples of 8, as ``bench/pruning.py`` does), to look at pruned variants node by node."""
     if name.startswith("random") and name[6:].isdigit():
         module, shape = random_network(int(name[6:]))
-        return module, torch.randn(batch, *shape)
-    ref = load_model(f"torchvision:{name}")
-    return ref.module, ref.example_input(batch)
+        x = torch.randn(batch, *shape)
+    else:
+        ref = load_model(f"torchvision:{name}")
+        module, x = ref.module, ref.example_input(batch)
+    if prune > 0:
+        from partition.pruning import analyze_pruning
+
+        analysis = analyze_pruning(module, x[:1], round_to=8)
+        module = analysis.prune_(module, np.full(analysis.n_groups, prune))
+    return module, x
 
 
-def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads: int, runs: int) -> dict:
-    module, x = _model(name, batch)
+def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads: int, runs: int,
+                prune: float = 0.0) -> dict:
+    module, x = _model(name, batch, prune)
     graph = trace(module, (x,)).with_conditions(threads=threads)
     lat = predict_graph(pred, graph, threads=threads)
     ctx = time_in_context(graph.gm, (x,), runs=runs, threads=threads)
@@ -67,7 +81,7 @@ def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads:
             row["isolated_ms"] = float(m.latency_ms)  # normalised to the predictor's nominal
             row["isolated_raw_ms"] = float(min(raw))
         rows.append(row)
-    return {"model": name, "batch_size": batch, "threads": threads, "nodes": rows,
+    return {"model": name, "batch_size": batch, "threads": threads, "prune": prune, "nodes": rows,
             "predicted_total_ms": float(lat.total_ms), "isolated_predicted_sum_ms": float(np.sum(lat.isolated_ms)),
             "in_context": ctx.to_dict() | {"runs_ms": None}}
 
@@ -111,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--prune", type=float, default=0.0,
+                    help="prune every channel group by this ratio first (0 = the unpruned model)")
     ap.add_argument("--json", default="bench/results/node_context.json")
     args = ap.parse_args(argv)
     pred = Predictor.load(args.predictor)
@@ -120,10 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     for name in [s.strip() for s in args.models.split(",") if s.strip()]:
         for b in [int(v) for v in args.batch_sizes.split(",")]:
-            m = _model_rows(pred, dev, name, b, args.threads, args.runs)
+            m = _model_rows(pred, dev, name, b, args.threads, args.runs, args.prune)
             m["summary"] = _summary(m)
             s = m["summary"]
-            print(f"{name} b{b}: predicted/isolated {s['pred_over_iso_sum']:.3f}, in-context/isolated "
+            label = f"{name} b{b}" + (f" pruned {args.prune:g}" if args.prune else "")
+            print(f"{label}: predicted/isolated {s['pred_over_iso_sum']:.3f}, in-context/isolated "
                   f"{s['ctx_over_iso_sum']:.3f}, module/in-context {s['module_over_ctx_sum']:.3f} "
                   f"({s['module_ms']:.2f} ms); " + ", ".join(f"{c} ctx/iso {v['ctx_over_iso']:.2f} pred/iso "
                                                             f"{v['pred_over_iso']:.2f}" for c, v in s["per_class"].items()),

@@ -37,6 +37,7 @@ _LAZY = {
     "profile": ".profiling.runner", "ProfileReport": ".profiling.runner",
     "check_state": ".profiling.state_check", "StateCheck": ".profiling.state_check",
     "remeasure": ".profiling.remeasure", "select_samples": ".profiling.remeasure", "RemeasureReport": ".profiling.remeasure",
+    "pin_allocator": ".profiling.allocator", "allocator_mode": ".profiling.allocator",
     # regression models, selection, prediction
     "MEDNRegressor": ".regressors", "make_regressor": ".regressors", "FAMILIES": ".regressors",
     "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",

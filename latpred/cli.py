@@ -202,7 +202,7 @@ def cmd_db_remeasure(args: argparse.Namespace) -> int:
 
     with ProfileStore(args.db, readonly=args.dry_run) as store:
         chosen = select_samples(store, op=args.op, run=args.run, threads=args.threads, utilization=args.utilization,
-                                where=_where(args.where))
+                                where=_where(args.where), min_mib=args.min_mib)
         if args.dry_run:
             _emit(args, {"db": str(args.db), "samples": [s.id for s in chosen]},
                   f"{len(chosen)} sample{'s' if len(chosen) != 1 else ''} would be re-measured: "
@@ -336,12 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     rm = add("remeasure", "measure chosen samples again, replacing them (old values kept in the sample's extra)",
              cmd_db_remeasure, "db", dbs)
     rm.add_argument("db", help="SQLite store")
-    rm.add_argument("--op", required=True, help="op type of the samples")
+    rm.add_argument("--op", help="op type of the samples (default: every op)")
     rm.add_argument("--run", type=int, help="only samples of this run (`latpred db info` lists runs)")
     rm.add_argument("--threads", type=int, help="only samples measured on this many threads")
     rm.add_argument("--utilization", type=float, help="only samples at this background utilization")
     rm.add_argument("--where", action="append", default=[], metavar="PARAM=VALUE",
                     help="only samples whose spec parameter (or batch_size) has this value; repeat for several")
+    rm.add_argument("--min-mib", type=float, help="only samples whose call moves at least this many MiB (op cost model)")
     rm.add_argument("--passes", type=int, default=3, help="measurement passes per sample (default: 3)")
     rm.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N: the machine that profiled the samples")
     rm.add_argument("--dry-run", action="store_true", help="list the chosen samples, measure nothing")

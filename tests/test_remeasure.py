@@ -121,3 +121,22 @@ def test_a_parameter_a_stored_spec_predates_reads_as_its_default(store_with_a_ba
         assert "inplace" not in store.sample(sid).spec.params
         chosen = select_samples(store, op="activation", where={"inplace": "false"})
         assert sid in {s.id for s in chosen} and len(chosen) == store.count(op="activation", status="ok")
+
+
+def test_min_mib_selects_the_samples_whose_call_moves_that_much(store_with_a_bad_group, capsys):
+    """``min_mib`` (CLI ``--min-mib``) keeps the samples whose op cost model moves at least that many MiB."""
+    from latpred.ops import get_op
+
+    db, good, bad = store_with_a_bad_group
+    with ProfileStore(db, readonly=True) as store:
+        every = select_samples(store)
+        mib = {s.id: get_op(s.spec.op).costs(s.spec).bytes_moved(s.spec.dtype) / 2**20 for s in every}
+        cut = sorted(mib.values())[len(mib) // 2]
+        chosen = select_samples(store, min_mib=cut)
+        assert {s.id for s in chosen} == {i for i, m in mib.items() if m >= cut} and 0 < len(chosen) < len(every)
+        with pytest.raises(SpaceError, match="min_mib"):
+            select_samples(store, min_mib=-1)
+        with pytest.raises(SpaceError, match="no stored sample matches.*min_mib"):
+            select_samples(store, min_mib=1e9)
+    assert main(["db", "remeasure", str(db), "--min-mib", str(cut), "--dry-run", "--json"]) == 0
+    assert sorted(json.loads(capsys.readouterr().out)["samples"]) == sorted(s.id for s in chosen)

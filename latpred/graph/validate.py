@@ -220,7 +220,8 @@ def validate_models(predictor: Any, device: Any, refs: Sequence[str], batch_size
     settings = {"models": [m.name for m in models], "refs": ref_of, "batch_sizes": list(batch_sizes), "utilizations": list(utilizations),
                 "threads": threads if not isinstance(threads, Sequence) else unloaded_threads, "loaded_threads": loaded_threads,
                 "passes": passes, "elapsed_s": round(time.perf_counter() - t0, 1), "composition": predictor.composition.describe(),
-                "reference": reference.settings() if (reference := getattr(device, "reference", None)) else None}
+                "reference": reference.settings() if (reference := getattr(device, "reference", None)) else None,
+                "allocator": getattr(device, "allocator", None)}
     return ValidationReport(cases, settings)
 
 

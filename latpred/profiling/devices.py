@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
+from .allocator import REUSE, pin_allocator
 from .reference import CONSTANT_SCHEME, ReferenceProbe, check_exponent, normalised_windows
 from .result import Measurement
 
@@ -256,16 +257,22 @@ class _LoadMixin:
 
 
 class CpuDevice(_LoadMixin):
-    """The host CPU. ``threads`` is the default intra-op thread count when a spec leaves it open."""
+    """The host CPU. ``threads`` is the default intra-op thread count when a spec leaves it open.
+
+    ``allocator``: *reuse* (default) pins this process's C allocator so that ops reuse memory instead of
+    page-faulting depending on what the process ran before (:mod:`latpred.profiling.allocator`); *system*
+    leaves it alone. :attr:`allocator` is the mode in force, recorded in :meth:`settings`.
+    """
 
     kind = "cpu"
 
     def __init__(self, protocol: TimingProtocol | None = None, threads: int | None = None,
-                 load_period_ms: float = 20.0) -> None:
+                 load_period_ms: float = 20.0, allocator: str = REUSE) -> None:
         import torch
 
         from .load import SystemMonitor
 
+        self.allocator = pin_allocator(allocator)
         self.protocol = protocol or TimingProtocol()
         self.load_period_ms = load_period_ms
         self.default_threads = threads or torch.get_num_threads()
@@ -285,7 +292,7 @@ class CpuDevice(_LoadMixin):
 
     def settings(self) -> dict[str, Any]:
         return {"protocol": asdict(self.protocol), "default_threads": self.default_threads,
-                "load_period_ms": self.load_period_ms,
+                "load_period_ms": self.load_period_ms, "allocator": self.allocator,
                 "reference": self.reference.settings() if self.reference is not None else None}
 
     def measure(self, spec: ModuleSpec) -> Measurement:

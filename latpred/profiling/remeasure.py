@@ -58,6 +58,10 @@ def _defaults(op: str) -> dict[str, Any]:
     return {p.name: p.default for p in get_op(op).params}
 
 
+def _mib(s: Sample) -> float:
+    return get_op(s.spec.op).costs(s.spec).bytes_moved(s.spec.dtype) / 2**20
+
+
 def _matches(s: Sample, threads: int | None, utilization: float | None, where: Mapping[str, Any]) -> bool:
     if threads is not None and s.spec.threads != threads:
         return False
@@ -70,20 +74,23 @@ def _matches(s: Sample, threads: int | None, utilization: float | None, where: M
 
 def select_samples(store: ProfileStore, *, op: str | None = None, run: int | None = None, threads: int | None = None,
                    utilization: float | None = None, where: Mapping[str, Any] | None = None,
-                   device_id: int | None = None) -> list[Sample]:
+                   device_id: int | None = None, min_mib: float | None = None) -> list[Sample]:
     """The successful samples matching every given filter (``where``: spec parameter -> value, compared as text,
-    ``batch_size`` included). A filter naming a parameter that no sample of the selection has, or a selection
-    that matches nothing, is a :class:`SpaceError` naming it."""
+    ``batch_size`` included; ``min_mib``: one call moves at least this many MiB, as the op's cost model counts
+    them). A filter naming a parameter that no sample of the selection has, a negative ``min_mib``, or a
+    selection that matches nothing, is a :class:`SpaceError` naming it."""
     where = dict(where or {})
+    if min_mib is not None and not (isinstance(min_mib, (int, float)) and min_mib >= 0):
+        raise SpaceError(f"min_mib must be a non-negative number, got {min_mib!r}")
     pool = [s for s in store.samples(op=op, device_id=device_id) if run is None or s.run_id == run]
     ops = sorted({s.spec.op for s in pool})
     for k in where:
         if k != "batch_size" and not any(k in _defaults(o) for o in ops):
             raise SpaceError(f"no sample of op {', '.join(ops) or 'none'} has a parameter {k!r}")
-    out = [s for s in pool if _matches(s, threads, utilization, where)]
+    out = [s for s in pool if _matches(s, threads, utilization, where) and (min_mib is None or _mib(s) >= min_mib)]
     if not out:
         raise SpaceError(f"no stored sample matches op={op} run={run} threads={threads} utilization={utilization} "
-                         f"where={where}")
+                         f"where={where}" + (f" min_mib={min_mib}" if min_mib is not None else ""))
     return out
 
 
