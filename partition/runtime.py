@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from latpred.profiling.allocator import REUSE, allocator_mode, check_allocator, pin_allocator
 from latpred.profiling.reference import ReferenceProbe, check_exponent, parse_nominal
 
 from .plan import SplitModel, placement_of, split_graph_module
@@ -349,7 +350,7 @@ class _CloudService:
             by_plan = {fp: sp.n_computed for fp, sp in self.plans.items()}
         return json.dumps({"fingerprint": self.built.fingerprint, "n_computed": self.n_computed, "pid": os.getpid(),
                            "threads": torch.get_num_threads(), "n_plans": len(by_plan), "n_registered": self.n_registered,
-                           "n_computed_by_plan": by_plan}).encode()
+                           "n_computed_by_plan": by_plan, "allocator": allocator_mode()}).encode()
 
 
 def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
@@ -357,8 +358,10 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
 
     ``config``: ``recipe`` (:meth:`ModelRecipe.to_dict`), ``placement`` (``{node name: device}``),
     optional ``threads``, ``cpus`` (pin this process to these cores first, so every thread it starts
-    inherits them), ``host`` (default ``127.0.0.1``), ``port`` (0: any free port), ``cache_size``
-    (replies kept for deduplication), ``max_plans`` (built plans kept for hot-swap).
+    inherits them), ``allocator`` (``reuse``, the default, or ``system``: the C allocator mode of
+    :func:`latpred.profiling.allocator.pin_allocator`, as latency predictions assume), ``host`` (default
+    ``127.0.0.1``), ``port`` (0: any free port), ``cache_size`` (replies kept for deduplication), ``max_plans``
+    (built plans kept for hot-swap).
     """
     import grpc
 
@@ -366,6 +369,7 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
         pin_process(os.getpid(), config["cpus"])
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
+    pin_allocator(config.get("allocator") or REUSE)
     recipe = ModelRecipe.from_dict(config["recipe"])
     built = build_split(recipe.model_ref, dict(config["placement"]), seed=recipe.seed, input_shape=recipe.input_shape,
                         batch_size=recipe.batch_size)
@@ -414,6 +418,8 @@ class CloudServer:
         cache_size: replies kept for request deduplication.
         max_plans: built plans kept for hot-swap (least recently used evicted; the edge re-registers on demand).
         cwd: working directory of the process (default: this one; factories must be importable there).
+        allocator: C allocator mode of the server process (``reuse``: memory reused from call to call, what
+            the predictors' profiles ran under; ``system``: left alone). See :mod:`latpred.profiling.allocator`.
 
     Use as a context manager, or call :meth:`start` / :meth:`stop`. :attr:`address` is
     ``host:port`` once started.
@@ -422,12 +428,12 @@ class CloudServer:
     def __init__(self, model_ref: str, plan: Any, *, seed: int = 0, input_shape: Sequence[int] | None = None,
                  batch_size: int = 1, threads: int | None = None, host: str = "127.0.0.1", port: int = 0,
                  startup_timeout_s: float = 120.0, cache_size: int = 64, max_plans: int = 16,
-                 cwd: str | None = None, cpus: Sequence[int] | None = None) -> None:
+                 cwd: str | None = None, cpus: Sequence[int] | None = None, allocator: str = REUSE) -> None:
         recipe = ModelRecipe(model_ref, int(seed), None if input_shape is None else tuple(int(d) for d in input_shape), int(batch_size))
         pinned = _check_cpus(cpus, "cpus")
         self.config = {"recipe": recipe.to_dict(), "placement": placement_of(plan), "threads": threads, "host": host,
                        "port": int(port), "cache_size": int(cache_size), "max_plans": int(max_plans),
-                       "cpus": None if pinned is None else sorted(pinned)}
+                       "cpus": None if pinned is None else sorted(pinned), "allocator": check_allocator(allocator)}
         self.host = host
         self.startup_timeout_s = float(startup_timeout_s)
         self.cwd = cwd
@@ -571,6 +577,8 @@ class EdgeRunner:
         rtt_ms: emulated round-trip time in ms.
         timeout_s: deadline of the cloud part of one request (all tries); then the edge falls back.
         edge_threads: ``torch.set_num_threads`` for this process (process-wide; ``None``: unchanged).
+        allocator: C allocator mode pinned in this process (process-wide; ``reuse`` as the predictors assume,
+            ``system`` leaves it alone; see :mod:`latpred.profiling.allocator`).
         seed, input_shape, batch_size: the model recipe (same as the server's).
         retries: extra tries after a failed RPC (same ``request_id``; the cloud deduplicates).
 
@@ -581,11 +589,13 @@ class EdgeRunner:
 
     def __init__(self, model_ref: str, plan: Any, server_address: str | None, bandwidth_mbps: float | None = None,
                  rtt_ms: float = 0.0, timeout_s: float = 10.0, edge_threads: int | None = None, *, seed: int = 0,
-                 input_shape: Sequence[int] | None = None, batch_size: int = 1, retries: int = 1) -> None:
+                 input_shape: Sequence[int] | None = None, batch_size: int = 1, retries: int = 1,
+                 allocator: str = REUSE) -> None:
         import grpc
 
         if edge_threads:
             torch.set_num_threads(int(edge_threads))
+        pin_allocator(allocator)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.link = EmulatedLink(None if bandwidth_mbps is None else float(bandwidth_mbps), float(rtt_ms))
@@ -702,7 +712,7 @@ class EdgeRunner:
 
     def ping(self, timeout_s: float = 2.0) -> dict[str, Any] | None:
         """The server's status (``fingerprint``, ``n_computed``, ``pid``, ``threads``, ``n_plans``,
-        ``n_computed_by_plan``), or ``None`` if unreachable."""
+        ``n_computed_by_plan``, ``allocator``: the server process's allocator mode), or ``None`` if unreachable."""
         import grpc
 
         if self._ping is None:

@@ -132,6 +132,16 @@ def test_unreachable_cloud_falls_back(reference):
     assert tm["fallback"] and tm["error"] and torch.allclose(out, y, atol=1e-5)
 
 
+def test_both_sides_pin_the_allocator_the_predictions_assume(server, reference):
+    from latpred.errors import SpecError
+    from latpred.profiling.allocator import allocator_mode
+
+    with _edge(reference[0], server.address) as edge:
+        assert edge.ping()["allocator"] == "reuse" and allocator_mode() == "reuse"
+    with pytest.raises(SpecError, match="unknown allocator mode 'tcmalloc'"):
+        CloudServer(MODEL, reference[0], seed=SEED, input_shape=SHAPE, allocator="tcmalloc")
+
+
 def test_mismatched_recipe_is_a_configuration_error(server, reference):
     plan = reference[0]
     with EdgeRunner(MODEL, plan, server.address, seed=SEED + 1, input_shape=SHAPE) as edge:

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
-from .allocator import REUSE, pin_allocator
+from .allocator import REUSE, pin_allocator, release_free_memory
 from .reference import CONSTANT_SCHEME, ReferenceProbe, check_exponent, normalised_windows
 from .result import Measurement
 
@@ -317,6 +317,7 @@ class CpuDevice(_LoadMixin):
                  threads: int | None, beta: float = 1.0) -> Measurement:
         import torch
 
+        release_free_memory()  # the previous measurement's pages, outside any timing (reuse mode only)
         self.set_utilization(utilization)
         threads = threads or self.default_threads
         ref = self.reference if utilization == 0 else None
