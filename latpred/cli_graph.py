@@ -77,6 +77,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .domain import TRUST_FACTOR
     from .predictor import load_predictor
 
     pred = load_predictor(args.predictor)
@@ -95,13 +96,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              "top_nodes": [(lat.node_names[n], float(lat.node_ms[i, j, k, n])) for n in order]})
     cov = g.coverage(pred.ops)
     lines = [g.summary(), cov.summary(), pred.composition.describe()]
+    if lat.out_of_domain_nodes:
+        lines.append(f"{len(lat.out_of_domain_nodes)} node(s) outside their op model's profiled range, kept within "
+                     f"{TRUST_FACTOR:g}x of the generic model: {', '.join(lat.out_of_domain_nodes[:8])}"
+                     + (" ..." if len(lat.out_of_domain_nodes) > 8 else ""))
     for r in rows:
         lines.append(f"batch {r['batch_size']:>3}, utilization {r['utilization']:.2f}, threads {r['threads']}: "
                      f"{r['total_ms']:.2f} ms (isolated sum {r['isolated_sum_ms']:.2f} ms)")
     if rows:
         lines.append(f"slowest nodes at batch {rows[0]['batch_size']}, utilization {rows[0]['utilization']:.2f}:")
         lines += [f"  {n:<32} {ms:8.3f} ms" for n, ms in rows[0]["top_nodes"]]
-    print(json.dumps({"model": g.name, "coverage": cov.to_dict(), "predictions": rows}, indent=2) if args.json
+    print(json.dumps({"model": g.name, "coverage": cov.to_dict(), "out_of_domain_nodes": lat.out_of_domain_nodes,
+                      "predictions": rows}, indent=2) if args.json
           else "\n".join(lines))
     return 0
 

@@ -3,8 +3,10 @@
 Files (a directory): ``predictor.json`` (format name and version, metadata, per-op entries with
 each model file's SHA-256), ``rm_<op>.skops`` for scikit-learn models (skops: no pickle; only
 scikit-learn/numpy types are trusted on load) and ``medn.safetensors`` for the shared MEDN
-network (tensors only). Loading checks the format version and every hash before reading a
-model, so a tampered or foreign file fails with a clear error and never executes code.
+network (tensors only). Each op entry also holds its model's training range
+(:class:`~latpred.domain.Domain`): predictions outside it are kept near the generic model's
+(:func:`~latpred.domain.guard_log`). Loading checks the format version and every hash before reading
+a model, so a tampered or foreign file fails with a clear error and never executes code.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .domain import Domain, guard_log
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
@@ -59,6 +62,9 @@ class Predictor:
     #: per op, the feature columns its model was trained on when they are not this latpred's full
     #: :func:`~latpred.features.feature_names` (a predictor trained before a feature was added reads a subset)
     schemas: dict[str, list[str]] = field(default_factory=dict)
+    #: per op, the box of its model's training rows (its own columns): rows outside it are guarded by the generic
+    #: model (:func:`~latpred.domain.guard_log`); predictors trained before domains existed have none (unguarded)
+    domains: dict[str, Domain] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.composition is None:
@@ -103,7 +109,7 @@ class Predictor:
                 raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
             padded = np.full((X.shape[0], width), np.nan)
             padded[:, :X.shape[1]] = X
-            return self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op)))
+            return self._guard(op, X, self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op))))
         from .regressors.fast import fast_predict
 
         model = self.models[op]
@@ -112,7 +118,33 @@ class Predictor:
             raise SpecError(f"{op}: feature rows of shape {X.shape} do not match the model's {width} features")
         # the runtime conditions (utilization, threads, extras) close every feature row: a hint that lets a GP
         # factor its kernel when rows are specs x conditions
-        return fast_predict(model, X, condition_tail=len(RUNTIME) - RUNTIME.index("utilization") + len(self.extra_names))
+        y = fast_predict(model, X, condition_tail=len(RUNTIME) - RUNTIME.index("utilization") + len(self.extra_names))
+        return self._guard(op, X, y)
+
+    def _guard(self, op: str, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``y`` with the rows of ``X`` (``op``'s own columns) outside its training range clamped near the generic model."""
+        dom = self.domains.get(op)
+        if dom is None or dom.width != X.shape[1]:
+            return y
+        return guard_log(y, X, dom, self.predict_generic if self.generic is not None else None, len(self.extra_names))
+
+    def out_of_domain(self, op: str, X: np.ndarray) -> np.ndarray:
+        """Mask of the feature rows ``X`` (this latpred's full schema) outside ``op``'s training range (all False
+        without a recorded domain)."""
+        dom = self.domains.get(op)
+        X = self._columns(op, X)
+        if dom is None or X.ndim != 2 or dom.width != X.shape[1]:
+            return np.zeros(len(X), dtype=bool)
+        return dom.outside(X)
+
+    def fit_domains(self, X: Mapping[str, np.ndarray]) -> None:
+        """Record each op's training range from its training rows ``X[op]`` (in the columns its model reads, as
+        :func:`~latpred.selection.select` fits them, or this latpred's full schema, reduced here)."""
+        for op, rows in X.items():
+            if op in self.families:
+                rows = np.asarray(rows, dtype=float)
+                self.domains[op] = Domain.of(self._columns(op, rows) if rows.shape[1] == len(feature_names(op, self.extra_names))
+                                             else rows)
 
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`predict_log` of several (op, X) groups; every MEDN group goes through one network call."""
@@ -137,7 +169,8 @@ class Predictor:
                 row += len(X)
             pred = self.medn.predict(padded, tasks)
             for i, part in zip(medn, np.split(pred, np.cumsum(sizes)[:-1])):
-                out[i] = part
+                op, X = groups[i]
+                out[i] = self._guard(op, self._columns(op, X), part)
         return out  # type: ignore[return-value]
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
@@ -224,6 +257,8 @@ class Predictor:
         entries: dict[str, Any] = {}
         for op, family in self.families.items():
             entry: dict[str, Any] = {"family": family, "feature_names": self.feature_names(op)}
+            if op in self.domains:
+                entry["domain"] = self.domains[op].to_dict()
             if family != "medn":
                 name = f"rm_{op}.skops"
                 (d / name).write_bytes(sio.dumps(self.models[op]))
@@ -246,7 +281,8 @@ class Predictor:
         return d
 
     def save_composition(self, path: str | Path) -> Path:
-        """Rewrite only the composition of the predictor saved at ``path`` (the same op models): the model
+        """Rewrite only the composition (and the op models' training ranges) of the predictor saved at ``path``
+        (the same op models): the model
         files stay byte for byte as they are (skops archives differ on every save), so a recalibration
         changes one small JSON file."""
         d = Path(path)
@@ -259,6 +295,8 @@ class Predictor:
         if doc.get("format") != FORMAT or sorted(doc.get("ops", {})) != sorted(self.families):
             raise PredictorFormatError(f"{index} holds other op models than this predictor; save it whole with Predictor.save")
         doc["composition"] = self.composition.to_dict()
+        for op, dom in self.domains.items():
+            doc["ops"][op]["domain"] = dom.to_dict()
         tmp = index.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         tmp.replace(index)
@@ -288,6 +326,7 @@ class Predictor:
         models: dict[str, Any] = {}
         extra_names = list(doc.get("extra_names", []))
         schemas: dict[str, list[str]] = {}
+        domains: dict[str, Domain] = {}
         for op, entry in doc.get("ops", {}).items():
             family = entry.get("family")
             families[op] = family
@@ -300,6 +339,14 @@ class Predictor:
                     raise PredictorFormatError(f"{index}: the feature schema of {op!r} differs from this latpred's "
                                                f"(columns it lacks: {missing}); retrain the predictor")
                 schemas[op] = list(stored)
+            if entry.get("domain") is not None:
+                try:
+                    domains[op] = Domain.from_dict(entry["domain"])
+                except SpecError as e:
+                    raise PredictorFormatError(f"{index}: the training range of {op!r} is damaged ({e})") from None
+                if domains[op].width != len(schemas.get(op) or full):
+                    raise PredictorFormatError(f"{index}: the training range of {op!r} has {domains[op].width} columns, "
+                                               f"its model reads {len(schemas.get(op) or full)}")
             if family == "medn":
                 continue
             models[op] = _load_skops(_checked(d, entry))
@@ -330,7 +377,7 @@ class Predictor:
                           "`latpred calibrate` is run again", stacklevel=2)
             composition = Composition(info={"stale": str(e)})
         return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition,
-                   schemas)
+                   schemas, domains)
 
 
 @functools.lru_cache(maxsize=256)

@@ -448,6 +448,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
                   "cv_acc10": {op: next(c.metrics["acc10"] for c in cands if c.selected and c.op == op)
                                for op in ops}},
     )
+    predictor.fit_domains(X)  # each op model's training range: specs outside it are guarded by the generic model
     settings = {"families": families, "cv": cv, "tolerance": tolerance, "max_predict_us": max_predict_us,
                 "max_bytes": max_bytes, "seed": seed, "group_by": group_by}
     return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model)

@@ -292,7 +292,7 @@ class OverlapPredictor:
         if calls != 1:
             node = node * (total / np.maximum(node.sum(axis=-1), 1e-12))[..., None]
         return GraphLatency(base.node_names, node, np.maximum(h, g), total, base.conditions, base.fallback_nodes,
-                            composition=label)
+                            composition=label, out_of_domain_nodes=base.out_of_domain_nodes)
 
     def save(self, path: str | Path) -> Path:
         """Write ``host/``, ``gpu/`` (ordinary predictor directories) and ``overlap.json``."""

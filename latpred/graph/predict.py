@@ -31,7 +31,9 @@ class GraphLatency:
 
     ``node_ms`` and ``isolated_ms`` have shape ``conditions_shape + (nodes,)``: the composed per-node
     latency (they sum to ``total_ms``) and the regression models' isolated latency; ``total_ms`` has
-    ``conditions_shape`` (``()`` for a single condition).
+    ``conditions_shape`` (``()`` for a single condition). ``fallback_nodes`` are predicted by the generic model
+    (no op model covers them); ``out_of_domain_nodes`` by their op model, outside its training range under at
+    least one condition, and kept near the generic model there (:mod:`latpred.domain`).
     """
 
     node_names: list[str]
@@ -41,6 +43,7 @@ class GraphLatency:
     conditions: dict[str, np.ndarray]
     fallback_nodes: list[str] = field(default_factory=list)
     composition: str = "sum"
+    out_of_domain_nodes: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -59,7 +62,8 @@ class GraphLatency:
     def to_dict(self) -> dict[str, Any]:
         return {"total_ms": self.total_ms.tolist(), "node_names": self.node_names, "node_ms": self.node_ms.tolist(),
                 "isolated_ms": self.isolated_ms.tolist(), "conditions": {k: v.tolist() for k, v in self.conditions.items()},
-                "fallback_nodes": self.fallback_nodes, "composition": self.composition}
+                "fallback_nodes": self.fallback_nodes, "composition": self.composition,
+                "out_of_domain_nodes": self.out_of_domain_nodes}
 
 
 @dataclass
@@ -168,6 +172,10 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
         placed.append((len(static.params), uidx, cols))
     Xs = featurize_conditions_many([s for _, s in covered], b, u, t, extras, predictor.extra_names)
     groups = [(op, X.reshape(-1, X.shape[-1])) for (op, _), X in zip(covered, Xs)]
+    outside: list[int] = []
+    for (op, X), (rows, uidx, cols) in zip(groups, placed):
+        spec_out = predictor.out_of_domain(op, X).reshape(rows, C).any(axis=1)
+        outside.extend(int(j) for j in cols[spec_out[uidx]])
     with sklearn.config_context(assume_finite=True):
         for (rows, uidx, cols), y in zip(placed, predictor.predict_log_many(groups)):
             iso[:, cols] = np.exp(y).reshape(rows, C)[uidx].T
@@ -190,7 +198,7 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
     total = node_ms.sum(axis=1)
     return GraphLatency([n.name for n in graph.nodes], node_ms.reshape(*shape, N), iso.reshape(*shape, N),
                         total.reshape(shape), {k: v.reshape(shape) for k, v in cond.items()}, fallback,
-                        "calibrated" if comp.calibrated else "sum")
+                        "calibrated" if comp.calibrated else "sum", [graph.nodes[j].name for j in sorted(outside)])
 
 
 def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan, b: np.ndarray,

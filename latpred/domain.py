@@ -1,0 +1,109 @@
+"""The profiled range of each op model, and a guard for specs outside it.
+
+A regression model is only trustworthy where it saw data. The ``default`` space profiles batch
+normalisation on maps of 7 x 7 and larger with up to 1,992 channels; the calibration networks end in
+2 x 2 maps with up to 3,072. There the Gaussian process chosen for ``batchnorm2d`` predicted 9.0 ms for
+a 3,072-channel 2 x 2 normalisation that runs in about 0.02 ms, and such nodes made up 91% of some
+networks' predicted time. Over the 5,556 nodes of the 30 calibration networks timed alone
+(``data/cpu/node_context_random_v2_cpu2_2026-11-27.json``), the 759 outside their op model's training
+range read MAPE 365% (in range: 16%), and the composition fitted on those networks learnt to shrink every
+memory-bound node by 4-5x to absorb them (docs/benchmarks.md).
+
+:class:`Domain` is the per-column box ``[lo, hi]`` of an op model's training rows (the columns the
+model reads). A row with any column outside the box is *out of domain*; its prediction is clamped into
+a trust region of :data:`TRUST_FACTOR` around the predictor's generic model (one gradient-boosted
+model over FLOPs, bytes and the runtime conditions of every op type's rows, which extrapolates
+conservatively). On those 759 nodes the clamp gave MAPE 29.8% (factor 1.5: 27.1%, 3: 33.9%; replacing
+the op model by the generic one: 34.0%), leaving acc10 where it was (37.8%) and in-range rows untouched.
+Clipping the features into the box instead was worse (a softmax row read 2.8 million times its time).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import SpecError
+
+__all__ = ["Domain", "TRUST_FACTOR", "guard_log"]
+
+#: out-of-domain predictions are kept within this factor of the generic model's
+TRUST_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Per-column ``[lo, hi]`` of an op model's training rows (NaN columns never bound anything)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        lo, hi = np.asarray(self.lo, dtype=float), np.asarray(self.hi, dtype=float)
+        if lo.ndim != 1 or lo.shape != hi.shape or np.isnan(lo).any() or np.isnan(hi).any() or np.any(lo > hi):
+            raise SpecError(f"a domain needs two equal-length vectors with lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+
+    @classmethod
+    def of(cls, X: np.ndarray) -> Domain:
+        """The box of training rows ``X`` (rows, columns); a column that is NaN in every row is unbounded."""
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or not len(X):
+            raise SpecError(f"a domain needs a non-empty 2-d matrix of training rows, got shape {X.shape}")
+        seen = ~np.isnan(X).all(axis=0)
+        lo = np.full(X.shape[1], -np.inf)
+        hi = np.full(X.shape[1], np.inf)
+        lo[seen] = np.nanmin(X[:, seen], axis=0)
+        hi[seen] = np.nanmax(X[:, seen], axis=0)
+        return cls(lo, hi)
+
+    @property
+    def width(self) -> int:
+        return len(self.lo)
+
+    def outside(self, X: np.ndarray) -> np.ndarray:
+        """Boolean mask of the rows of ``X`` with a column outside the box (NaN entries are not outside)."""
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 2 or X.shape[1] != self.width:
+            raise SpecError(f"rows of shape {X.shape} do not match a domain of {self.width} columns")
+        with np.errstate(invalid="ignore"):
+            return ((X < self.lo) | (X > self.hi)).any(axis=1)
+
+    def to_dict(self) -> dict[str, list[float | None]]:
+        """JSON-safe form (infinite bounds as None)."""
+        return {"lo": [None if math.isinf(v) else float(v) for v in self.lo],
+                "hi": [None if math.isinf(v) else float(v) for v in self.hi]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Domain:
+        try:
+            lo = [-np.inf if v is None else float(v) for v in d["lo"]]
+            hi = [np.inf if v is None else float(v) for v in d["hi"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise SpecError(f"not a domain (needs 'lo' and 'hi' lists of numbers): {e}") from None
+        return cls(np.array(lo), np.array(hi))
+
+
+def guard_log(y: np.ndarray, X: np.ndarray, domain: Domain | None, generic_log: Callable[[np.ndarray], np.ndarray] | None,
+              n_extra: int, factor: float = TRUST_FACTOR) -> np.ndarray:
+    """``y`` (log ms of rows ``X``, the op model's columns) with out-of-domain rows clamped to within ``factor``
+    of ``generic_log`` (the generic model, called on the op-agnostic tail of those rows: the last 11 columns
+    before the ``n_extra`` extra conditions). Returned unchanged without a domain or a generic model."""
+    if domain is None or generic_log is None or not len(X):
+        return y
+    out = domain.outside(X)
+    if not out.any():
+        return y
+    from .features import GENERIC_FEATURES
+
+    width = len(GENERIC_FEATURES)
+    g = generic_log(X[out][:, X.shape[1] - n_extra - width: X.shape[1] - n_extra])
+    y = np.array(y, dtype=float, copy=True)
+    half = math.log(factor)
+    y[out] = np.clip(y[out], g - half, g + half)
+    return y

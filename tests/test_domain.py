@@ -1,0 +1,115 @@
+"""Training ranges of the op models and the guard for specs outside them (latpred.domain)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from latpred.domain import TRUST_FACTOR, Domain, guard_log
+from latpred.errors import SpecError
+from latpred.features import GENERIC_FEATURES
+from latpred.graph.trace import trace
+from latpred.ops import get_op
+from latpred.predictor import Predictor, PredictorFormatError
+from latpred.selection import select
+
+from .helpers_data import synthetic_data
+from .helpers_graph import Tiny
+
+DATA = synthetic_data()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    pred, _ = select(DATA, families=["ridge", "knn"], cv=2)
+    return pred
+
+
+def test_domain_box_mask_and_json_round_trip():
+    X = np.array([[1.0, 5.0, np.nan], [3.0, 2.0, np.nan]])
+    d = Domain.of(X)
+    assert d.lo.tolist()[:2] == [1.0, 2.0] and d.hi.tolist()[:2] == [3.0, 5.0]
+    assert math.isinf(d.lo[2]) and math.isinf(d.hi[2])  # never seen: unbounded
+    rows = np.array([[2.0, 3.0, 7.0], [0.5, 3.0, 0.0], [2.0, 5.5, 0.0], [np.nan, 3.0, 0.0]])
+    assert d.outside(rows).tolist() == [False, True, True, False]
+    back = Domain.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert np.array_equal(back.lo, d.lo) and np.array_equal(back.hi, d.hi)
+    with pytest.raises(SpecError, match="lo <= hi"):
+        Domain(np.array([2.0]), np.array([1.0]))
+    with pytest.raises(SpecError, match="do not match a domain of 3 columns"):
+        d.outside(rows[:, :2])
+    with pytest.raises(SpecError, match="not a domain"):
+        Domain.from_dict({"lo": [0.0]})
+
+
+def test_guard_clamps_only_rows_outside_to_the_trust_region():
+    n_extra, width = 0, len(GENERIC_FEATURES)
+    X = np.zeros((3, 2 + width))
+    X[1, 0] = 10.0  # outside
+    X[2, 0] = 10.0  # outside, but already near the generic prediction
+    dom = Domain(np.zeros(2 + width), np.ones(2 + width))
+    y = np.array([5.0, 5.0, 0.2])
+    out = guard_log(y, X, dom, lambda G: np.zeros(len(G)), n_extra)
+    assert out[0] == 5.0  # in range: untouched, however far from the generic model
+    assert out[1] == pytest.approx(math.log(TRUST_FACTOR)) and out[2] == 0.2
+    assert y[1] == 5.0  # the input is not modified
+    assert guard_log(y, X, None, lambda G: np.zeros(len(G)), n_extra) is y
+
+
+def test_trained_predictor_guards_specs_outside_its_range_and_keeps_the_rest(predictor):
+    assert set(predictor.domains) == set(DATA.ops)
+    unguarded = Predictor(predictor.families, predictor.models, predictor.medn, predictor.medn_tasks,
+                          predictor.extra_names, predictor.metadata, predictor.generic, predictor.composition,
+                          predictor.schemas)
+    inside = DATA.specs["conv2d"][:20]
+    assert np.array_equal(predictor.predict(inside), unguarded.predict(inside))
+    far = get_op("conv2d").spec(in_channels=4096, out_channels=4096, kernel_size=3, h=224, w=224, batch_size=8,
+                                threads=1)
+    X = predictor._features([far])
+    assert predictor.out_of_domain("conv2d", X).tolist() == [True]
+    generic = math.exp(predictor.predict_generic(X[:, -len(GENERIC_FEATURES):])[0])
+    got = predictor.predict_one(far)
+    assert generic / TRUST_FACTOR * (1 - 1e-9) <= got <= generic * TRUST_FACTOR * (1 + 1e-9)
+
+
+def test_domains_survive_save_and_load_and_damaged_ones_are_refused(predictor, tmp_path):
+    d = predictor.save(tmp_path / "p")
+    loaded = Predictor.load(d)
+    assert set(loaded.domains) == set(predictor.domains)
+    far = get_op("linear").spec(in_features=65536, out_features=16, batch_size=8, threads=1)
+    assert loaded.predict_one(far) == predictor.predict_one(far)
+    doc = json.loads((d / "predictor.json").read_text())
+    entry = doc["ops"]["linear"]["domain"]
+    (d / "predictor.json").write_text(json.dumps({**doc, "ops": {**doc["ops"], "linear": {
+        **doc["ops"]["linear"], "domain": {"lo": entry["lo"][:-1], "hi": entry["hi"][:-1]}}}}))
+    with pytest.raises(PredictorFormatError, match="training range of 'linear' has"):
+        Predictor.load(d)
+    (d / "predictor.json").write_text(json.dumps({**doc, "ops": {**doc["ops"], "linear": {
+        **doc["ops"]["linear"], "domain": {"lo": entry["hi"], "hi": entry["lo"]}}}}))
+    with pytest.raises(PredictorFormatError, match="training range of 'linear' is damaged"):
+        Predictor.load(d)
+
+
+def test_save_composition_adds_domains_to_a_predictor_saved_without(predictor, tmp_path):
+    bare = Predictor(predictor.families, predictor.models, predictor.medn, predictor.medn_tasks,
+                     predictor.extra_names, predictor.metadata, predictor.generic, predictor.composition,
+                     predictor.schemas)
+    d = bare.save(tmp_path / "old")
+    assert Predictor.load(d).domains == {}
+    before = {f.name: f.read_bytes() for f in d.glob("*.skops")}
+    again = Predictor.load(d)
+    again.fit_domains({op: DATA.X(op) for op in DATA.ops})
+    again.save_composition(d)
+    assert {f.name: f.read_bytes() for f in d.glob("*.skops")} == before  # model files untouched
+    assert set(Predictor.load(d).domains) == set(DATA.ops)
+
+
+def test_graph_prediction_names_the_nodes_outside_the_profiled_range(predictor):
+    g = trace(Tiny().eval(), torch.randn(1, 3, 32, 32))
+    lat = predictor.predict_graph(g, batch_size=np.array([1, 4]), utilization=0.0, threads=1)
+    # conv1 reads 3 input channels on 32 x 32 maps; the synthetic space profiled 8-128 channels on 7-28
+    assert "conv1" in lat.out_of_domain_nodes
+    assert "out_of_domain_nodes" in lat.to_dict()
+    assert all(n in lat.node_names for n in lat.out_of_domain_nodes)
