@@ -132,16 +132,25 @@ def test_weight_cache_caps_each_nodes_cold_weight_cost():
     param, act = np.array([2.0, 100.0, 0.0]), np.zeros((1, 3))
     w = FEATURES.index("param_mib")
     assert Composition.features(iso, classes, compute, view, param, act)[0, w] == pytest.approx(102.0)
-    assert Composition.features(iso, classes, compute, view, param, act, 32.0)[0, w] == pytest.approx(34.0)
+    # weights above the cache were streamed alone too: free (new compositions), or capped (written before)
+    assert Composition.features(iso, classes, compute, view, param, act, 32.0)[0, w] == pytest.approx(2.0)
+    assert Composition.features(iso, classes, compute, view, param, act, 32.0,
+                                streamed_weights_free=False)[0, w] == pytest.approx(34.0)
     coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.1, 0.0]
-    capped = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 32.0)
+    free = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 32.0)
+    assert free.apply(iso, classes, compute, view, np.array([0.0]), param, act)[0] == pytest.approx([1.2, 2.0, 0.5])
+    capped = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 32.0, streamed_weights_free=False)
     node_ms = capped.apply(iso, classes, compute, view, np.array([0.0]), param, act)
     assert node_ms[0] == pytest.approx([1.0 + 0.2, 2.0 + 3.2, 0.5])  # 0.1 ms/MiB x min(MiB, 32)
     assert Composition.from_dict(capped.to_dict()).weight_cache_mib == 32.0
+    assert Composition.from_dict(free.to_dict()).streamed_weights_free is True
     old = capped.to_dict()
-    del old["weight_cache_mib"]  # written before the cap: no cap
+    del old["weight_cache_mib"], old["streamed_weights_free"]  # written before the cap: no cap
     assert Composition.from_dict(old).weight_cache_mib is None
-    assert "up to 32 MiB" in capped.describe()
+    assert Composition.from_dict(old).streamed_weights_free is False  # predicts as it did
+    assert "up to 32 MiB" in capped.describe() and "larger ones free" in free.describe()
+    with pytest.raises(SpecError, match="streamed_weights_free must be true or false"):
+        Composition.from_dict({**free.to_dict(), "streamed_weights_free": "yes"})
     for bad in (0.0, -1.0, float("inf"), "32", True):
         with pytest.raises(SpecError, match="weight_cache_mib"):
             Composition(weight_cache_mib=bad)

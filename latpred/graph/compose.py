@@ -23,7 +23,11 @@ cache, :attr:`~latpred.Predictor.cache_mib`): weights larger than the cache stre
 call, so profiling the layer alone already measured them cold (AlexNet's 144 MiB classifier layer at
 batch 1 was over-predicted 1.6x in leave-one-model-out without the cap; with it, on 3-pass measurements
 of the zoo and 30 random networks, leave-one-model-out MAPE fell from 13.2% to 11.8% and acc10 stayed
-within noise, 51.6% -> 50.8%; docs/benchmarks.md). A node's output likewise counts only up to
+within noise, 51.6% -> 50.8%; docs/benchmarks.md). By the same argument such a node should pay nothing, not the
+cost of ``weight_cache_mib``: with ``streamed_weights_free`` (compositions fitted since 2026-12-04) weights above
+the cache are free (:func:`cold_weights`); refitted so on the same random-network cases, the zoo's acc10 rose from
+60.7% to 64.3% and from 58.3% to 61.9% on two pinned measurements (AlexNet at batch 1 had read 1.30-1.44x). A node's
+output likewise counts only up to
 ``activation_cap_mib`` (the CPU's private per-core cache, :attr:`~latpred.Predictor.activation_cap_mib`): the
 in-context cost of an output is that of the part that would have stayed in the core's cache when the
 module runs alone; beyond it, the module streams its output to memory alone as in a model. Without the
@@ -55,7 +59,7 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES", "DEFAULT_SHRINK"]
+__all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES", "DEFAULT_SHRINK", "cold_weights"]
 
 CLASSES = ("conv", "dwconv", "gemm", "memory", "generic")
 #: the classes of compositions written before ``dwconv`` existed (loaded with dwconv = conv: same predictions)
@@ -113,6 +117,9 @@ class Composition:
     activation_cap_mib: float | None = None
     #: in-place nodes pay no activation cost (False for compositions written before it: they paid as any node)
     inplace_free: bool = True
+    #: a node whose weights exceed ``weight_cache_mib`` pays no cold-weight cost: alone it streamed them from memory
+    #: too (False for compositions written before it: such a node paid for ``weight_cache_mib``, see :func:`cold_weights`)
+    streamed_weights_free: bool = True
 
     def __post_init__(self) -> None:
         self.weight_cache_mib = check_cache_mib(self.weight_cache_mib)
@@ -144,7 +151,8 @@ class Composition:
         scale = np.where(classes[None, :] >= 0, coef[:, np.maximum(classes, 0)], 0.0)
         out = scale * isolated_ms + coef[:, _K:_K + 1] * compute[None, :] + coef[:, _K + 1:_K + 2] * view[None, :]
         if param_mib is not None:
-            out = out + coef[:, _K + 2:_K + 3] * (capped_weights(param_mib, self.weight_cache_mib) * compute)[None, :]
+            out = out + coef[:, _K + 2:_K + 3] * (cold_weights(param_mib, self.weight_cache_mib, self.streamed_weights_free)
+                                                  * compute)[None, :]
         if activation_mib is not None:
             out = out + coef[:, _K + 3:_K + 4] * capped_weights(activation_mib, self.activation_cap_mib) * compute[None, :]
         return out
@@ -153,7 +161,7 @@ class Composition:
     @staticmethod
     def features(isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
                  param_mib: np.ndarray, activation_mib: np.ndarray, weight_cache_mib: float | None = None,
-                 activation_cap_mib: float | None = None) -> np.ndarray:
+                 activation_cap_mib: float | None = None, streamed_weights_free: bool = True) -> np.ndarray:
         """Per-condition regression features (:data:`FEATURES`): summed isolated ms per class, compute and
         view node counts, weight MiB (each node's capped at ``weight_cache_mib``) and output-activation MiB
         (each node's capped at ``activation_cap_mib``) of the compute nodes. Fit with the same caps the
@@ -165,7 +173,7 @@ class Composition:
             out[:, k] = iso[:, classes == k].sum(axis=1)
         out[:, _K] = compute.sum()
         out[:, _K + 1] = view.sum()
-        out[:, _K + 2] = float(np.sum(capped_weights(param_mib, check_cache_mib(weight_cache_mib)) * compute))
+        out[:, _K + 2] = float(np.sum(cold_weights(param_mib, check_cache_mib(weight_cache_mib), streamed_weights_free) * compute))
         out[:, _K + 3] = (act * compute[None, :]).sum(axis=1)
         return out
 
@@ -174,7 +182,7 @@ class Composition:
             info: dict[str, Any] | None = None, min_rows: int = 8, threads: Any = None,
             default_threads: int | None = None, shrink: float = DEFAULT_SHRINK,
             weight_cache_mib: float | None = None, activation_cap_mib: float | None = None,
-            inplace_free: bool = True) -> Composition:
+            inplace_free: bool = True, streamed_weights_free: bool = True) -> Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
         Rows are split by :func:`regime` (``threads`` per row, None = the device default). A regime with
@@ -237,7 +245,8 @@ class Composition:
         single = REGIMES.index("single_thread")
         if (reg == single).sum() < min_rows:
             coef["single_thread"] = coef["unloaded"]
-        comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib, bool(inplace_free))
+        comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib, bool(inplace_free),
+                   bool(streamed_weights_free))
         pred = (F * comp.matrix(utilization, threads, default_threads)).sum(axis=1)
         rel = pred / y - 1
         comp.info.update({"shrink": float(shrink), "rows": int(len(y)),
@@ -250,7 +259,7 @@ class Composition:
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(CLASSES), "features": list(FEATURES), "coef": self.coef, "calibrated": self.calibrated,
                 "weight_cache_mib": self.weight_cache_mib, "activation_cap_mib": self.activation_cap_mib,
-                "inplace_free": self.inplace_free, "info": self.info}
+                "inplace_free": self.inplace_free, "streamed_weights_free": self.streamed_weights_free, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
@@ -259,16 +268,18 @@ class Composition:
             # written before the dwconv class: grouped convolutions keep the conv scale (identical predictions)
             coef = {r: [float(c[0]), *map(float, c)] for r, c in dict(d["coef"]).items() if r in REGIMES}
             return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
-                       False)
+                       False, False)
         if classes != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
         coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
         inplace_free = d.get("inplace_free", False)
-        if not isinstance(inplace_free, bool):
-            raise SpecError(f"composition inplace_free must be true or false, got {inplace_free!r}")
+        streamed = d.get("streamed_weights_free", False)
+        for name, flag in (("inplace_free", inplace_free), ("streamed_weights_free", streamed)):
+            if not isinstance(flag, bool):
+                raise SpecError(f"composition {name} must be true or false, got {flag!r}")
         return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
-                   inplace_free)
+                   inplace_free, streamed)
 
     def describe(self) -> str:
         if not self.calibrated:
@@ -279,7 +290,9 @@ class Composition:
             scales = ", ".join(f"{k}×{v:.2f}" for k, v in zip(CLASSES, c))
             parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
                          f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations")
-        caps = ([] if self.weight_cache_mib is None else [f"weights counted up to {self.weight_cache_mib:g} MiB per node"]) + (
+        caps = ([] if self.weight_cache_mib is None else [
+            f"weights counted up to {self.weight_cache_mib:g} MiB per node" + (", larger ones free" if self.streamed_weights_free
+                                                                              else "")]) + (
             [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"]) + (
             ["in-place outputs free"] if self.inplace_free else [])
         cap = f" ({', '.join(caps)})" if caps else ""
@@ -293,6 +306,17 @@ def check_cache_mib(value: Any, what: str = "weight_cache_mib") -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
         raise SpecError(f"{what} must be a positive number of MiB (or None), got {value!r}")
     return float(value)
+
+
+def cold_weights(param_mib: np.ndarray, weight_cache_mib: float | None, streamed_free: bool = True) -> np.ndarray:
+    """Each node's weight MiB that pays the cold-weight cost in a model. Profiled alone, a layer whose weights fit
+    the cache ran with them hot, and in a model reads them cold once: it pays for all of them. A layer whose weights
+    exceed the cache streamed them from memory alone as well: with ``streamed_free`` it pays nothing (else, as
+    compositions written before, it pays for ``weight_cache_mib``). Unchanged when ``weight_cache_mib`` is None."""
+    p = np.asarray(param_mib, dtype=float)
+    if weight_cache_mib is None:
+        return p
+    return np.where(p <= weight_cache_mib, p, 0.0) if streamed_free else np.minimum(p, weight_cache_mib)
 
 
 def capped_weights(param_mib: np.ndarray, weight_cache_mib: float | None) -> np.ndarray:
