@@ -133,6 +133,8 @@ def _format_summary(summary: dict[str, Any], devices: list[dict[str, Any]]) -> s
     for dev in summary.get("devices", []):
         meta = names.get(dev.get("id"), {})
         model = meta.get("gpu_name") or meta.get("cpu_model") or ""
+        if meta.get("cpu_family") is not None:  # recorded since 2026-12-05: a VM's model name hides the CPU generation
+            model += f" (family {meta['cpu_family']} model {meta.get('cpu_model_number')}, {meta.get('cpu_isa')})"
         lines.append(f"device {dev.get('id')} [{dev.get('kind')}] {model} ({dev.get('fingerprint')}): "
                      f"{dev.get('n_ok', 0)} ok, {dev.get('n_failed', 0)} failed")
         lines.append(f"  {'op':20s} {'ok':>6s} {'failed':>6s} {'median ms':>10s}")

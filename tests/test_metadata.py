@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from latpred.errors import DeviceError
-from latpred.profiling.metadata import device_metadata, fingerprint
+from latpred.profiling.metadata import check_same_machine, device_metadata, fingerprint, identity_differences
 
 CPU_KEYS = {
-    "kind", "cpu_model", "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "cpu_cache_bytes", "cpu_l2_cache_bytes",
+    "kind", "cpu_model", "cpu_family", "cpu_model_number", "cpu_stepping", "cpu_simd_flags", "cpu_isa",
+    "cpu_count_logical", "cpu_count_physical", "cpu_affinity", "cpu_quota", "cpu_cache_bytes", "cpu_l2_cache_bytes",
     "memory_bytes",
     "os", "os_release", "platform", "machine", "python_version", "torch_version", "numpy_version",
     "torch_num_threads", "torch_num_interop_threads", "mkl_available", "mkldnn_available", "openmp_available",
@@ -89,3 +90,32 @@ def test_cuda_metadata():
     assert meta["fingerprint"] == device_metadata("cuda")["fingerprint"]
     with pytest.raises(DeviceError):
         device_metadata("cuda", index=torch.cuda.device_count())
+
+
+def test_cpu_identity_names_the_vector_units_torch_uses():
+    meta = device_metadata()
+    assert meta["cpu_isa"] == str(torch.backends.cpu.get_cpu_capability())
+    text = Path("/proc/cpuinfo").read_text()
+    cpu0 = text.split("\n\n")[0]
+    if "cpu family" in cpu0:  # x86 Linux: family and model number read from CPU 0
+        fields = dict(line.split(":", 1) for line in cpu0.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        assert meta["cpu_family"] == int(fields["cpu family"]) and meta["cpu_model_number"] == int(fields["model"])
+        flags = set(fields["flags"].split())
+        assert set(meta["cpu_simd_flags"].split()) == {f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))}
+        assert ("avx512f" in flags) == ("avx512f" in meta["cpu_simd_flags"].split())
+
+
+def test_identity_differences_compare_only_what_both_record():
+    now = device_metadata()
+    assert identity_differences(now, dict(now)) == []
+    other = {**now, "cpu_isa": "AVX512", "cpu_model_number": 17}
+    diffs = identity_differences(other, now)
+    assert f"cpu_isa: AVX512 -> {now['cpu_isa']}" in diffs and any(d.startswith("cpu_model_number: 17") for d in diffs)
+    # metadata written before these facts were recorded: nothing to compare, no difference claimed
+    legacy = {k: v for k, v in now.items() if k not in ("cpu_isa", "cpu_family", "cpu_model_number", "cpu_simd_flags")}
+    assert identity_differences({**legacy, "cpu_model": now["cpu_model"]}, now) == []
+    assert fingerprint(legacy) == now["fingerprint"]  # stores written before keep their device ids
+    with pytest.raises(DeviceError, match=r"store s\.sqlite.*cpu_isa: AVX512 ->"):
+        check_same_machine(other, now, "store s.sqlite")
+    check_same_machine(legacy, now, "store s.sqlite")

@@ -165,3 +165,18 @@ def test_adopt_reference_follows_the_predictor():
     assert "no reference" in adopt_reference(FakeDevice(), P({"reference_nominal_ms": {"1": 0.3}}))
     with pytest.raises(SpecError, match="reference_nominal_ms"):
         adopt_reference(CpuDevice(FAST), P({"reference_nominal_ms": {"1": "fast"}}))
+
+
+def test_adopt_reference_warns_when_the_predictor_was_trained_on_another_machine():
+    class P:
+        def __init__(self, meta):
+            self.metadata = meta
+
+    dev = CpuDevice(FAST)
+    here = dev.metadata()
+    nominal = {"reference_nominal_ms": {"1": 0.3}}
+    assert "WARNING" not in adopt_reference(dev, P({**nominal, "device": here}))
+    elsewhere = {**here, "cpu_isa": "AVX512" if here["cpu_isa"] != "AVX512" else "AVX2", "cpu_count_logical": 64}
+    msg = adopt_reference(dev, P({**nominal, "device": elsewhere}))
+    assert msg.startswith("WARNING: the predictor was trained on another machine") and "cpu_count_logical: 64 ->" in msg
+    assert "0.300 ms" in msg and dev.reference.nominal[1] == 0.3  # it still adopts the predictor's units

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from latpred.cli import main
-from latpred.errors import SpaceError
+from latpred.errors import DeviceError, SpaceError
 from latpred.profiling.devices import FakeDevice
 from latpred.profiling.runner import profile
 from latpred.profiling.space import ParameterSpace
@@ -152,3 +152,27 @@ def test_cli_profile_and_db_commands(tmp_path, capsys):
     assert "not in space" in capsys.readouterr().err
     assert main(["profile", "--space", str(toml), "--db", str(db), "--utilization", "50"]) == 2
     assert main(["db", "info", str(tmp_path / "missing.sqlite")]) == 1
+
+
+class _IsaDevice(FakeDevice):
+    """A fake device that reports the vector ISA of its CPU (same fingerprint whatever the ISA)."""
+
+    def __init__(self, isa: str, **kw) -> None:
+        super().__init__(**kw)
+        self.isa = isa
+
+    def metadata(self):
+        return {**super().metadata(), "cpu_isa": self.isa}
+
+
+def test_profile_refuses_a_store_of_another_cpu_with_the_same_fingerprint(tmp_path):
+    db = tmp_path / "p.sqlite"
+    with ProfileStore(db) as store:
+        profile(tiny(), _IsaDevice("AVX512"), store, limit=4, passes=1, progress=False)
+        runs, samples = len(store.runs()), store.count(status="ok")
+        with pytest.raises(DeviceError, match=r"cpu_isa: AVX512 -> AVX2.*new store"):
+            profile(tiny(), _IsaDevice("AVX2"), store, passes=1, progress=False)
+        # nothing was written: no run started, every earlier sample still there
+        assert (len(store.runs()), store.count(status="ok")) == (runs, samples)
+        profile(tiny(), _IsaDevice("AVX512"), store, limit=6, passes=1, progress=False)  # the same machine goes on
+        assert store.count(status="ok") == 6

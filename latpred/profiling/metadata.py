@@ -21,9 +21,17 @@ import psutil
 
 from latpred.errors import DeviceError
 
-__all__ = ["device_metadata", "fingerprint"]
+__all__ = ["device_metadata", "fingerprint", "IDENTITY_KEYS", "identity_differences", "check_same_machine"]
 
 _FINGERPRINT_KEYS = ("kind", "cpu_model", "cpu_count_logical", "gpu_name", "torch_version")
+#: facts that make two machines different devices for a latency predictor. The fingerprint keeps its
+#: original keys (stores written before these facts were recorded keep their device ids), so these are
+#: compared where a store or predictor meets a machine: a VM's ``model name`` ("AMD EPYC") can hide two
+#: CPU generations with different vector units, and the kernels torch picks follow ``cpu_isa``
+IDENTITY_KEYS = ("kind", "cpu_model", "cpu_family", "cpu_model_number", "cpu_isa", "cpu_simd_flags",
+                 "cpu_count_logical", "gpu_name", "torch_version")
+#: CPU flags that change which kernels run (vector width, fused multiply-add, matrix units)
+_SIMD_FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4")
 _SMI_TIMEOUT_S = 5.0
 
 
@@ -37,6 +45,62 @@ def _cpu_model() -> str:
         if sep and key.strip() == "model name" and value.strip():
             return value.strip()
     return platform.processor() or platform.machine() or "unknown"
+
+
+def _cpu_identity() -> dict[str, Any]:
+    """Family, model number, stepping and vector-unit flags of CPU 0 (``/proc/cpuinfo``; None when
+    unknown), and the instruction set torch dispatches its CPU kernels for (``"AVX2"``, ``"AVX512"``)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        if not line.strip():
+            break  # CPU 0 only
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+
+    def number(key: str) -> int | None:
+        try:
+            return int(fields[key])
+        except (KeyError, ValueError):
+            return None
+
+    flags = fields.get("flags")
+    simd = sorted({f for f in flags.split() if f.startswith(_SIMD_FLAG_PREFIXES)}) if flags is not None else None
+    try:
+        import torch
+
+        isa = str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError, RuntimeError):
+        isa = None
+    return {"cpu_family": number("cpu family"), "cpu_model_number": number("model"), "cpu_stepping": number("stepping"),
+            "cpu_simd_flags": " ".join(simd) if simd is not None else None, "cpu_isa": isa}
+
+
+def identity_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: recorded -> current"`` for each :data:`IDENTITY_KEYS` fact both dicts record and that differs.
+
+    Facts one side does not record (metadata written before they were) are not compared, so an empty
+    list means "no known difference", not "the same machine".
+    """
+    out = []
+    for key in IDENTITY_KEYS:
+        a, b = recorded.get(key), current.get(key)
+        if a is not None and b is not None and a != b:
+            out.append(f"{key}: {a} -> {b}")
+    return out
+
+
+def check_same_machine(recorded: dict[str, Any], current: dict[str, Any], what: str) -> None:
+    """Raise :class:`DeviceError` naming every differing identity fact when ``current`` is not the machine
+    that ``recorded`` describes (``what``: the thing recorded there, e.g. "store x.sqlite, device 1")."""
+    diffs = identity_differences(recorded, current)
+    if diffs:
+        raise DeviceError(f"{what} was measured on another machine than this one ({'; '.join(diffs)}): its "
+                          f"samples and this machine's cannot be pooled; profile into a new store")
 
 
 def _size_bytes(text: str) -> int | None:
@@ -152,7 +216,9 @@ def fingerprint(meta: dict[str, Any]) -> str:
 def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
     """JSON-serialisable facts about the host and, for ``kind='cuda'``, GPU ``index``.
 
-    Keys: ``kind``, ``cpu_model``, ``cpu_count_logical``, ``cpu_count_physical``, ``cpu_affinity``
+    Keys: ``kind``, ``cpu_model``, ``cpu_family``, ``cpu_model_number``, ``cpu_stepping``, ``cpu_simd_flags``
+    (the vector-unit flags, space-separated), ``cpu_isa`` (the instruction set torch's CPU kernels use),
+    ``cpu_count_logical``, ``cpu_count_physical``, ``cpu_affinity``
     (CPUs this process may run on), ``cpu_quota`` (cgroup CPU limit or ``None``), ``cpu_cache_bytes``
     (the last-level cache, ``None`` when unknown), ``cpu_l2_cache_bytes`` (the private per-core L2),
     ``memory_bytes``,
@@ -176,6 +242,7 @@ def device_metadata(kind: str = "cpu", *, index: int = 0) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "kind": kind,
         "cpu_model": _cpu_model(),
+        **_cpu_identity(),
         "cpu_count_logical": psutil.cpu_count(logical=True),
         "cpu_count_physical": psutil.cpu_count(logical=False),
         "cpu_affinity": _affinity_count(),

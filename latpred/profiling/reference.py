@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import SpecError
+from .metadata import identity_differences
 
 __all__ = ["ReferenceProbe", "parse_nominal", "adopt_reference", "reference_exponent", "check_scheme", "check_exponent",
            "normalised_windows",
@@ -199,16 +200,28 @@ def adopt_reference(device: Any, predictor: Any) -> str:
     so whole models are measured the same way. The device also takes the predictor's normalisation
     scheme (``metadata["reference_scheme"]``; predictors without one were made with the constant
     scheme). Devices without a reference (CUDA, fakes) are left alone.
+
+    When the predictor's device metadata names another machine than ``device``
+    (:func:`~latpred.profiling.metadata.identity_differences`: another CPU family, vector ISA, core
+    count, torch, ...), the message starts with a warning that names the differences: predicted against
+    measured then compares two machines.
     """
+    meta = getattr(predictor, "metadata", {}) or {}
+    warn = ""
+    metadata = getattr(device, "metadata", None)
+    if callable(metadata) and isinstance(meta.get("device"), dict):
+        diffs = identity_differences(meta["device"], metadata())
+        if diffs:
+            warn = (f"WARNING: the predictor was trained on another machine ({'; '.join(diffs)}): measured latencies "
+                    f"here are not what it predicts; retrain on this machine. ")
     ref = getattr(device, "reference", None)
     if ref is None:
-        return "no reference normalisation on this device"
-    nominal = parse_nominal(getattr(predictor, "metadata", {}).get("reference_nominal_ms"),
-                            "predictor metadata reference_nominal_ms")
+        return warn + "no reference normalisation on this device"
+    nominal = parse_nominal(meta.get("reference_nominal_ms"), "predictor metadata reference_nominal_ms")
     if not nominal:
         device.reference = None
-        return "predictor was profiled without reference normalisation: measuring raw timings"
+        return warn + "predictor was profiled without reference normalisation: measuring raw timings"
     ref.set_nominal(nominal)
-    ref.scheme = check_scheme(getattr(predictor, "metadata", {}).get("reference_scheme", CONSTANT_SCHEME))
-    return "normalised to the predictor's reference nominal " + ", ".join(
+    ref.scheme = check_scheme(meta.get("reference_scheme", CONSTANT_SCHEME))
+    return warn + "normalised to the predictor's reference nominal " + ", ".join(
         f"{t} thread{'s' if t > 1 else ''}: {v:.3f} ms" for t, v in sorted(nominal.items())) + f" ({ref.scheme} scheme)"

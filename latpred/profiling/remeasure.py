@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..errors import MeasurementError, SpaceError, StoreError
 from ..ops import get_op
 from .devices import Device
+from .metadata import check_same_machine
 from .store import ProfileStore, Sample
 
 __all__ = ["RemeasureReport", "select_samples", "remeasure"]
@@ -106,7 +107,9 @@ def remeasure(device: Device, store: ProfileStore, samples: list[Sample], passes
         raise SpaceError(f"passes must be a positive integer, got {passes!r}")
     if not samples:
         raise SpaceError("no sample to re-measure")
-    device_id = store.register_device(device.metadata())
+    meta = device.metadata()
+    device_id = store.register_device(meta)
+    check_same_machine(store.device(device_id)["metadata"], meta, f"store {store.path}, device {device_id},")
     other = sorted({s.device_id for s in samples} - {device_id})
     if other:
         raise StoreError(f"the selected samples belong to device {other[0]} of the store, but this machine registers as "

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..errors import MeasurementError, SpaceError
 from ..spec import ModuleSpec
 from .devices import Device
+from .metadata import check_same_machine
 from .space import ParameterSpace
 from .state_check import check_state, format_state_check
 from .store import ProfileStore
@@ -121,7 +122,9 @@ def profile(space: ParameterSpace, device: Device, store: ProfileStore, *, limit
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise SpaceError(f"passes must be a positive integer, got {passes!r}")
     specs = space.specs(limit)
-    device_id = store.register_device(device.metadata())
+    meta = device.metadata()
+    device_id = store.register_device(meta)
+    check_same_machine(store.device(device_id)["metadata"], meta, f"store {store.path}, device {device_id},")
     if retry_failed:
         store.delete_failed(device_id)
     stored = store.done_keys(device_id)
