@@ -163,3 +163,28 @@ def test_knn_fast_path_matches_uniform_weights_and_falls_back_for_other_metrics(
     assert np.allclose(fast_predict(uniform, off), uniform.predict(off), rtol=1e-9, atol=1e-9)
     manhattan = KNeighborsRegressor(3, weights="distance", p=1).fit(X, Y)  # not Euclidean: scikit-learn's own path
     assert np.allclose(fast_predict(manhattan, off), manhattan.predict(off), rtol=1e-12, atol=1e-12)
+
+
+def test_medn_options_are_checked_and_older_files_load_with_their_own_settings():
+    Xs, Ys = X, Y
+    for bad, match in (({"loss_space": "linear"}, "loss_space"), ({"huber_delta": 0.0}, "huber_delta"),
+                       ({"lr_decay": 1.5}, "lr_decay")):
+        with pytest.raises(SpecError, match=match):
+            MEDNRegressor(max_epochs=2, **bad).fit(Xs, Ys)
+    # a file written before the linear path, the log-space loss and the decay existed names none of them
+    old = MEDNRegressor(max_epochs=30, patience=10, loss_space="standardised", huber_delta=None, linear_skip=False,
+                        lr_decay=None).fit(Xs, Ys)
+    config, arrays = old.to_state()
+    for key in ("head_dim", "loss_space", "huber_delta", "linear_skip", "lr_decay"):
+        del config["params"][key]
+    loaded = MEDNRegressor.from_state(config, arrays)
+    assert loaded.linear_skip is False and "skip" not in loaded.state_
+    np.testing.assert_allclose(loaded.predict(Xs), old.predict(Xs), rtol=1e-6)
+    # the current settings: a linear path per task (saved and restored with the weights), one scale for all tasks
+    tasks = np.arange(len(Xs)) % 2
+    new = MEDNRegressor(max_epochs=30, patience=10).fit(Xs, Ys, tasks=tasks)
+    assert "skip" in new.state_ and new.state_["skip"].shape == (2, X.shape[1])
+    assert new.y_std_[0] == new.y_std_[1]
+    config, arrays = new.to_state()
+    np.testing.assert_allclose(MEDNRegressor.from_state(config, arrays).predict(Xs, tasks=tasks),
+                               new.predict(Xs, tasks=tasks), rtol=1e-6)
