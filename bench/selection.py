@@ -6,7 +6,8 @@ Splits each op type's samples 80/20 (grouped by spec, seeded), runs the cross-va
 selection on the 80%, then scores on the held-out 20%: the auto-selected predictor and every
 single-family baseline (that family for all op types), per op and overall (sample-weighted).
 Prints the selection table, the held-out comparison, µs/sample and bytes, and the store's
-re-measurement noise floor from bench/results/repeatability*.json when present.
+re-measurement noise floor from bench/results/repeatability*.json when present, and the store's own: how
+often two passes of one spec agree (the selection report's ``noise_floor``).
 """
 
 from __future__ import annotations
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:20s} {m['acc10']:6.1%} {m['acc5']:6.1%} {m['mape']:7.2f} {m['r2_log']:6.3f} {m['spearman']:8.4f}")
     for name, m in noise.items():
         print(f"noise floor {name}: within10 {m['within10']:.1%}, MAPE {m['mape']:.2f}%")
+    passes = (report.noise_floor or {}).get("overall")
+    floor = f"; the store's passes agree within 10% for {passes['within10']:.1%}" if passes else ""
     auto = results["auto-selection"]["overall"]
     best_single = max((r["overall"]["acc10"], n) for n, r in results.items() if n != "auto-selection")
     print(f"selection: held-out acc10 {auto['acc10']:.1%} (MAPE {auto['mape']:.2f}%, R2log {auto['r2_log']:.3f}) vs best "
-          f"single family {best_single[1]} {best_single[0]:.1%}; selection took {train_s:.0f}s -> {args.json}")
+          f"single family {best_single[1]} {best_single[0]:.1%}{floor}; selection took {train_s:.0f}s -> {args.json}")
     return 0
 
 

@@ -164,13 +164,14 @@ def run_quickstart(out: Path, progress: bool = True, model: str = "resnet18", ne
             pred.save(pred_dir)
             (pred_dir / "selection_report.json").write_text(json.dumps(sel.to_dict(), indent=2, default=str))
             plots.plot_fit(sel, data, pred, str(out / "fit.png"))
-            report["selection"] = {"overall": sel.overall, "choice": sel.per_op_choice}
+            report["selection"] = {"overall": sel.overall, "choice": sel.per_op_choice, "noise_floor": sel.noise_floor}
         else:
             say(f"[2/7] predictor in {pred_dir} already matches the store: not retrained")
             sel_file = pred_dir / "selection_report.json"
             if sel_file.is_file():
                 doc = json.loads(sel_file.read_text())
-                report["selection"] = {"overall": doc.get("overall"), "choice": doc.get("per_op_choice")}
+                report["selection"] = {"overall": doc.get("overall"), "choice": doc.get("per_op_choice"),
+                                       "noise_floor": doc.get("noise_floor")}
         timings["train_s"] = time.perf_counter() - t
 
         # 3 -- composition
@@ -357,6 +358,10 @@ def _markdown(r: dict[str, Any]) -> str:
     if sel.get("overall"):
         lines += ["## Regression models (cross-validated)", "", "| models | acc10 | MAPE |", "|---|---|---|"]
         lines += [f"| {k} | {100 * v['acc10']:.1f}% | {v['mape']:.1f}% |" for k, v in sel["overall"].items()]
+        floor = (sel.get("noise_floor") or {}).get("overall")
+        if floor:
+            lines += ["", f"Noise floor: two passes of one spec agree within ±10% for {100 * floor['within10']:.1f}% "
+                          f"of {floor['n_pairs']} pairs (MAPE {floor['mape']:.1f}%)."]
         lines += ["", "![fit per op type](fit.png)", ""]
     lines += [f"Timings (s): {r.get('timings_s')}", ""]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from .errors import SpecError
 from .features import GENERIC_FEATURES, feature_names, featurize, optional_columns
-from .metrics import accuracy_report
+from .metrics import accuracy_report, pass_noise_floor
 from .predictor import Predictor
 from .profiling.reference import CONSTANT_SCHEME
 from .regressors import FAMILIES, candidate_table, make_regressor
@@ -53,6 +53,8 @@ class TrainingData:
     latency_ms: dict[str, np.ndarray]
     extra_names: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: per op, each sample's per-pass latencies in the order of ``specs`` (empty when the target has none)
+    pass_ms: dict[str, list[tuple[float, ...]]] = field(default_factory=dict)
 
     def X(self, op: str) -> np.ndarray:
         return np.vstack([featurize(s, self.extra_names) for s in self.specs[op]])
@@ -86,7 +88,13 @@ class TrainingData:
         idx = {op: np.asarray(rows, dtype=int) for op, rows in keep.items() if len(rows)}
         return TrainingData({op: [self.specs[op][i] for i in rows] for op, rows in idx.items()},
                             {op: self.latency_ms[op][rows] for op, rows in idx.items()}, self.extra_names,
-                            self.metadata)
+                            self.metadata,
+                            {op: [self.pass_ms[op][i] for i in rows] for op, rows in idx.items() if op in self.pass_ms})
+
+    def noise_floor(self) -> dict[str, Any] | None:
+        """How well the store's passes of one spec agree (:func:`~latpred.metrics.pass_noise_floor`): the ceiling
+        any regression model is read against; None when no sample holds two passes."""
+        return pass_noise_floor(self.pass_ms)
 
 
 #: ops that launch no kernel in eval mode: their ``gpu_ms`` is the bare replay overhead of a CUDA graph
@@ -122,6 +130,7 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     device = store.device(device_id)
     specs: dict[str, list[ModuleSpec]] = {}
     lat: dict[str, list[float]] = {}
+    passes: dict[str, list[tuple[float, ...]]] = {}
     extras: set[str] = set()
     lacking = 0
     probes: dict[str, list[float]] = {}
@@ -135,6 +144,8 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
             continue
         specs.setdefault(s.spec.op, []).append(s.spec)
         lat.setdefault(s.spec.op, []).append(float(y))
+        if target == "latency_ms":  # the passes a stored latency pools: its repeatability
+            passes.setdefault(s.spec.op, []).append(tuple(float(v) for v in s.pass_latency_ms))
         if target == "gpu_ms" and s.spec.op in KERNEL_LESS_OPS and s.spec.utilization == 0:
             empty.append(float(y))
         if target == "host_ms":
@@ -147,6 +158,7 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     too_few = [op for op, v in specs.items() if len(v) < min_samples]
     for op in too_few:
         del specs[op], lat[op]
+        passes.pop(op, None)
     if not specs:
         raise SpecError(f"no op type has at least {min_samples} successful samples for device {device_id}")
     meta = {"device": device.get("metadata", {}), "device_fingerprint": device.get("fingerprint"),
@@ -167,7 +179,7 @@ def load_training_data(store: Any, device_id: int | None = None, ops: Sequence[s
     if nominal:  # the unit of the unloaded latencies: whole models measured for this predictor adopt it
         meta["reference_nominal_ms"] = {str(k): v for k, v in sorted(nominal.items())}
         meta["reference_scheme"] = store.reference_scheme(device_id) or CONSTANT_SCHEME
-    return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta)
+    return TrainingData(specs, {k: np.asarray(v) for k, v in lat.items()}, sorted(extras), meta, passes)
 
 
 @dataclass
@@ -194,6 +206,8 @@ class SelectionReport:
     #: every fitted (op, family) model and the shared MEDN (not serialized): for baselines
     models: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
     medn: Any = field(default=None, repr=False)
+    #: the store's own repeatability (:meth:`TrainingData.noise_floor`): overall and per op; None without passes
+    noise_floor: dict[str, Any] | None = None
 
     def family_predictor(self, family: str, base: Predictor) -> Predictor:
         """A predictor that uses ``family`` for every op type (a single-family baseline)."""
@@ -206,7 +220,7 @@ class SelectionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [asdict(c) for c in self.candidates], "overall": self.overall,
-                "per_op_choice": self.per_op_choice, "settings": self.settings}
+                "per_op_choice": self.per_op_choice, "settings": self.settings, "noise_floor": self.noise_floor}
 
     def table(self) -> str:
         """Plain-text table: op x family with acc10, R², µs/sample, bytes; '*' marks the choice."""
@@ -219,6 +233,14 @@ class SelectionReport:
         lines.append(f"{'overall (sample-weighted)':32s} {'acc10':>6s} {'MAPE%':>7s} {'R2log':>6s}")
         for name, m in self.overall.items():
             lines.append(f"{name:32s} {m['acc10']:6.1%} {m['mape']:7.2f} {m['r2_log']:6.3f}")
+        lines.append("")
+        if self.noise_floor is None:
+            lines.append("noise floor: unknown (no sample holds two measurement passes)")
+        else:
+            o = self.noise_floor["overall"]
+            lines.append(f"noise floor: two passes of one spec agree within ±10% for {o['within10']:.1%} of "
+                         f"{o['n_pairs']} pairs ({o['n_specs']} specs; MAPE {o['mape']:.2f}%); per op: "
+                         + ", ".join(f"{op} {m['within10']:.0%}" for op, m in sorted(self.noise_floor["per_op"].items())))
         return "\n".join(lines)
 
 
@@ -432,6 +454,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     for family in families:
         overall[f"{family}-only"] = accuracy_report(_ms(np.concatenate([oof[op, family] for op in ops])), true)
 
+    noise = data.noise_floor()
     say("generic fallback (all op types, op-agnostic features)")
     generic = fit_generic(X, ylog, len(data.extra_names), seed=seed, table=table)
     uses_medn = "medn" in choice.values()
@@ -446,9 +469,10 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         metadata={**data.metadata, "dataset_fingerprint": data.fingerprint(),
                   "n_samples": {op: len(ylog[op]) for op in ops}, "cv": cv, "tolerance": tolerance,
                   "cv_acc10": {op: next(c.metrics["acc10"] for c in cands if c.selected and c.op == op)
-                               for op in ops}},
+                               for op in ops},
+                  **({"noise_floor_within10": noise["overall"]["within10"]} if noise else {})},
     )
     predictor.fit_domains(X)  # each op model's training range: specs outside it are guarded by the generic model
     settings = {"families": families, "cv": cv, "tolerance": tolerance, "max_predict_us": max_predict_us,
                 "max_bytes": max_bytes, "seed": seed, "group_by": group_by}
-    return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model)
+    return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model, noise)

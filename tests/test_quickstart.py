@@ -58,6 +58,10 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     assert report["partition"]["cloud"] == report["model"]["cloud"]["condition"] and "AMD EPYC" in report["partition"]["cloud"]
     assert "predicted, not measured" in (out / "report.md").read_text()
     assert report["composition"]["calibrated"] is True
+    # the store's own noise floor: every spec holds 3 passes (one from the interrupted run), real CPU timings
+    floor = report["selection"]["noise_floor"]["overall"]
+    assert floor["n_specs"] == n and floor["n_pairs"] == 3 * n and 0.0 <= floor["within10"] <= 1.0
+    assert "Noise floor: two passes of one spec agree" in (out / "report.md").read_text()
     # the adaptive step re-planned through every phase of its trace
     phases = report["adaptive"]["phases"]
     assert [(p["utilization"], p["bandwidth_mbps"]) for p in phases] == [(0.0, 10.0), (0.5, 10.0), (0.9, 10.0), (0.9, 100.0), (0.0, 1.0)]
@@ -69,6 +73,7 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     assert "cloud" not in again["model"] and again["partition"]["cloud"] == "cloud (this CPU, all threads, no load)"
     assert again["profile"]["measured"] == 0 and again["profile"]["already_done"] == len(space.specs())
     assert any("not retrained" in line for line in lines)
+    assert again["selection"]["noise_floor"] == report["selection"]["noise_floor"]  # read back from the report file
 
 
 def test_quickstart_rejects_a_bad_cloud_predictor_before_measuring(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MeasurementError, SpecError
+from ..metrics import pass_agreement
 from ..profiling.devices import robust_stat
 from ..profiling.reference import WORKING_SET_SCHEME, reference_exponent
 
@@ -125,15 +126,3 @@ def measure_in_passes(device: Any, jobs: Sequence[ModelJob], passes: int = 3,
         if res.windows_ms:
             res.latency_ms = robust_stat(res.windows_ms, _statistic(device, job.utilization))
     return out
-
-
-def pass_agreement(pass_ms: Sequence[Sequence[float]], tolerance: float = 0.10) -> float | None:
-    """Share of pairs of passes of the same job that agree within ``tolerance`` (the measurement's own
-    repeatability: the noise floor a perfect predictor is scored against); None without two passes."""
-    hits = pairs = 0
-    for ms in pass_ms:
-        for a in range(len(ms)):
-            for b in range(a + 1, len(ms)):
-                pairs += 1
-                hits += abs(ms[a] / ms[b] - 1) <= tolerance
-    return hits / pairs if pairs else None
