@@ -37,7 +37,7 @@ from .regressors.medn import MEDNRegressor
 from .spec import ModuleSpec
 
 __all__ = ["fit_generic", "TrainingData", "load_training_data", "TARGETS", "Candidate", "SelectionReport", "select", "choose",
-           "DEFAULT_TOLERANCE", "UNSTABLE_MAPE_FACTOR"]
+           "condition_label", "DEFAULT_TOLERANCE", "UNSTABLE_MAPE_FACTOR"]
 
 #: candidates whose acc10 is within this of the best are considered equally accurate
 DEFAULT_TOLERANCE = 0.01
@@ -91,10 +91,29 @@ class TrainingData:
                             self.metadata,
                             {op: [self.pass_ms[op][i] for i in rows] for op, rows in idx.items() if op in self.pass_ms})
 
+    def conditions(self, op: str) -> list[str]:
+        """Each row's measurement condition (:func:`condition_label`), in the order of ``specs[op]``."""
+        return [condition_label(s) for s in self.specs[op]]
+
     def noise_floor(self) -> dict[str, Any] | None:
-        """How well the store's passes of one spec agree (:func:`~latpred.metrics.pass_noise_floor`): the ceiling
-        any regression model is read against; None when no sample holds two passes."""
-        return pass_noise_floor(self.pass_ms)
+        """How well the store's passes of one spec agree (:func:`~latpred.metrics.pass_noise_floor`), per op, overall
+        and per measurement condition (``per_condition``): the ceiling any regression model is read against; None
+        when no sample holds two passes."""
+        floor = pass_noise_floor(self.pass_ms)
+        if floor is not None:
+            groups: dict[str, list[tuple[float, ...]]] = {}
+            for op, rows in self.pass_ms.items():
+                for label, ms in zip(self.conditions(op), rows):
+                    groups.setdefault(label, []).append(ms)
+            floor["per_condition"] = pass_noise_floor(groups)["per_op"]
+        return floor
+
+
+def condition_label(spec: ModuleSpec) -> str:
+    """``unloaded, 2 threads`` / ``loaded 0.5, 1 thread``: the regime a sample was measured in (noise differs by it)."""
+    load = "unloaded" if spec.utilization == 0 else f"loaded {spec.utilization:g}"
+    t = spec.threads
+    return f"{load}, {'default threads' if t is None else f'{t} thread' + ('s' if t != 1 else '')}"
 
 
 #: ops that launch no kernel in eval mode: their ``gpu_ms`` is the bare replay overhead of a CUDA graph
@@ -208,6 +227,9 @@ class SelectionReport:
     medn: Any = field(default=None, repr=False)
     #: the store's own repeatability (:meth:`TrainingData.noise_floor`): overall and per op; None without passes
     noise_floor: dict[str, Any] | None = None
+    #: per measurement condition (:func:`condition_label`): auto-selection's cross-validated n, acc10 and MAPE, and
+    #: how often two passes agree within ±10% there (``pass_within10``, None without passes)
+    per_condition: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def family_predictor(self, family: str, base: Predictor) -> Predictor:
         """A predictor that uses ``family`` for every op type (a single-family baseline)."""
@@ -220,7 +242,8 @@ class SelectionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": [asdict(c) for c in self.candidates], "overall": self.overall,
-                "per_op_choice": self.per_op_choice, "settings": self.settings, "noise_floor": self.noise_floor}
+                "per_op_choice": self.per_op_choice, "settings": self.settings, "noise_floor": self.noise_floor,
+                "per_condition": self.per_condition}
 
     def table(self) -> str:
         """Plain-text table: op x family with acc10, R², µs/sample, bytes; '*' marks the choice."""
@@ -241,6 +264,11 @@ class SelectionReport:
             lines.append(f"noise floor: two passes of one spec agree within ±10% for {o['within10']:.1%} of "
                          f"{o['n_pairs']} pairs ({o['n_specs']} specs; MAPE {o['mape']:.2f}%); per op: "
                          + ", ".join(f"{op} {m['within10']:.0%}" for op, m in sorted(self.noise_floor["per_op"].items())))
+        if self.per_condition:
+            lines.append(f"{'per condition':32s} {'acc10':>6s} {'MAPE%':>7s} {'passes within 10%':>18s}")
+            for c, m in self.per_condition.items():
+                floor = "—" if m["pass_within10"] is None else f"{m['pass_within10']:.1%}"
+                lines.append(f"{c:32s} {m['acc10']:6.1%} {m['mape']:7.2f} {floor:>18s}")
         return "\n".join(lines)
 
 
@@ -455,6 +483,14 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         overall[f"{family}-only"] = accuracy_report(_ms(np.concatenate([oof[op, family] for op in ops])), true)
 
     noise = data.noise_floor()
+    label = np.concatenate([data.conditions(op) for op in ops])
+    auto = _ms(np.concatenate([oof[op, choice[op]] for op in ops]))
+    per_condition = {}
+    for c in sorted(set(label)):
+        k = label == c
+        m = accuracy_report(auto[k], true[k])
+        per_condition[c] = {"n": m["n"], "acc10": m["acc10"], "mape": m["mape"],
+                            "pass_within10": ((noise or {}).get("per_condition", {}).get(c) or {}).get("within10")}
     say("generic fallback (all op types, op-agnostic features)")
     generic = fit_generic(X, ylog, len(data.extra_names), seed=seed, table=table)
     uses_medn = "medn" in choice.values()
@@ -475,4 +511,4 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
     predictor.fit_domains(X)  # each op model's training range: specs outside it are guarded by the generic model
     settings = {"families": families, "cv": cv, "tolerance": tolerance, "max_predict_us": max_predict_us,
                 "max_bytes": max_bytes, "seed": seed, "group_by": group_by}
-    return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model, noise)
+    return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model, noise, per_condition)

@@ -35,6 +35,7 @@ def test_train_reports_the_noise_floor_of_the_stores_own_passes(tmp_path, capsys
     with ProfileStore(db) as store:
         profile(ParameterSpace.from_dict(SPACE), _SecondPassSlower(), store, passes=2, progress=False)
         n = {op: sum(s.spec.op == op for s in store.samples()) for op in ("conv2d", "linear", "activation")}
+        by_load = {u: [s.spec.op != "conv2d" for s in store.samples() if s.spec.utilization == u] for u in (0.0, 0.5)}
     out = tmp_path / "pred"
     assert main(["train", "--db", str(db), "--out", str(out), "--regressors", "ridge", "--cv", "3"]) == 0
     text = capsys.readouterr().out
@@ -46,6 +47,13 @@ def test_train_reports_the_noise_floor_of_the_stores_own_passes(tmp_path, capsys
     assert floor["per_op"]["linear"]["within5"] == 1.0 and floor["per_op"]["linear"]["n_pairs"] == n["linear"]
     assert f"agree within ±10% for {agree:.1%} of {sum(n.values())} pairs" in text and "conv2d 0%" in text
     assert Predictor.load(out).metadata["noise_floor_within10"] == pytest.approx(agree)
+    report = json.loads((out / "selection_report.json").read_text())
+    per = report["per_condition"]  # acc10 and the floor side by side, per regime (noise differs by it)
+    assert set(per) == {"unloaded, 1 thread", "loaded 0.5, 1 thread"} and set(floor["per_condition"]) == set(per)
+    for label, u in (("unloaded, 1 thread", 0.0), ("loaded 0.5, 1 thread", 0.5)):
+        assert per[label]["pass_within10"] == pytest.approx(sum(by_load[u]) / len(by_load[u]))
+        assert per[label]["n"] == len(by_load[u]) and 0.0 <= per[label]["acc10"] <= 1.0
+    assert "loaded 0.5, 1 thread" in text and "passes within 10%" in text
     with ProfileStore(tmp_path / "one.sqlite") as store:  # one pass: no floor to report, said so
         profile(ParameterSpace.from_dict(SPACE), FakeDevice(), store, passes=1, progress=False)
     assert main(["train", "--db", str(tmp_path / "one.sqlite"), "--out", str(tmp_path / "p1"), "--regressors", "ridge",
