@@ -24,8 +24,9 @@ be trained on one type alone (``tasks=None``). About 50k parameters for 19 op ty
 On the 9,161-sample CPU store, 5-fold grouped cross-validation: the first version (per-task
 standardised MSE, no linear path, fixed learning rate) reached 54.0% acc10; the log-space loss 57.2%,
 + the linear path 62.1%, + a halving learning rate 65.0%, and all of these with the Huber loss (the
-default) 69.8%, MAPE 9.7% — above the GP-only (66.5%) and auto-selection (68.6%) figures of that store
-(``bench/medn_variants.py``, docs/benchmarks.md). Files written before these options load with their original settings.
+default) 69.8%, MAPE 9.7% — the most accurate single family there (GP-only 66.6%); auto-selection with it
+reaches 71.4% (``bench/medn_variants.py``, ``latpred train``, docs/benchmarks.md). Files written before these
+options load with their original settings.
 """
 
 from __future__ import annotations
