@@ -243,3 +243,46 @@ def test_torchvision_resnet18(tmp_path):
     assert len(convs) == 20 and all(n.op == "conv2d" for n in convs)
     assert not g.coverage().fallback
     assert g.param_bytes == _state_bytes(model)
+
+
+class Branchy(nn.Module):
+    """Activations in each situation the in-place rule tells apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.relu6 = nn.ReLU6()
+        self.hswish = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hswish(x)  # reads the graph input: never in place
+        y = self.relu(self.conv(x))  # sole reader of the conv output: in place
+        z = self.relu6(y)  # y is also read by the add below: not in place (nor could it be in PyTorch)
+        return torch.sigmoid(z + y)  # sigmoid modules have no in-place form
+
+
+def test_activations_are_in_place_where_pytorch_could_run_them_so(tmp_path):
+    path = _export(Branchy(), torch.randn(2, 4, 8, 8), tmp_path / "branchy.onnx")
+    acts = {n.target: n.spec.params["inplace"] for n in from_onnx(path).compute_nodes if n.op == "activation"}
+    assert acts == {"HardSwish": False, "Relu": True, "Clip": False, "Sigmoid": False}
+    assert not any(n.spec.params["inplace"] for n in from_onnx(path, inplace_activations=False).compute_nodes
+                   if n.op == "activation")
+    with pytest.raises(SpecError, match="inplace_activations must be True or False"):
+        from_onnx(path, inplace_activations="yes")
+
+
+def test_torchvision_mobilenet_v2_predicts_as_its_fx_trace(tmp_path):
+    tv = pytest.importorskip("torchvision")
+    from latpred.graph.trace import trace
+
+    model = tv.models.mobilenet_v2(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    onnx_g = from_onnx(_export(model, x, tmp_path / "mobilenet_v2.onnx"))
+    fx_g = trace(model, (x,))
+
+    def acts(g):
+        return sorted((n.spec.params["fn"], n.spec.params["inplace"]) for n in g.compute_nodes if n.op == "activation")
+
+    # the 35 ReLU6(inplace=True) of the traced module are in place in the ONNX graph too (Clip(0, 6) there)
+    assert acts(onnx_g) == acts(fx_g) and acts(fx_g).count(("relu6", True)) == 35

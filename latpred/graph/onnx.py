@@ -46,6 +46,10 @@ _VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Expand", 
 _ACTIVATIONS = {"Relu": "relu", "Gelu": "gelu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish",
                 "HardSigmoid": "hardsigmoid"}
 _BINARY = {"Add": "add", "Mul": "mul", "Sub": "sub", "Div": "div"}
+#: activations PyTorch modules build in place (``nn.ReLU/ReLU6/SiLU/Hardswish(inplace=True)``, as torchvision's CNNs
+#: do); ONNX has no in-place notion, so :func:`from_onnx` marks these in place where PyTorch could run them so
+#: (``inplace_activations``). Sigmoid, Tanh and HardSigmoid modules have no in-place form and stay out-of-place.
+_INPLACE_FNS = ("relu", "relu6", "silu", "hardswish")
 #: inputs that are arguments (sizes, scales, pads), not weights: never counted as parameter bytes
 _ARG_INPUTS = {"Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "Clip": {1, 2}, "Dropout": {1, 2}}
 _SMALL_INIT = 1024  # initializers up to this many elements stay in the shape-inference model (for data propagation)
@@ -56,7 +60,7 @@ class _NoSpec(Exception):
 
 
 def from_onnx(path_or_model: str | os.PathLike[str] | onnx.ModelProto, batch_size: int | None = None,
-              dtype: str = "float32", name: str | None = None) -> ModelGraph:
+              dtype: str = "float32", name: str | None = None, inplace_activations: bool = True) -> ModelGraph:
     """A :class:`ModelGraph` of an ONNX model (a file path or an ``onnx.ModelProto``).
 
     Args:
@@ -66,6 +70,11 @@ def from_onnx(path_or_model: str | os.PathLike[str] | onnx.ModelProto, batch_siz
             re-scaled with :meth:`ModelGraph.with_batch_size` when ``batch_size`` differs.
         dtype: element type the specs and byte counts assume (``float32``, ``float16``, ``bfloat16``).
         name: graph name (default: the file's stem, else the ONNX graph's name).
+        inplace_activations: mark a ReLU / ReLU6 (``Clip(0, 6)``) / HardSwish node in place (``inplace`` spec
+            parameter: no output buffer, an in-place kernel) when its input is an activation that no other node
+            and no graph output reads — how PyTorch runs the ``inplace=True`` activations torchvision's CNNs are
+            built with, so the graph predicts as the traced module does. ``False`` for models whose activations
+            allocate their output.
 
     Raises:
         SpecError: missing file, not an ONNX model, checker or shape-inference failure, symbolic
@@ -104,7 +113,9 @@ def from_onnx(path_or_model: str | os.PathLike[str] | onnx.ModelProto, batch_siz
     meta = {"path": str(path) if path is not None else None, "opset": opset,
             "producer": f"{model.producer_name} {model.producer_version}".strip(), "dynamic_batch": dynamic,
             "inputs": {n: list(d) for n, d in fixed.items()}}
-    g = _Builder(model, inputs, shapes, shapes2, values, b, dtype, where).build(gname, meta)
+    if not isinstance(inplace_activations, bool):
+        raise SpecError(f"inplace_activations must be True or False, got {inplace_activations!r}")
+    g = _Builder(model, inputs, shapes, shapes2, values, b, dtype, where, inplace_activations).build(gname, meta)
     if batch_size is not None and int(batch_size) != g.batch_size:
         g = g.with_batch_size(int(batch_size))
     return g
@@ -267,8 +278,17 @@ class _Builder:
     def __init__(self, model: onnx.ModelProto, inputs: Sequence[onnx.ValueInfoProto],
                  shapes: dict[str, tuple[tuple[int, ...] | None, int]],
                  shapes2: dict[str, tuple[tuple[int, ...] | None, int]] | None, values: dict[str, np.ndarray], b: int,
-                 dtype: str, where: str) -> None:
+                 dtype: str, where: str, inplace_activations: bool = True) -> None:
         self.model, self.graph, self.inputs = model, model.graph, inputs
+        self.inplace_activations = inplace_activations
+        #: how many nodes (and graph outputs) read each tensor: an activation may write into its input only when
+        #: it is that input's sole reader
+        self.readers: dict[str, int] = {}
+        for node in self.graph.node:
+            for t in {t for t in node.input if t}:
+                self.readers[t] = self.readers.get(t, 0) + 1
+        for v in self.graph.output:
+            self.readers[v.name] = self.readers.get(v.name, 0) + 1
         self.shapes, self.shapes2, self.b, self.dtype, self.where = shapes, shapes2, b, dtype, where
         self.cls: dict[str, str] = {}
         self.values = dict(values)
@@ -515,7 +535,9 @@ class _Builder:
         if op in _ACTIVATIONS or op == "Clip":
             fn = _ACTIVATIONS.get(op) or self._clip_fn(node, a)
             c, h, w = fold_chw(self.need(i[0]))
-            return "activation", {"fn": fn, "channels": c, "h": h, "w": w}
+            inplace = (self.inplace_activations and fn in _INPLACE_FNS and self.readers.get(i[0]) == 1
+                       and i[0] not in {v.name for v in self.inputs})
+            return "activation", {"fn": fn, "channels": c, "h": h, "w": w, "inplace": inplace}
         if op in _BINARY:
             return self._binary(node, _BINARY[op])
         if op in ("MaxPool", "AveragePool"):
