@@ -21,7 +21,7 @@ Clipping the features into the box instead was worse (a softmax row read 2.8 mil
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import SpecError
 
-__all__ = ["Domain", "TRUST_FACTOR", "guard_log"]
+__all__ = ["Domain", "TRUST_FACTOR", "guard_log", "guard_log_many"]
 
 #: out-of-domain predictions are kept within this factor of the generic model's
 TRUST_FACTOR = 2.0
@@ -94,16 +94,29 @@ def guard_log(y: np.ndarray, X: np.ndarray, domain: Domain | None, generic_log: 
     """``y`` (log ms of rows ``X``, the op model's columns) with out-of-domain rows clamped to within ``factor``
     of ``generic_log`` (the generic model, called on the op-agnostic tail of those rows: the last 11 columns
     before the ``n_extra`` extra conditions). Returned unchanged without a domain or a generic model."""
-    if domain is None or generic_log is None or not len(X):
-        return y
-    out = domain.outside(X)
-    if not out.any():
-        return y
+    return guard_log_many([y], [X], [domain], generic_log, n_extra, factor)[0]
+
+
+def guard_log_many(ys: Sequence[np.ndarray], Xs: Sequence[np.ndarray], domains: Sequence[Domain | None],
+                   generic_log: Callable[[np.ndarray], np.ndarray] | None, n_extra: int,
+                   factor: float = TRUST_FACTOR) -> list[np.ndarray]:
+    """:func:`guard_log` of several (predictions, rows, domain) groups — op types with their own columns — with one
+    call of the generic model for every group's out-of-domain rows (the cost of a graph prediction is calls, not
+    rows). Groups with nothing outside their domain come back as the same arrays."""
+    out = list(ys)
+    if generic_log is None:
+        return out
+    masks = {k: m for k, (X, dom) in enumerate(zip(Xs, domains)) if dom is not None and len(X) and (m := dom.outside(X)).any()}
+    if not masks:
+        return out
     from .features import GENERIC_FEATURES
 
     width = len(GENERIC_FEATURES)
-    g = generic_log(X[out][:, X.shape[1] - n_extra - width: X.shape[1] - n_extra])
-    y = np.array(y, dtype=float, copy=True)
+    tails = [Xs[k][m][:, Xs[k].shape[1] - n_extra - width: Xs[k].shape[1] - n_extra] for k, m in masks.items()]
+    g = np.split(generic_log(np.vstack(tails)), np.cumsum([len(t) for t in tails])[:-1])
     half = math.log(factor)
-    y[out] = np.clip(y[out], g - half, g + half)
-    return y
+    for (k, m), gk in zip(masks.items(), g):
+        y = np.array(ys[k], dtype=float, copy=True)
+        y[m] = np.clip(y[m], gk - half, gk + half)
+        out[k] = y
+    return out

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .domain import Domain, guard_log
+from .domain import Domain, guard_log, guard_log_many
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
@@ -168,9 +168,14 @@ class Predictor:
                 tasks[row:row + len(X)] = self.medn_tasks.index(op)
                 row += len(X)
             pred = self.medn.predict(padded, tasks)
-            for i, part in zip(medn, np.split(pred, np.cumsum(sizes)[:-1])):
-                op, X = groups[i]
-                out[i] = self._guard(op, self._columns(op, X), part)
+            # every MEDN group's out-of-domain rows in one call of the generic model
+            cols = [self._columns(groups[i][0], groups[i][1]) for i in medn]
+            doms = [d if (d := self.domains.get(groups[i][0])) is not None and d.width == X.shape[1] else None
+                    for i, X in zip(medn, cols)]
+            guarded = guard_log_many(np.split(pred, np.cumsum(sizes)[:-1]), cols, doms,
+                                     self.predict_generic if self.generic is not None else None, len(self.extra_names))
+            for i, part in zip(medn, guarded):
+                out[i] = part
         return out  # type: ignore[return-value]
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:

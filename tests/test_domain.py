@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from latpred.domain import TRUST_FACTOR, Domain, guard_log
+from latpred.domain import TRUST_FACTOR, Domain, guard_log, guard_log_many
 from latpred.errors import SpecError
 from latpred.features import GENERIC_FEATURES
 from latpred.graph.trace import trace
@@ -113,3 +113,23 @@ def test_graph_prediction_names_the_nodes_outside_the_profiled_range(predictor):
     assert "conv1" in lat.out_of_domain_nodes
     assert "out_of_domain_nodes" in lat.to_dict()
     assert all(n in lat.node_names for n in lat.out_of_domain_nodes)
+
+
+def test_guard_of_several_groups_calls_the_generic_model_once():
+    width = len(GENERIC_FEATURES)
+    calls = []
+
+    def generic(G):
+        calls.append(len(G))
+        return G[:, 0] * 0.0 + 1.0
+
+    Xa, Xb, Xc = np.zeros((3, 2 + width)), np.zeros((2, 3 + width)), np.zeros((2, 1 + width))
+    Xa[0, 0] = Xb[1, 1] = 9.0  # one row outside in each of the first two groups, none in the third
+    doms = [Domain(np.zeros(x.shape[1]), np.ones(x.shape[1])) for x in (Xa, Xb, Xc)]
+    ys = [np.full(3, 5.0), np.full(2, -5.0), np.full(2, 7.0)]
+    out = guard_log_many(ys, [Xa, Xb, Xc], doms, generic, 0)
+    assert calls == [2]  # both groups' outside rows in one call
+    for y, X, d, got in zip(ys, [Xa, Xb, Xc], doms, out):
+        assert np.array_equal(got, guard_log(y, X, d, generic, 0))  # the same numbers as one group at a time
+    assert out[2] is ys[2] and out[0][0] == pytest.approx(1 + math.log(TRUST_FACTOR)) and out[0][1] == 5.0
+    assert all(a is b for a, b in zip(guard_log_many(ys, [Xa, Xb, Xc], [None, None, None], generic, 0), ys))

@@ -58,7 +58,7 @@ def test_battery(family):
     assert np.allclose(again, p)  # deterministic under a seed
 
 
-@pytest.mark.parametrize("family", ["rf", "ridge_trees", "poly", "gp", "svr", "knn"])
+@pytest.mark.parametrize("family", ["rf", "ridge_trees", "gbdt", "poly", "gp", "svr", "knn"])
 def test_fast_paths_agree_for_few_and_many_rows(family, monkeypatch):
     """Forests are walked all trees at once for a few rows and tree by tree for many; polynomial features
     are gathered per degree (degree 3 here): both give sklearn's numbers."""
@@ -188,3 +188,15 @@ def test_medn_options_are_checked_and_older_files_load_with_their_own_settings()
     config, arrays = new.to_state()
     np.testing.assert_allclose(MEDNRegressor.from_state(config, arrays).predict(Xs, tasks=tasks),
                                new.predict(Xs, tasks=tasks), rtol=1e-6)
+
+
+def test_fast_gradient_boosting_sends_missing_values_where_training_did():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(0)
+    Xn = rng.normal(size=(400, 4))
+    Xn[rng.random(Xn.shape) < 0.2] = np.nan  # splits learn a side for missing values
+    m = HistGradientBoostingRegressor(max_iter=40, random_state=0).fit(Xn, np.nan_to_num(Xn) @ [1.0, -2.0, 0.5, 3.0])
+    q = rng.normal(size=(30, 4))
+    q[rng.random(q.shape) < 0.3] = np.nan
+    assert np.allclose(fast_predict(m, q), m.predict(q), rtol=1e-12, atol=1e-12)

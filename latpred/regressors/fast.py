@@ -5,8 +5,8 @@ input validation and (for forests) joblib's per-tree dispatch cost far more than
 200-tree ExtraTrees model took ~35 ms per call on cpu2 whatever the row count. :func:`fast_predict`
 walks the fitted model and evaluates the pieces directly — scalers, polynomial features (one gather
 per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds), kNN
-(brute-force distances), tree ensembles (for a few rows, all trees walked together level by level over
-flattened node arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
+(brute-force distances), tree ensembles and histogram gradient boosting (for a few rows, all trees walked
+together level by level over flattened node arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
 ``model.predict`` for anything else. Results equal ``model.predict`` to rounding (tests check every
 family). Inputs must be finite float arrays of the fitted width (the predictor's
 own features are).
@@ -18,7 +18,7 @@ import weakref
 from typing import Any
 
 import numpy as np
-from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor, RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, DotProduct, Product, Sum, WhiteKernel
 from sklearn.linear_model import Ridge, RidgeCV
@@ -120,6 +120,54 @@ def _forest(model: Any, X: np.ndarray) -> np.ndarray:
     for tree in model.estimators_:
         total += tree.tree_.predict(X32).reshape(len(X), -1)[:, 0]
     return total / n_trees
+
+
+def _hgb_ok(model: HistGradientBoostingRegressor) -> bool:
+    """A fitted squared-error model on numeric features, one tree per iteration: what :func:`_hgb` evaluates."""
+    return (hasattr(model, "_predictors") and model.loss == "squared_error" and model.n_trees_per_iteration_ == 1
+            and getattr(model, "is_categorical_", None) is None)
+
+
+def _flat_hgb(model: HistGradientBoostingRegressor) -> tuple[np.ndarray, ...]:
+    """Every iteration's tree in one set of arrays (as :func:`_flat_forest`), with where a NaN goes."""
+    feats, thrs, lefts, rights, nan_left, values, roots = [], [], [], [], [], [], []
+    offset, depth = 0, 0
+    for (tree,) in model._predictors:
+        nodes = tree.nodes
+        n = len(nodes)
+        leaf = nodes["is_leaf"].astype(bool)
+        own = np.arange(n) + offset
+        lefts.append(np.where(leaf, own, nodes["left"].astype(np.int64) + offset))
+        rights.append(np.where(leaf, own, nodes["right"].astype(np.int64) + offset))
+        feats.append(np.where(leaf, 0, nodes["feature_idx"]))
+        thrs.append(np.where(leaf, np.inf, nodes["num_threshold"]))
+        nan_left.append(leaf | nodes["missing_go_to_left"].astype(bool))
+        values.append(nodes["value"])
+        roots.append(offset)
+        offset += n
+        depth = max(depth, int(nodes["depth"].max()))
+    return (np.concatenate(feats), np.concatenate(thrs), np.concatenate(lefts), np.concatenate(rights),
+            np.concatenate(nan_left), np.concatenate(values), np.asarray(roots), depth)
+
+
+def _hgb(model: HistGradientBoostingRegressor, X: np.ndarray) -> np.ndarray:
+    """The baseline plus every tree's leaf value (leaves hold learning-rate-scaled values; the link is the
+    identity for squared error); a NaN feature goes where the split sent the training rows' missing values."""
+    feat, thr, left, right, nan_left, value, roots, depth = _cached(model, model._predictors, _flat_hgb)
+    n_trees = len(roots)
+    rows = np.repeat(np.arange(len(X)), n_trees)
+    node = np.tile(roots, len(X))
+    live = np.arange(len(node))  # (row, tree) pairs not yet at a leaf: trees are unbalanced (depth 11 at the median, 21 at most)
+    for _ in range(depth):
+        at = node[live]
+        x = X[rows[live], feat[at]]
+        go_left = np.where(np.isnan(x), nan_left[at], x <= thr[at])
+        nxt = np.where(go_left, left[at], right[at])
+        node[live] = nxt
+        live = live[nxt != at]  # a leaf points to itself
+        if not len(live):
+            break
+    return value[node].reshape(len(X), n_trees).sum(axis=1) + float(np.ravel(model._baseline_prediction)[0])
 
 
 def _sqdist(X: np.ndarray, Y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
@@ -300,6 +348,8 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
         return X @ model.coef_ + model.intercept_
     if isinstance(model, (ExtraTreesRegressor, RandomForestRegressor)) and model.n_outputs_ == 1:
         return _forest(model, X)
+    if isinstance(model, HistGradientBoostingRegressor) and _hgb_ok(model) and len(X) * len(model._predictors) <= _FLAT_FOREST_MAX:
+        return _hgb(model, X)
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
         return _gp(model, X, condition_tail)
     if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False) and hasattr(model, "_gamma"):
