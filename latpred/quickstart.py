@@ -307,15 +307,19 @@ def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[st
             now[0] += 1.0
         new = ctl.decisions[n0:]
         plan = ctl.decisions[-1].new_plan
+        # edge nodes whose op model never saw this condition (e.g. a load above the profiled ones): extrapolated,
+        # kept near the generic model, and said so
+        outside = len(pred.predict_graph(graph, utilization=u, threads=1).out_of_domain_nodes)
         row = {"utilization": u, "bandwidth_mbps": bw, "compute_nodes_per_device": plan["compute_nodes_per_device"],
                "predicted_ms": ctl.predicted_ms(), "re_plans": len(new), "swaps": sum(d.swapped for d in new),
-               "decision_ms": max((d.decision_ms for d in new), default=0.0)}
+               "decision_ms": max((d.decision_ms for d in new), default=0.0), "edge_nodes_out_of_range": outside}
         phases.append(row)
         say(f"      load {u:.1f}, {bw:5g} Mbps: {row['compute_nodes_per_device'][0]} compute nodes on the edge, "
             f"{row['compute_nodes_per_device'][1]} on the cloud, {row['predicted_ms']:8.2f} ms predicted"
             + (f" (initial plan, {row['decision_ms']:.0f} ms)" if n0 == 0 else
                f" ({'swapped' if row['swaps'] else 'kept'} after {row['re_plans']} re-plan(s), {row['decision_ms']:.0f} ms)"
-               if new else ""))
+               if new else "")
+            + (f"; {outside} edge node(s) outside the profiled conditions, extrapolated" if outside else ""))
     plot_timeline(out / "adaptive.png", ctl.history, ctl.decisions, predicted, title=f"{graph.name}: adaptive re-planning (predicted)")
     return {"rtt_ms": RTT_MS, "phases": phases, "swaps": sum(d.swapped for d in ctl.decisions[1:])}
 
@@ -349,10 +353,11 @@ def _markdown(r: dict[str, Any]) -> str:
     a = r.get("adaptive", {})
     if a:
         lines += ["## Adaptive re-planning (scripted conditions, predicted)", "",
-                  "| edge load | Mbps | compute nodes edge / cloud | predicted ms | re-plans | swaps |", "|---|---|---|---|---|---|"]
+                  "| edge load | Mbps | compute nodes edge / cloud | predicted ms | re-plans | swaps | edge nodes out of range |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {x['utilization']:.1f} | {x['bandwidth_mbps']:g} | {x['compute_nodes_per_device'][0]} / "
-                  f"{x['compute_nodes_per_device'][1]} | {x['predicted_ms']:.2f} | {x['re_plans']} | {x['swaps']} |"
-                  for x in a["phases"]]
+                  f"{x['compute_nodes_per_device'][1]} | {x['predicted_ms']:.2f} | {x['re_plans']} | {x['swaps']} | "
+                  f"{x.get('edge_nodes_out_of_range', '—')} |" for x in a["phases"]]
         lines += ["", "![adaptive timeline](adaptive.png)", ""]
     sel = r.get("selection") or {}
     if sel.get("overall"):
