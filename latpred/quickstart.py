@@ -307,7 +307,7 @@ def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[st
             now[0] += 1.0
         new = ctl.decisions[n0:]
         plan = ctl.decisions[-1].new_plan
-        # edge nodes whose op model never saw this condition (e.g. a load above the profiled ones): extrapolated,
+        # edge nodes outside their op model's training range (shapes, or a load above the profiled ones): extrapolated,
         # kept near the generic model, and said so
         outside = len(pred.predict_graph(graph, utilization=u, threads=1).out_of_domain_nodes)
         row = {"utilization": u, "bandwidth_mbps": bw, "compute_nodes_per_device": plan["compute_nodes_per_device"],
@@ -319,7 +319,7 @@ def _adaptive(graph: Any, pred: Any, cloud_ms: Any, out: Path, say: Callable[[st
             + (f" (initial plan, {row['decision_ms']:.0f} ms)" if n0 == 0 else
                f" ({'swapped' if row['swaps'] else 'kept'} after {row['re_plans']} re-plan(s), {row['decision_ms']:.0f} ms)"
                if new else "")
-            + (f"; {outside} edge node(s) outside the profiled conditions, extrapolated" if outside else ""))
+            + (f"; {outside} edge node(s) outside their op model's profiled range (shapes or conditions)" if outside else ""))
     plot_timeline(out / "adaptive.png", ctl.history, ctl.decisions, predicted, title=f"{graph.name}: adaptive re-planning (predicted)")
     return {"rtt_ms": RTT_MS, "phases": phases, "swaps": sum(d.swapped for d in ctl.decisions[1:])}
 

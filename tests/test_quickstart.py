@@ -68,7 +68,7 @@ def test_quickstart_runs_every_step_and_resumes(tmp_path):
     assert all(p["re_plans"] >= 1 and p["predicted_ms"] > 0 for p in phases)
     # load 0.9 lies above every profiled load (0, 0.5): the edge nodes there are reported as extrapolated
     assert phases[2]["edge_nodes_out_of_range"] > phases[1]["edge_nodes_out_of_range"] >= 0
-    assert "edge node(s) outside the profiled conditions" in "\n".join(lines)
+    assert "edge node(s) outside their op model's profiled range" in "\n".join(lines)
     assert "Adaptive re-planning" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["model"]["summary"].startswith("builtin_cnn")
     # a second run finds everything in the store and the predictor up to date
