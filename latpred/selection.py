@@ -478,13 +478,13 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
         choice[op] = pick.family
 
     true = np.concatenate([data.latency_ms[op] for op in ops])
-    overall = {"auto-selection": accuracy_report(_ms(np.concatenate([oof[op, choice[op]] for op in ops])), true)}
+    auto = _ms(np.concatenate([oof[op, choice[op]] for op in ops]))
+    overall = {"auto-selection": accuracy_report(auto, true)}
     for family in families:
         overall[f"{family}-only"] = accuracy_report(_ms(np.concatenate([oof[op, family] for op in ops])), true)
 
     noise = data.noise_floor()
     label = np.concatenate([data.conditions(op) for op in ops])
-    auto = _ms(np.concatenate([oof[op, choice[op]] for op in ops]))
     per_condition = {}
     for c in sorted(set(label)):
         k = label == c
