@@ -47,6 +47,11 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
+def _write(path: str, results: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--db", required=True)
@@ -75,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
                                      "wall_s": time.perf_counter() - t0}
         print(f"{name:>16}: acc10 {overall['acc10']:.1%}  MAPE {overall['mape']:.2f}%  R2(log) {overall['r2_log']:.4f}  "
               f"params {report.medn.n_parameters()}  {time.perf_counter() - t0:.0f} s", flush=True)
+        _write(args.json, results)  # after every variant: a run cut off keeps the variants it finished
     others = [f for f in args.others.split(",") if f]
     if others:
         _, report = select(data, families=others, cv=args.cv, seed=args.seed)
         results["others"] = {k: v for k, v in report.overall.items()}
         for k, v in report.overall.items():
             print(f"{k:>16}: acc10 {v['acc10']:.1%}  MAPE {v['mape']:.2f}%  R2(log) {v['r2_log']:.4f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1))
+    _write(args.json, results)
     best = max(results["variants"].items(), key=lambda kv: kv[1]["overall"]["acc10"])
     print(f"medn_variants: {len(variants)} variants on {sum(len(v) for v in data.latency_ms.values())} samples; "
           f"best {best[0]} acc10 {best[1]['overall']['acc10']:.1%} MAPE {best[1]['overall']['mape']:.2f}% -> {args.json}")
