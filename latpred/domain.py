@@ -99,15 +99,17 @@ def guard_log(y: np.ndarray, X: np.ndarray, domain: Domain | None, generic_log: 
 
 def guard_log_many(ys: Sequence[np.ndarray], Xs: Sequence[np.ndarray], domains: Sequence[Domain | None],
                    generic_log: Callable[[np.ndarray], np.ndarray] | None, n_extra: int,
-                   factor: float = TRUST_FACTOR) -> list[np.ndarray]:
+                   factor: float = TRUST_FACTOR, outside: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """:func:`guard_log` of several (predictions, rows, domain) groups — op types with their own columns — with one
     call of the generic model for every group's out-of-domain rows (the cost of a graph prediction is calls, not
-    rows). Groups with nothing outside their domain come back as the same arrays."""
+    rows). Groups with nothing outside their domain come back as the same arrays. ``outside``, when given a list,
+    receives each group's out-of-domain row mask (all False without a domain), with or without a generic model."""
     out = list(ys)
-    if generic_log is None:
-        return out
-    masks = {k: m for k, (X, dom) in enumerate(zip(Xs, domains)) if dom is not None and len(X) and (m := dom.outside(X)).any()}
-    if not masks:
+    all_masks = [np.zeros(len(X), dtype=bool) if dom is None or not len(X) else dom.outside(X) for X, dom in zip(Xs, domains)]
+    if outside is not None:
+        outside.extend(all_masks)
+    masks = {k: m for k, m in enumerate(all_masks) if m.any()}
+    if generic_log is None or not masks:
         return out
     from .features import GENERIC_FEATURES
 

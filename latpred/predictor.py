@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .domain import Domain, guard_log, guard_log_many
+from .blas import single_threaded_blas
+from .domain import Domain, guard_log_many
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
@@ -98,18 +99,12 @@ class Predictor:
 
     def predict_log(self, op: str, X: np.ndarray) -> np.ndarray:
         """log(latency ms) for feature rows ``X`` of op type ``op`` (this latpred's :func:`~latpred.features.featurize`
-        columns; a model trained on fewer columns reads its own)."""
-        family = self.families.get(op)
-        if family is None:
-            raise UnknownOpError(f"predictor has no model for op type {op!r}; it covers {', '.join(self.families)}")
-        X = self._columns(op, X)
-        if family == "medn":
-            width = self.medn.n_features_in_
-            if X.shape[1] > width:
-                raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
-            padded = np.full((X.shape[0], width), np.nan)
-            padded[:, :X.shape[1]] = X
-            return self._guard(op, X, self.medn.predict(padded, np.full(X.shape[0], self.medn_tasks.index(op))))
+        columns; a model trained on fewer columns reads its own). Rows outside the op model's training range are
+        clamped near the generic model (:mod:`latpred.domain`)."""
+        return self.predict_log_many([(op, X)])[0]
+
+    def _raw_log(self, op: str, X: np.ndarray) -> np.ndarray:
+        """The op model's own prediction for rows ``X`` (already reduced to its columns), not guarded."""
         from .regressors.fast import fast_predict
 
         model = self.models[op]
@@ -118,24 +113,19 @@ class Predictor:
             raise SpecError(f"{op}: feature rows of shape {X.shape} do not match the model's {width} features")
         # the runtime conditions (utilization, threads, extras) close every feature row: a hint that lets a GP
         # factor its kernel when rows are specs x conditions
-        y = fast_predict(model, X, condition_tail=len(RUNTIME) - RUNTIME.index("utilization") + len(self.extra_names))
-        return self._guard(op, X, y)
+        return fast_predict(model, X, condition_tail=len(RUNTIME) - RUNTIME.index("utilization") + len(self.extra_names))
 
-    def _guard(self, op: str, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """``y`` with the rows of ``X`` (``op``'s own columns) outside its training range clamped near the generic model."""
+    def _domain(self, op: str, X: np.ndarray) -> Domain | None:
+        """``op``'s recorded training range when it matches the width of ``X`` (rows in ``op``'s own columns)."""
         dom = self.domains.get(op)
-        if dom is None or dom.width != X.shape[1]:
-            return y
-        return guard_log(y, X, dom, self.predict_generic if self.generic is not None else None, len(self.extra_names))
+        return dom if dom is not None and X.ndim == 2 and dom.width == X.shape[1] else None
 
     def out_of_domain(self, op: str, X: np.ndarray) -> np.ndarray:
         """Mask of the feature rows ``X`` (this latpred's full schema) outside ``op``'s training range (all False
         without a recorded domain)."""
-        dom = self.domains.get(op)
         X = self._columns(op, X)
-        if dom is None or X.ndim != 2 or dom.width != X.shape[1]:
-            return np.zeros(len(X), dtype=bool)
-        return dom.outside(X)
+        dom = self._domain(op, X)
+        return np.zeros(len(X), dtype=bool) if dom is None else dom.outside(X)
 
     def fit_domains(self, X: Mapping[str, np.ndarray]) -> None:
         """Record each op's training range from its training rows ``X[op]`` (in the columns its model reads, as
@@ -146,37 +136,42 @@ class Predictor:
                 self.domains[op] = Domain.of(self._columns(op, rows) if rows.shape[1] == len(feature_names(op, self.extra_names))
                                              else rows)
 
-    def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
-        """:meth:`predict_log` of several (op, X) groups; every MEDN group goes through one network call."""
-        out: list[np.ndarray | None] = [None] * len(groups)
-        medn = [i for i, (op, _) in enumerate(groups) if self.families.get(op) == "medn"]
-        for i, (op, X) in enumerate(groups):
+    def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]],
+                         outside: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """:meth:`predict_log` of several (op, X) groups: every MEDN group goes through one network call, and every
+        group's out-of-domain rows through one call of the generic model (a graph's cost is calls, not rows).
+        ``outside``, when given a list, receives each group's out-of-domain row mask."""
+        for op, _ in groups:
+            if op not in self.families:
+                raise UnknownOpError(f"predictor has no model for op type {op!r}; it covers {', '.join(self.families)}")
+        with single_threaded_blas():  # no BLAS thread left spinning beside MEDN's torch threads (latpred.blas)
+            return self._predict_log_many(groups, outside)
+
+    def _predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]], outside: list[np.ndarray] | None) -> list[np.ndarray]:
+        cols = [self._columns(op, X) for op, X in groups]
+        raw: list[np.ndarray | None] = [None] * len(groups)
+        medn = [i for i, (op, _) in enumerate(groups) if self.families[op] == "medn"]
+        for i, (op, _) in enumerate(groups):
             if i not in medn:
-                out[i] = self.predict_log(op, X)
+                raw[i] = self._raw_log(op, cols[i])
         if medn:
             width = self.medn.n_features_in_
-            sizes = [len(groups[i][1]) for i in medn]
+            sizes = [len(cols[i]) for i in medn]
             padded = np.full((sum(sizes), width), np.nan)
             tasks = np.empty(sum(sizes), dtype=np.int64)
             row = 0
             for i in medn:
-                op, X = groups[i]
-                X = self._columns(op, X)
-                if X.shape[1] > width:
-                    raise SpecError(f"{op}: {X.shape[1]} features exceed MEDN's width {width}")
+                op, X = groups[i][0], cols[i]
+                if X.ndim != 2 or X.shape[1] > width:
+                    raise SpecError(f"{op}: feature rows of shape {X.shape} exceed MEDN's width {width}")
                 padded[row:row + len(X), :X.shape[1]] = X
                 tasks[row:row + len(X)] = self.medn_tasks.index(op)
                 row += len(X)
-            pred = self.medn.predict(padded, tasks)
-            # every MEDN group's out-of-domain rows in one call of the generic model
-            cols = [self._columns(groups[i][0], groups[i][1]) for i in medn]
-            doms = [d if (d := self.domains.get(groups[i][0])) is not None and d.width == X.shape[1] else None
-                    for i, X in zip(medn, cols)]
-            guarded = guard_log_many(np.split(pred, np.cumsum(sizes)[:-1]), cols, doms,
-                                     self.predict_generic if self.generic is not None else None, len(self.extra_names))
-            for i, part in zip(medn, guarded):
-                out[i] = part
-        return out  # type: ignore[return-value]
+            for i, part in zip(medn, np.split(self.medn.predict(padded, tasks), np.cumsum(sizes)[:-1])):
+                raw[i] = part
+        doms = [self._domain(op, X) for (op, _), X in zip(groups, cols)]
+        return guard_log_many(raw, cols, doms, self.predict_generic if self.generic is not None else None,  # type: ignore[arg-type]
+                              len(self.extra_names), outside=outside)
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""
@@ -185,8 +180,9 @@ class Predictor:
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(specs):
             groups.setdefault(s.op, []).append(i)
-        for op, idx in groups.items():
-            out[idx] = np.exp(self.predict_log(op, self._features([specs[i] for i in idx])))
+        logs = self.predict_log_many([(op, self._features([specs[i] for i in idx])) for op, idx in groups.items()])
+        for idx, y in zip(groups.values(), logs):
+            out[idx] = np.exp(y)
         return out
 
     def predict_one(self, spec: ModuleSpec) -> float:

@@ -133,3 +133,20 @@ def test_guard_of_several_groups_calls_the_generic_model_once():
         assert np.array_equal(got, guard_log(y, X, d, generic, 0))  # the same numbers as one group at a time
     assert out[2] is ys[2] and out[0][0] == pytest.approx(1 + math.log(TRUST_FACTOR)) and out[0][1] == 5.0
     assert all(a is b for a, b in zip(guard_log_many(ys, [Xa, Xb, Xc], [None, None, None], generic, 0), ys))
+    masks: list = []
+    guard_log_many(ys, [Xa, Xb, Xc], [doms[0], None, doms[2]], None, 0, outside=masks)  # masks without a generic model
+    assert [m.tolist() for m in masks] == [[True, False, False], [False, False], [False, False]]
+
+
+def test_predictor_guards_every_op_group_with_one_generic_call(predictor, monkeypatch):
+    """Mixed op types (MEDN or not) in one predict: one call of the generic model for all their outside rows."""
+    ops = [op for op in DATA.ops if predictor.covers(op)][:3]
+    X = {op: DATA.X(op)[:4] * 50.0 for op in ops}  # far outside every op's range
+    calls = []
+    real = predictor.predict_generic
+    monkeypatch.setattr(predictor, "predict_generic", lambda G: calls.append(len(G)) or real(G))
+    masks: list = []
+    many = predictor.predict_log_many(list(X.items()), outside=masks)
+    assert calls == [4 * len(ops)] and all(m.all() for m in masks)
+    for op, got in zip(ops, many):
+        assert np.array_equal(got, predictor.predict_log(op, X[op]))  # one group at a time: the same numbers

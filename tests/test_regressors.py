@@ -78,6 +78,24 @@ def test_fast_paths_agree_for_few_and_many_rows(family, monkeypatch):
     assert np.allclose(fast_predict(m, X[3:5]), m.predict(X[3:5]), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("family", ["gbdt", "rf", "ridge_trees"])
+def test_tree_models_predict_once_per_class_of_rows_they_cannot_tell_apart(family, monkeypatch):
+    """Specs x many utilizations: a tree ensemble splits utilization at a few thresholds, so the rows fall into
+    far fewer classes than rows; each class is predicted once, and the numbers are sklearn's."""
+    import latpred.regressors.fast as fast
+
+    m = make_regressor(family, "conv2d", seed=0, **FAST.get(family, {})).fit(X, Y)
+    conds = np.array([[u, t] for u in np.linspace(0.0, 0.95, 200) for t in (1.0, 2.0)])
+    rows = np.hstack([np.repeat(X[:6, :-2], len(conds), axis=0), np.tile(conds, (6, 1))])
+    rows[::7, 0] = np.nan if family == "gbdt" else rows[::7, 0]  # missing values keep their own class
+    got = []
+    real = fast._split_classes
+    monkeypatch.setattr(fast, "_split_classes", lambda *a: got.append(real(*a)) or got[-1])
+    p = fast_predict(m, rows)
+    assert got and got[0] is not None and len(got[0][0]) <= len(rows) // 2
+    assert np.allclose(p, m.predict(rows), rtol=1e-12, atol=1e-12)
+
+
 def test_gp_factors_its_kernel_over_specs_and_conditions(monkeypatch):
     """Rows that are specs x conditions (the trailing utilization/threads columns): the GP's kernel is
     factored over the two column blocks, and the numbers are sklearn's."""
@@ -109,6 +127,22 @@ def test_svr_factors_its_kernel_over_specs_and_conditions(monkeypatch):
     assert len(calls) == 2  # the spec block's kernel and the condition block's
     assert np.allclose(got, m.predict(rows), rtol=1e-9, atol=1e-9)
     assert np.allclose(fast_predict(m, rows), got, rtol=1e-9, atol=1e-9) and len(calls) == 2
+
+
+def test_medn_predicts_the_same_in_chunks_and_interleaved(monkeypatch):
+    """Large inputs go through the network in chunks (a chunk boundary may split a task's run); interleaved
+    tasks are sorted and put back: the numbers do not change."""
+    import latpred.regressors.medn as medn
+
+    m = MEDNRegressor(max_epochs=20, patience=5).fit(np.vstack([X, X]), np.concatenate([Y, Y + 1.0]),
+                                                       tasks=np.repeat([0, 1], len(X)))
+    rows = np.vstack([X, X])
+    tasks = np.tile([0, 1], len(X))  # interleaved
+    whole = m.predict(rows, tasks)
+    monkeypatch.setattr(medn, "_CHUNK", 7)
+    assert np.allclose(m.predict(rows, tasks), whole, rtol=1e-6, atol=1e-6)
+    sorted_rows = np.argsort(tasks, kind="stable")
+    assert np.allclose(m.predict(rows[sorted_rows], tasks[sorted_rows]), whole[sorted_rows], rtol=1e-6, atol=1e-6)
 
 
 def test_candidate_table_is_data_with_per_op_overrides():

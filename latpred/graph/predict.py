@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sklearn
 
+from ..blas import single_threaded_blas
 from ..errors import SpecError, UnknownOpError
 from ..features import StaticFeatures, cost_features, featurize_conditions_many, prepare_specs
 from .compose import class_index, node_groups
@@ -173,12 +174,12 @@ def predict_graph(predictor: Predictor, graph: ModelGraph, batch_size: Any = Non
     Xs = featurize_conditions_many([s for _, s in covered], b, u, t, extras, predictor.extra_names)
     groups = [(op, X.reshape(-1, X.shape[-1])) for (op, _), X in zip(covered, Xs)]
     outside: list[int] = []
-    for (op, X), (rows, uidx, cols) in zip(groups, placed):
-        spec_out = predictor.out_of_domain(op, X).reshape(rows, C).any(axis=1)
-        outside.extend(int(j) for j in cols[spec_out[uidx]])
-    with sklearn.config_context(assume_finite=True):
-        for (rows, uidx, cols), y in zip(placed, predictor.predict_log_many(groups)):
+    masks: list[np.ndarray] = []
+    with sklearn.config_context(assume_finite=True), single_threaded_blas():
+        for (rows, uidx, cols), y in zip(placed, predictor.predict_log_many(groups, outside=masks)):
             iso[:, cols] = np.exp(y).reshape(rows, C)[uidx].T
+        for (rows, uidx, cols), mask in zip(placed, masks):
+            outside.extend(int(j) for j in cols[mask.reshape(rows, C).any(axis=1)[uidx]])
         generic_costs = list(plan.generic_costs)
         generic_cols = [plan.generic_cols]
         for static, uidx, cols in uncovered:

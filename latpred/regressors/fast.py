@@ -6,7 +6,8 @@ input validation and (for forests) joblib's per-tree dispatch cost far more than
 walks the fitted model and evaluates the pieces directly — scalers, polynomial features (one gather
 per degree), linear models, RBF SVRs, Gaussian-process means (the kernels the GP family builds), kNN
 (brute-force distances), tree ensembles and histogram gradient boosting (for a few rows, all trees walked
-together level by level over flattened node arrays), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
+together level by level over flattened node arrays; for many, once per class of rows that every tree
+treats alike), :class:`~latpred.regressors.residual.ResidualRegressor` — and falls back to
 ``model.predict`` for anything else. Results equal ``model.predict`` to rounding (tests check every
 family). Inputs must be finite float arrays of the fitted width (the predictor's
 own features are).
@@ -46,11 +47,27 @@ _FLAT_FOREST_MAX = 20_000
 
 
 def _cached(model: Any, token: Any, build: Any) -> Any:
-    """``build(model)``, kept until ``token`` (a fitted attribute that a refit replaces) changes."""
-    got = _CACHE.get(model)
+    """``build(model)``, kept until ``token`` (a fitted attribute that a refit replaces) changes; one entry per
+    ``build`` function, so that a model's several derived arrays do not evict each other."""
+    per_model = _CACHE.get(model)
+    if per_model is None:
+        per_model = _CACHE[model] = {}
+    got = per_model.get(build)
     if got is None or not (got[0] is token or (isinstance(token, tuple) and got[0] == token)):
-        got = _CACHE[model] = (token, build(model))
+        got = per_model[build] = (token, build(model))
     return got[1]
+
+
+def _empty_memo(model: Any) -> dict[int, Any]:
+    return {}
+
+
+def _sv_sq(model: SVR) -> np.ndarray:
+    return (model.support_vectors_ ** 2).sum(axis=1)
+
+
+def _fit_sq(model: KNeighborsRegressor) -> np.ndarray:
+    return (model._fit_X ** 2).sum(axis=1)
 
 
 def _poly_index(step: PolynomialFeatures) -> np.ndarray:
@@ -150,6 +167,42 @@ def _flat_hgb(model: HistGradientBoostingRegressor) -> tuple[np.ndarray, ...]:
             np.concatenate(nan_left), np.concatenate(values), np.asarray(roots), depth)
 
 
+def _split_values(model: Any) -> list[np.ndarray]:
+    """Per input column, the sorted distinct thresholds any tree of ``model`` (a forest or a histogram gradient
+    boosting model) splits that column at."""
+    if isinstance(model, HistGradientBoostingRegressor):
+        pairs = [(n["feature_idx"][~n["is_leaf"].astype(bool)], n["num_threshold"][~n["is_leaf"].astype(bool)])
+                 for n in (tree.nodes for (tree,) in model._predictors)]
+    else:
+        pairs = [(t.feature[t.children_left >= 0], t.threshold[t.children_left >= 0])
+                 for t in (est.tree_ for est in model.estimators_)]
+    feats = np.concatenate([f for f, _ in pairs]).astype(np.int64)
+    thrs = np.concatenate([t for _, t in pairs]).astype(np.float64)
+    return [np.unique(thrs[feats == j]) for j in range(model.n_features_in_)]
+
+
+def _split_classes(model: Any, X: np.ndarray, token: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(first, inverse)``: rows of ``X`` that every tree of ``model`` sends down the same paths share a class;
+    ``X[first]`` holds one row per class and ``inverse`` each row's class. None where classes would not save work.
+
+    A tree only asks ``x <= threshold``, so a value is known to a tree ensemble by how many of the thresholds
+    of its column lie below it (NaN apart): rows equal in those counts get identical predictions. Runtime
+    conditions make this pay: the 400-tree generic model splits utilization at one value and log2(batch) at
+    five, so resnet50's specs x 1,000 (batch, utilization, threads) conditions (31,002 rows) fall into about
+    a thousand classes."""
+    if len(X) < 64:
+        return None
+    values = _cached(model, token, _split_values)
+    codes = np.zeros(X.shape)
+    for j, thr in enumerate(values):
+        if len(thr):
+            col = X[:, j]
+            codes[:, j] = np.searchsorted(thr, col, side="left")
+            codes[np.isnan(col), j] = -1.0
+    first, inverse = _distinct(codes)
+    return (first, inverse) if len(first) <= len(X) // 2 else None
+
+
 def _hgb(model: HistGradientBoostingRegressor, X: np.ndarray) -> np.ndarray:
     """The baseline plus every tree's leaf value (leaves hold learning-rate-scaled values; the link is the
     identity for squared error); a NaN feature goes where the split sent the training rows' missing values."""
@@ -210,8 +263,9 @@ def _terms(kernel: Any) -> list[Any]:
     return _terms(kernel.k1) + _terms(kernel.k2) if isinstance(kernel, Sum) else [kernel]
 
 
-def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of ``A`` (float64) and each row's index among them (rows compared bytewise).
+def _distinct(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: the index of each distinct row's first occurrence in ``A`` (float64, rows compared
+    bytewise) and each row's index among the distinct rows.
 
     Rows are grouped by a 64-bit hash of their bytes (sorting integers is far cheaper than sorting
     row-sized keys), and the grouping is checked exactly; a hash collision falls back to the bytewise sort."""
@@ -223,10 +277,17 @@ def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if np.array_equal(words[first][inverse], words):
-        return A[first], inverse
+        return first, inverse
     keys = A.view(np.dtype((np.void, A.dtype.itemsize * A.shape[1]))).ravel()
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return A[first], inverse.ravel()
+    return first, inverse.ravel()
+
+
+def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``A`` (float64) and each row's index among them."""
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    first, inverse = _distinct(A)
+    return A[first], inverse
 
 
 def _blocks(X: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
@@ -285,7 +346,7 @@ def _factored_gp_mean(model: GaussianProcessRegressor, X: np.ndarray, tail: int)
 def _gp(model: GaussianProcessRegressor, X: np.ndarray, tail: int = 0) -> np.ndarray:
     y = _factored_gp_mean(model, X, tail)
     if y is None:
-        memo = _cached(model, model.X_train_, lambda m: {})  # per fitted model: its training rows never change
+        memo = _cached(model, model.X_train_, _empty_memo)  # per fitted model: its training rows never change
         k = np.broadcast_to(_kernel(model.kernel_, X, model.X_train_, memo), (len(X), len(model.X_train_)))
         y = k @ model.alpha_
     y = model._y_train_std * y + model._y_train_mean
@@ -298,7 +359,7 @@ def _svr(model: SVR, X: np.ndarray, tail: int = 0) -> np.ndarray:
     if blocks is not None:  # an RBF SVR factors over specs x conditions as a GP does
         ls = np.full(X.shape[1], 1.0 / np.sqrt(2.0 * model._gamma))  # exp(-gamma d^2) = RBF of that length scale
         return _factored_rbf(blocks, sv, ls, model.dual_coef_[0]) + model.intercept_[0]
-    sv_sq = _cached(model, sv, lambda m: (m.support_vectors_ ** 2).sum(axis=1))
+    sv_sq = _cached(model, sv, _sv_sq)
     k = np.exp(-model._gamma * _sqdist(X, sv, sv_sq))
     return k @ model.dual_coef_[0] + model.intercept_[0]
 
@@ -314,7 +375,7 @@ def _knn(model: KNeighborsRegressor, X: np.ndarray) -> np.ndarray:
     """Brute-force neighbours (the training sets are a few thousand rows), weighted as scikit-learn weighs
     them: by 1 / distance, and a query on a training row takes that row's value alone."""
     fit_X, y, k = model._fit_X, np.asarray(model._y, dtype=np.float64), model.n_neighbors
-    fit_sq = _cached(model, fit_X, lambda m: (m._fit_X ** 2).sum(axis=1))
+    fit_sq = _cached(model, fit_X, _fit_sq)
     d2 = _sqdist(X, fit_X, fit_sq)
     idx = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.broadcast_to(np.arange(d2.shape[1]), d2.shape)
     near = y[idx]
@@ -347,8 +408,16 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
     if isinstance(model, (Ridge, RidgeCV)) and np.ndim(model.coef_) == 1:
         return X @ model.coef_ + model.intercept_
     if isinstance(model, (ExtraTreesRegressor, RandomForestRegressor)) and model.n_outputs_ == 1:
-        return _forest(model, X)
-    if isinstance(model, HistGradientBoostingRegressor) and _hgb_ok(model) and len(X) * len(model._predictors) <= _FLAT_FOREST_MAX:
+        # sklearn's trees compare float32 features: classes of the float32 values
+        classes = (_split_classes(model, X.astype(np.float32).astype(np.float64), model.estimators_)
+                   if len(X) * len(model.estimators_) > _FLAT_FOREST_MAX else None)
+        return _forest(model, X) if classes is None else _forest(model, X[classes[0]])[classes[1]]
+    if isinstance(model, HistGradientBoostingRegressor) and _hgb_ok(model):
+        if len(X) * len(model._predictors) > _FLAT_FOREST_MAX:
+            classes = _split_classes(model, X, model._predictors)
+            if classes is not None:
+                return fast_predict(model, X[classes[0]])[classes[1]]
+            return np.asarray(model.predict(X), dtype=np.float64)
         return _hgb(model, X)
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
         return _gp(model, X, condition_tail)
