@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from latpred.blas import hold_single_threaded_blas
 from latpred.profiling.allocator import REUSE, allocator_mode, check_allocator, pin_allocator
 from latpred.profiling.reference import ReferenceProbe, check_exponent, parse_nominal
 
@@ -370,6 +371,7 @@ def serve(config: Mapping[str, Any]) -> tuple[Any, int, _CloudService]:
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     pin_allocator(config.get("allocator") or REUSE)
+    hold_single_threaded_blas()  # for the process's life: no spinning BLAS thread beside the timed stages (latpred.blas)
     recipe = ModelRecipe.from_dict(config["recipe"])
     built = build_split(recipe.model_ref, dict(config["placement"]), seed=recipe.seed, input_shape=recipe.input_shape,
                         batch_size=recipe.batch_size)
@@ -618,6 +620,9 @@ class EdgeRunner:
         self._reference = None if self._channel is None else self._channel.unary_unary(
             METHOD_REFERENCE, request_serializer=None, response_deserializer=None)
         self._probe: ReferenceProbe | None = None
+        # numpy's BLAS on one thread until close: an optimizer's numpy work in this process would otherwise
+        # leave BLAS threads spinning beside the edge stages being timed (latpred.blas)
+        self._release_blas = hold_single_threaded_blas()
 
     # -- the current plan (what a new request starts with) -------------------------------------
     @property
@@ -863,6 +868,7 @@ class EdgeRunner:
         return out, tm
 
     def close(self) -> None:
+        self._release_blas()
         if self._channel is not None:
             self._channel.close()
             self._channel = None

@@ -150,3 +150,36 @@ def test_predictor_guards_every_op_group_with_one_generic_call(predictor, monkey
     assert calls == [4 * len(ops)] and all(m.all() for m in masks)
     for op, got in zip(ops, many):
         assert np.array_equal(got, predictor.predict_log(op, X[op]))  # one group at a time: the same numbers
+
+
+def test_blas_runs_on_one_thread_while_predicting_or_measuring_and_is_restored_after(predictor):
+    """numpy's BLAS threads spin after each call and slow the torch threads beside them (latpred.blas): the
+    predictor's calls and a CPU device's life run numpy's BLAS on one thread; holds nest and overlap."""
+    from threadpoolctl import threadpool_info
+
+    from latpred.blas import hold_single_threaded_blas, single_threaded_blas
+    from latpred.profiling.devices import CpuDevice
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    assert before  # numpy's BLAS is visible to threadpoolctl here
+    seen = []
+    real = predictor.predict_generic
+    predictor.predict_generic = lambda G: seen.append(blas_threads()) or real(G)
+    op = DATA.ops[0]
+    predictor.predict_log(op, DATA.X(op)[:3] * 50.0)  # outside the range: the generic model runs
+    assert seen and all(n == 1 for n in seen[0])
+    with single_threaded_blas():
+        release = hold_single_threaded_blas()
+    assert all(n == 1 for n in blas_threads())  # the hold outlives the block
+    release()
+    release()  # a second release does nothing
+    assert blas_threads() == before
+    dev = CpuDevice()
+    try:
+        assert all(n == 1 for n in blas_threads())
+    finally:
+        dev.close()
+    assert blas_threads() == before

@@ -183,20 +183,3 @@ def test_holdout_indices_split_each_op_reproducibly():
     with pytest.raises(SpecError, match="holdout"):
         data.holdout_indices(1.0)
 
-
-def test_blas_runs_on_one_thread_inside_the_predictor_and_is_restored_after():
-    """numpy's BLAS threads spin after each call and slow MEDN's torch threads beside them (latpred.blas)."""
-    from threadpoolctl import threadpool_info
-
-    from latpred.blas import single_threaded_blas
-
-    def blas_threads():
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-
-    before = blas_threads()
-    with single_threaded_blas():
-        assert all(n == 1 for n in blas_threads())
-        with single_threaded_blas():
-            assert all(n == 1 for n in blas_threads())
-        assert all(n == 1 for n in blas_threads())
-    assert blas_threads() == before

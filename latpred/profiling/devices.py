@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..blas import hold_single_threaded_blas
 from ..errors import DeviceError, MeasurementError, SpecError
 from ..ops import get_op
 from ..spec import ModuleSpec
@@ -261,7 +262,8 @@ class CpuDevice(_LoadMixin):
 
     ``allocator``: *reuse* (default) pins this process's C allocator so that ops reuse memory instead of
     page-faulting depending on what the process ran before (:mod:`latpred.profiling.allocator`); *system*
-    leaves it alone. :attr:`allocator` is the mode in force, recorded in :meth:`settings`.
+    leaves it alone. :attr:`allocator` is the mode in force, recorded in :meth:`settings`. Until
+    :meth:`close`, numpy's BLAS runs on one thread in this process (:mod:`latpred.blas`).
     """
 
     kind = "cpu"
@@ -273,6 +275,8 @@ class CpuDevice(_LoadMixin):
         from .load import SystemMonitor
 
         self.allocator = pin_allocator(allocator)
+        # numpy's BLAS threads spin after each call and slow the torch threads being timed (latpred.blas)
+        self._release_blas = hold_single_threaded_blas()
         self.protocol = protocol or TimingProtocol()
         self.load_period_ms = load_period_ms
         self.default_threads = threads or torch.get_num_threads()
@@ -286,6 +290,11 @@ class CpuDevice(_LoadMixin):
 
             self._meta = device_metadata("cpu")
         return self._meta
+
+    def close(self) -> None:
+        """Stop background load and give numpy's BLAS its threads back."""
+        super().close()
+        self._release_blas()
 
     def _load_kwargs(self) -> dict[str, Any]:
         return {"period_ms": self.load_period_ms}
