@@ -145,28 +145,6 @@ def _hgb_ok(model: HistGradientBoostingRegressor) -> bool:
             and getattr(model, "is_categorical_", None) is None)
 
 
-def _flat_hgb(model: HistGradientBoostingRegressor) -> tuple[np.ndarray, ...]:
-    """Every iteration's tree in one set of arrays (as :func:`_flat_forest`), with where a NaN goes."""
-    feats, thrs, lefts, rights, nan_left, values, roots = [], [], [], [], [], [], []
-    offset, depth = 0, 0
-    for (tree,) in model._predictors:
-        nodes = tree.nodes
-        n = len(nodes)
-        leaf = nodes["is_leaf"].astype(bool)
-        own = np.arange(n) + offset
-        lefts.append(np.where(leaf, own, nodes["left"].astype(np.int64) + offset))
-        rights.append(np.where(leaf, own, nodes["right"].astype(np.int64) + offset))
-        feats.append(np.where(leaf, 0, nodes["feature_idx"]))
-        thrs.append(np.where(leaf, np.inf, nodes["num_threshold"]))
-        nan_left.append(leaf | nodes["missing_go_to_left"].astype(bool))
-        values.append(nodes["value"])
-        roots.append(offset)
-        offset += n
-        depth = max(depth, int(nodes["depth"].max()))
-    return (np.concatenate(feats), np.concatenate(thrs), np.concatenate(lefts), np.concatenate(rights),
-            np.concatenate(nan_left), np.concatenate(values), np.asarray(roots), depth)
-
-
 def _split_values(model: Any) -> list[np.ndarray]:
     """Per input column, the sorted distinct thresholds any tree of ``model`` (a forest or a histogram gradient
     boosting model) splits that column at."""
@@ -203,24 +181,72 @@ def _split_classes(model: Any, X: np.ndarray, token: Any) -> tuple[np.ndarray, n
     return (first, inverse) if len(first) <= len(X) // 2 else None
 
 
+def _flat_hgb(model: HistGradientBoostingRegressor) -> tuple[np.ndarray, ...]:
+    """Every iteration's tree in one set of arrays (as :func:`_flat_forest`): per node its feature, threshold,
+    children interleaved (``child[2 n]`` left, ``child[2 n + 1]`` right; a leaf's both point to itself) and
+    whether a NaN goes left."""
+    feats, thrs, children, nan_left, values, roots = [], [], [], [], [], []
+    offset, depth = 0, 0
+    for (tree,) in model._predictors:
+        nodes = tree.nodes
+        n = len(nodes)
+        leaf = nodes["is_leaf"].astype(bool)
+        own = np.arange(n) + offset
+        child = np.empty(2 * n, dtype=np.int64)
+        child[0::2] = np.where(leaf, own, nodes["left"].astype(np.int64) + offset)
+        child[1::2] = np.where(leaf, own, nodes["right"].astype(np.int64) + offset)
+        children.append(child)
+        feats.append(np.where(leaf, 0, nodes["feature_idx"]))
+        thrs.append(np.where(leaf, np.inf, nodes["num_threshold"]))
+        nan_left.append(leaf | nodes["missing_go_to_left"].astype(bool))
+        values.append(nodes["value"])
+        roots.append(offset)
+        offset += n
+        depth = max(depth, int(nodes["depth"].max()))
+    return (np.concatenate(feats), np.concatenate(thrs), np.concatenate(children), np.concatenate(nan_left),
+            np.concatenate(values), np.asarray(roots), depth)
+
+
 def _hgb(model: HistGradientBoostingRegressor, X: np.ndarray) -> np.ndarray:
     """The baseline plus every tree's leaf value (leaves hold learning-rate-scaled values; the link is the
-    identity for squared error); a NaN feature goes where the split sent the training rows' missing values."""
-    feat, thr, left, right, nan_left, value, roots, depth = _cached(model, model._predictors, _flat_hgb)
+    identity for squared error); a NaN feature goes where the split sent the training rows' missing values.
+
+    All (row, tree) pairs descend one level per step; the pairs still moving are gathered out once enough
+    of them have reached a leaf (trees are unbalanced: depth 11 at the median, 21 at most)."""
+    feat, thr, child, nan_left, value, roots, depth = _cached(model, model._predictors, _flat_hgb)
     n_trees = len(roots)
-    rows = np.repeat(np.arange(len(X)), n_trees)
-    node = np.tile(roots, len(X))
-    live = np.arange(len(node))  # (row, tree) pairs not yet at a leaf: trees are unbalanced (depth 11 at the median, 21 at most)
+    Xf = np.ascontiguousarray(X, dtype=np.float64).ravel()
+    has_nan = bool(np.isnan(Xf).any())
+    cur = np.tile(roots, len(X))
+    base = np.repeat(np.arange(len(X)) * X.shape[1], n_trees)  # each pair's row offset in Xf
+    out: np.ndarray | None = None  # every pair's node, once the moving ones are kept apart
+    pos = np.empty(0, dtype=np.int64)  # where the moving pairs sit in ``out``
     for _ in range(depth):
-        at = node[live]
-        x = X[rows[live], feat[at]]
-        go_left = np.where(np.isnan(x), nan_left[at], x <= thr[at])
-        nxt = np.where(go_left, left[at], right[at])
-        node[live] = nxt
-        live = live[nxt != at]  # a leaf points to itself
-        if not len(live):
+        x = Xf[base + feat[cur]]
+        right = x > thr[cur]
+        if has_nan:
+            nan = np.isnan(x)
+            right[nan] = ~nan_left[cur[nan]]
+        nxt = child[2 * cur + right]
+        moved = nxt != cur
+        n_moved = int(np.count_nonzero(moved))
+        if n_moved == 0:
+            cur = nxt
             break
-    return value[node].reshape(len(X), n_trees).sum(axis=1) + float(np.ravel(model._baseline_prediction)[0])
+        if n_moved < 0.6 * len(cur):
+            if out is None:
+                out, pos = nxt.copy(), np.flatnonzero(moved)
+            else:
+                out[pos] = nxt
+                pos = pos[moved]
+            cur, base = nxt[moved], base[moved]
+        else:
+            cur = nxt
+    if out is None:
+        out = cur
+    else:
+        out[pos] = cur
+    return value[out].reshape(len(X), n_trees).sum(axis=1) + float(np.ravel(model._baseline_prediction)[0])
 
 
 def _sqdist(X: np.ndarray, Y: np.ndarray, y_sq: np.ndarray) -> np.ndarray:
