@@ -16,6 +16,13 @@ model over FLOPs, bytes and the runtime conditions of every op type's rows, whic
 conservatively). On those 759 nodes the clamp gave MAPE 29.8% (factor 1.5: 27.1%, 3: 33.9%; replacing
 the op model by the generic one: 34.0%), leaving acc10 where it was (37.8%) and in-range rows untouched.
 Clipping the features into the box instead was worse (a softmax row read 2.8 million times its time).
+
+**Utilization above the profiled load** is extrapolated instead (:func:`above_profiled_load`): a store profiled
+at loads {0, 0.5} knows nothing of 0.9, and the guard's generic model, which splits utilization at one value,
+read 0.9 like 0.5 — the quickstart predicted resnet18's 1-thread edge 6% *faster* at load 0.9 than at 0.5.
+Such a row is predicted at the highest and lowest profiled loads (its other columns as they are, guarded as
+usual) and continued along the straight line through the two latencies, its slope kept >= 0: a background
+load takes a share of the core that grows with its duty cycle, so latency does not fall as load rises.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 
 from .errors import SpecError
 
-__all__ = ["Domain", "TRUST_FACTOR", "guard_log", "guard_log_many"]
+__all__ = ["AboveLoad", "Domain", "TRUST_FACTOR", "above_profiled_load", "guard_log", "guard_log_many"]
 
 #: out-of-domain predictions are kept within this factor of the generic model's
 TRUST_FACTOR = 2.0
@@ -122,3 +129,60 @@ def guard_log_many(ys: Sequence[np.ndarray], Xs: Sequence[np.ndarray], domains: 
         y[m] = np.clip(y[m], gk - half, gk + half)
         out[k] = y
     return out
+
+
+@dataclass(frozen=True)
+class AboveLoad:
+    """Rows of one op group whose utilization exceeds the profiled range (see :func:`above_profiled_load`)."""
+
+    above: np.ndarray  # bool mask of those rows
+    inverse: np.ndarray  # per such row, its index among the distinct rows predicted at the profiled loads
+    utilization: np.ndarray  # their utilization
+    lo: float  # lowest and highest profiled utilization
+    hi: float
+
+    @property
+    def n_kept(self) -> int:
+        return int(len(self.above) - np.count_nonzero(self.above))
+
+    def combine(self, y: np.ndarray) -> np.ndarray:
+        """The group's log ms from ``y``, the predictions of the rows :func:`above_profiled_load` returned."""
+        kept, m = self.n_kept, int(self.inverse.max()) + 1
+        hi = np.exp(y[kept:kept + m])[self.inverse]
+        lo = np.exp(y[kept + m:kept + 2 * m])[self.inverse]
+        slope = np.maximum(hi - lo, 0.0) / (self.hi - self.lo)
+        out = np.empty(len(self.above))
+        out[~self.above] = y[:kept]
+        out[self.above] = np.log(hi + slope * (self.utilization - self.hi))
+        return out
+
+    def mask(self, rows_outside: np.ndarray) -> np.ndarray:
+        """The group's out-of-domain mask from that of the returned rows (rows above the load are outside)."""
+        out = np.ones(len(self.above), dtype=bool)
+        out[~self.above] = rows_outside[:self.n_kept]
+        return out
+
+
+def above_profiled_load(X: np.ndarray, domain: Domain | None, u_col: int | None) -> tuple[np.ndarray, AboveLoad] | None:
+    """Rows to predict in place of ``X`` (one op's feature rows; utilization in column ``u_col``) when some rows'
+    utilization exceeds ``domain``'s: the other rows, then the distinct above-rows at the highest profiled
+    utilization, then the same at the lowest. :meth:`AboveLoad.combine` turns their predictions into the group's.
+    None when no row is above or the domain profiled a single utilization (no slope to follow)."""
+    if domain is None or u_col is None or not len(X) or domain.width != X.shape[1]:
+        return None
+    lo, hi = float(domain.lo[u_col]), float(domain.hi[u_col])
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        return None
+    above = X[:, u_col] > hi
+    if not above.any():
+        return None
+    from .regressors.fast import distinct_rows
+
+    A = np.array(X[above], dtype=float)
+    u = A[:, u_col].copy()
+    A[:, u_col] = hi
+    first, inverse = distinct_rows(np.nan_to_num(A, nan=-np.inf))  # NaN padding compared as a value
+    at_hi = A[first]
+    at_lo = at_hi.copy()
+    at_lo[:, u_col] = lo
+    return np.vstack([X[~above], at_hi, at_lo]), AboveLoad(above, inverse, u, lo, hi)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .blas import single_threaded_blas
-from .domain import Domain, guard_log_many
+from .domain import Domain, above_profiled_load, guard_log_many
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
 from .spec import ModuleSpec
@@ -149,19 +149,23 @@ class Predictor:
 
     def _predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]], outside: list[np.ndarray] | None) -> list[np.ndarray]:
         cols = [self._columns(op, X) for op, X in groups]
+        doms = [self._domain(op, X) for (op, _), X in zip(groups, cols)]
+        # rows above the profiled utilization are predicted at the profiled loads and extrapolated (latpred.domain)
+        loads = [above_profiled_load(X, d, self._utilization_column(op)) for (op, _), X, d in zip(groups, cols, doms)]
+        rows = [X if a is None else a[0] for X, a in zip(cols, loads)]
         raw: list[np.ndarray | None] = [None] * len(groups)
         medn = [i for i, (op, _) in enumerate(groups) if self.families[op] == "medn"]
         for i, (op, _) in enumerate(groups):
             if i not in medn:
-                raw[i] = self._raw_log(op, cols[i])
+                raw[i] = self._raw_log(op, rows[i])
         if medn:
             width = self.medn.n_features_in_
-            sizes = [len(cols[i]) for i in medn]
+            sizes = [len(rows[i]) for i in medn]
             padded = np.full((sum(sizes), width), np.nan)
             tasks = np.empty(sum(sizes), dtype=np.int64)
             row = 0
             for i in medn:
-                op, X = groups[i][0], cols[i]
+                op, X = groups[i][0], rows[i]
                 if X.ndim != 2 or X.shape[1] > width:
                     raise SpecError(f"{op}: feature rows of shape {X.shape} exceed MEDN's width {width}")
                 padded[row:row + len(X), :X.shape[1]] = X
@@ -169,9 +173,17 @@ class Predictor:
                 row += len(X)
             for i, part in zip(medn, np.split(self.medn.predict(padded, tasks), np.cumsum(sizes)[:-1])):
                 raw[i] = part
-        doms = [self._domain(op, X) for (op, _), X in zip(groups, cols)]
-        return guard_log_many(raw, cols, doms, self.predict_generic if self.generic is not None else None,  # type: ignore[arg-type]
-                              len(self.extra_names), outside=outside)
+        masks: list[np.ndarray] = []
+        ys = guard_log_many(raw, rows, doms, self.predict_generic if self.generic is not None else None,  # type: ignore[arg-type]
+                            len(self.extra_names), outside=masks)
+        if outside is not None:
+            outside.extend(m if a is None else a[1].mask(m) for m, a in zip(masks, loads))
+        return [y if a is None else a[1].combine(y) for y, a in zip(ys, loads)]
+
+    def _utilization_column(self, op: str) -> int | None:
+        """Where utilization sits in the columns ``op``'s model reads (None if it reads none)."""
+        names = self.feature_names(op)
+        return names.index("utilization") if "utilization" in names else None
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""

@@ -147,7 +147,7 @@ def test_predictor_guards_every_op_group_with_one_generic_call(predictor, monkey
     monkeypatch.setattr(predictor, "predict_generic", lambda G: calls.append(len(G)) or real(G))
     masks: list = []
     many = predictor.predict_log_many(list(X.items()), outside=masks)
-    assert calls == [4 * len(ops)] and all(m.all() for m in masks)
+    assert len(calls) == 1 and all(m.all() for m in masks)
     for op, got in zip(ops, many):
         assert np.array_equal(got, predictor.predict_log(op, X[op]))  # one group at a time: the same numbers
 
@@ -183,3 +183,26 @@ def test_blas_runs_on_one_thread_while_predicting_or_measuring_and_is_restored_a
     finally:
         dev.close()
     assert blas_threads() == before
+
+
+def test_utilization_above_the_profiled_load_is_extrapolated_along_the_profiled_loads(predictor):
+    """The store profiled loads {0, 0.5}: a row at 0.9 is predicted at 0.5 and 0 (its other columns as they are)
+    and continued along the line through the two latencies, never below the 0.5 prediction."""
+    from latpred.features import feature_names
+
+    op = DATA.ops[0]
+    u = feature_names(op, predictor.extra_names).index("utilization")  # in the full schema predict_log reads
+    X = DATA.X(op)[:6].copy()
+    at = {}
+    for v in (0.0, 0.5, 0.9):
+        Xv = X.copy()
+        Xv[:, u] = v
+        at[v] = Xv
+    lo, hi = (np.exp(predictor.predict_log(op, at[v])) for v in (0.0, 0.5))
+    masks: list = []
+    got = np.exp(predictor.predict_log_many([(op, at[0.9])], outside=masks)[0])
+    expected = hi + np.maximum(hi - lo, 0.0) / 0.5 * 0.4
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert np.all(got >= hi * (1 - 1e-12)) and masks[0].all()  # outside the profiled load, and said so
+    mixed = np.vstack([at[0.5][:3], at[0.9][3:]])  # rows within the range are predicted as they are
+    np.testing.assert_allclose(np.exp(predictor.predict_log(op, mixed)), np.concatenate([hi[:3], got[3:]]), rtol=1e-9)

@@ -30,7 +30,7 @@ from sklearn.svm import SVR
 
 from .residual import ResidualRegressor
 
-__all__ = ["fast_predict"]
+__all__ = ["distinct_rows", "fast_predict"]
 
 
 # derived arrays of fitted models (flattened forests, polynomial index tables, ...), built on first use and
@@ -177,7 +177,7 @@ def _split_classes(model: Any, X: np.ndarray, token: Any) -> tuple[np.ndarray, n
             col = X[:, j]
             codes[:, j] = np.searchsorted(thr, col, side="left")
             codes[np.isnan(col), j] = -1.0
-    first, inverse = _distinct(codes)
+    first, inverse = distinct_rows(codes)
     return (first, inverse) if len(first) <= len(X) // 2 else None
 
 
@@ -289,7 +289,7 @@ def _terms(kernel: Any) -> list[Any]:
     return _terms(kernel.k1) + _terms(kernel.k2) if isinstance(kernel, Sum) else [kernel]
 
 
-def _distinct(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(first, inverse)``: the index of each distinct row's first occurrence in ``A`` (float64, rows compared
     bytewise) and each row's index among the distinct rows.
 
@@ -312,7 +312,7 @@ def _distinct(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _unique_rows(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of ``A`` (float64) and each row's index among them."""
     A = np.ascontiguousarray(A, dtype=np.float64)
-    first, inverse = _distinct(A)
+    first, inverse = distinct_rows(A)
     return A[first], inverse
 
 
