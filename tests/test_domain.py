@@ -185,9 +185,23 @@ def test_blas_runs_on_one_thread_while_predicting_or_measuring_and_is_restored_a
     assert blas_threads() == before
 
 
-def test_utilization_above_the_profiled_load_is_extrapolated_along_the_profiled_loads(predictor):
-    """The store profiled loads {0, 0.5}: a row at 0.9 is predicted at 0.5 and 0 (its other columns as they are)
-    and continued along the line through the two latencies, never below the 0.5 prediction."""
+def test_a_model_that_reads_faster_above_the_profiled_load_is_held_on_the_line(predictor, monkeypatch):
+    op = DATA.ops[0]
+    uc = predictor._utilization_column(op)
+    # an op model whose extrapolation falls: 1 ms at load 0, 1.5 ms at 0.5, 0.1 ms above
+    monkeypatch.setattr(predictor, "_raw_log", lambda o, X: np.where(X[:, uc] > 0.5, np.log(0.1), np.log1p(X[:, uc])))
+    monkeypatch.setattr(predictor, "generic", None)  # no guard: the op model's numbers as they are
+    from latpred.features import feature_names
+
+    X = DATA.X(op)[:2].copy()
+    X[:, feature_names(op, predictor.extra_names).index("utilization")] = [0.5, 0.9]
+    np.testing.assert_allclose(np.exp(predictor.predict_log(op, X)), [1.5, 1.5 + 0.4 * (1.5 - 1.0) / 0.5], rtol=1e-12)
+
+
+def test_utilization_above_the_profiled_load_never_reads_below_the_line_through_the_profiled_loads(predictor, monkeypatch):
+    """The store profiled loads {0, 0.5}: a row at 0.9 is predicted by its op model but never below the line through
+    its predictions at 0 and 0.5 (other columns as they are), nor below the 0.5 prediction."""
+    import latpred.predictor as P
     from latpred.features import feature_names
 
     op = DATA.ops[0]
@@ -199,10 +213,13 @@ def test_utilization_above_the_profiled_load_is_extrapolated_along_the_profiled_
         Xv[:, u] = v
         at[v] = Xv
     lo, hi = (np.exp(predictor.predict_log(op, at[v])) for v in (0.0, 0.5))
+    line = hi + np.maximum(hi - lo, 0.0) / 0.5 * 0.4
     masks: list = []
     got = np.exp(predictor.predict_log_many([(op, at[0.9])], outside=masks)[0])
-    expected = hi + np.maximum(hi - lo, 0.0) / 0.5 * 0.4
-    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    with monkeypatch.context() as mp:
+        mp.setattr(P, "above_profiled_load", lambda *a: None)  # the op model alone
+        own = np.exp(predictor.predict_log(op, at[0.9]))
+    np.testing.assert_allclose(got, np.maximum(own, line), rtol=1e-9)
     assert np.all(got >= hi * (1 - 1e-12)) and masks[0].all()  # outside the profiled load, and said so
     mixed = np.vstack([at[0.5][:3], at[0.9][3:]])  # rows within the range are predicted as they are
     np.testing.assert_allclose(np.exp(predictor.predict_log(op, mixed)), np.concatenate([hi[:3], got[3:]]), rtol=1e-9)
