@@ -100,7 +100,8 @@ class Predictor:
     def predict_log(self, op: str, X: np.ndarray) -> np.ndarray:
         """log(latency ms) for feature rows ``X`` of op type ``op`` (this latpred's :func:`~latpred.features.featurize`
         columns; a model trained on fewer columns reads its own). Rows outside the op model's training range are
-        clamped near the generic model (:mod:`latpred.domain`)."""
+        clamped near the generic model, and rows above its profiled utilization never read below the line through
+        its profiled loads (:mod:`latpred.domain`)."""
         return self.predict_log_many([(op, X)])[0]
 
     def _raw_log(self, op: str, X: np.ndarray) -> np.ndarray:
@@ -150,7 +151,8 @@ class Predictor:
     def _predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]], outside: list[np.ndarray] | None) -> list[np.ndarray]:
         cols = [self._columns(op, X) for op, X in groups]
         doms = [self._domain(op, X) for (op, _), X in zip(groups, cols)]
-        # rows above the profiled utilization are predicted at the profiled loads and extrapolated (latpred.domain)
+        # rows above the profiled utilization are also predicted at the profiled loads: the line through those is
+        # their floor (latpred.domain.above_profiled_load)
         loads = [above_profiled_load(X, d, self._utilization_column(op)) for (op, _), X, d in zip(groups, cols, doms)]
         rows = [X if a is None else a[0] for X, a in zip(cols, loads)]
         raw: list[np.ndarray | None] = [None] * len(groups)
