@@ -46,10 +46,15 @@ TRUST_FACTOR = 2.0
 
 @dataclass(frozen=True)
 class Domain:
-    """Per-column ``[lo, hi]`` of an op model's training rows (NaN columns never bound anything)."""
+    """Per-column ``[lo, hi]`` of an op model's training rows (NaN columns never bound anything), and optionally
+    the highest utilization profiled per thread count (``loads``: ``((threads, max utilization), ...)``, with
+    ``load_columns`` = (utilization column, threads column)): a row whose load exceeds what its thread count was
+    profiled at is outside even inside the box (the `default` space profiles loads on one thread only)."""
 
     lo: np.ndarray
     hi: np.ndarray
+    loads: tuple[tuple[float, float], ...] | None = None
+    load_columns: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         lo, hi = np.asarray(self.lo, dtype=float), np.asarray(self.hi, dtype=float)
@@ -57,10 +62,22 @@ class Domain:
             raise SpecError(f"a domain needs two equal-length vectors with lo <= hi, got lo={self.lo!r}, hi={self.hi!r}")
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
+        if (self.loads is None) != (self.load_columns is None):
+            raise SpecError("a domain's per-thread loads need their (utilization, threads) columns, and the reverse")
+        if self.load_columns is not None:
+            cols = tuple(int(c) for c in self.load_columns)
+            if len(cols) != 2 or not all(0 <= c < len(lo) for c in cols) or cols[0] == cols[1]:
+                raise SpecError(f"load columns must be two distinct columns of {len(lo)}, got {self.load_columns!r}")
+            loads = tuple(sorted((float(t), float(u)) for t, u in self.loads))  # type: ignore[union-attr]
+            if not loads or any(not (math.isfinite(t) and math.isfinite(u)) for t, u in loads):
+                raise SpecError(f"per-thread loads must be finite (threads, utilization) pairs, got {self.loads!r}")
+            object.__setattr__(self, "loads", loads)
+            object.__setattr__(self, "load_columns", cols)
 
     @classmethod
-    def of(cls, X: np.ndarray) -> Domain:
-        """The box of training rows ``X`` (rows, columns); a column that is NaN in every row is unbounded."""
+    def of(cls, X: np.ndarray, load_columns: tuple[int, int] | None = None) -> Domain:
+        """The box of training rows ``X`` (rows, columns); a column that is NaN in every row is unbounded. With
+        ``load_columns`` (utilization, threads), also the highest utilization seen per thread count."""
         X = np.asarray(X, dtype=float)
         if X.ndim != 2 or not len(X):
             raise SpecError(f"a domain needs a non-empty 2-d matrix of training rows, got shape {X.shape}")
@@ -69,7 +86,23 @@ class Domain:
         hi = np.full(X.shape[1], np.inf)
         lo[seen] = np.nanmin(X[:, seen], axis=0)
         hi[seen] = np.nanmax(X[:, seen], axis=0)
-        return cls(lo, hi)
+        loads = None
+        if load_columns is not None:
+            u, t = X[:, load_columns[0]], X[:, load_columns[1]]
+            ok = np.isfinite(u) & np.isfinite(t)
+            loads = tuple((float(k), float(u[ok][t[ok] == k].max())) for k in np.unique(t[ok])) or None
+        return cls(lo, hi, loads, tuple(load_columns) if loads is not None else None)  # type: ignore[arg-type]
+
+    def max_load(self, threads: np.ndarray) -> np.ndarray:
+        """The highest utilization profiled at each of ``threads`` (the box's bound for thread counts never seen,
+        and without per-thread loads)."""
+        threads = np.asarray(threads, dtype=float)
+        if self.loads is None or self.load_columns is None:
+            return np.full(threads.shape, np.inf)
+        out = np.full(threads.shape, self.hi[self.load_columns[0]])
+        for t, u in self.loads:
+            out[threads == t] = u
+        return out
 
     @property
     def width(self) -> int:
@@ -81,21 +114,32 @@ class Domain:
         if X.ndim != 2 or X.shape[1] != self.width:
             raise SpecError(f"rows of shape {X.shape} do not match a domain of {self.width} columns")
         with np.errstate(invalid="ignore"):
-            return ((X < self.lo) | (X > self.hi)).any(axis=1)
+            out = ((X < self.lo) | (X > self.hi)).any(axis=1)
+            if self.load_columns is not None and len(X):
+                u, t = self.load_columns
+                if X[:, u].max() > min(v for _, v in self.loads):  # type: ignore[union-attr]  (else no row can be above)
+                    out |= X[:, u] > self.max_load(X[:, t])
+        return out
 
-    def to_dict(self) -> dict[str, list[float | None]]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (infinite bounds as None)."""
-        return {"lo": [None if math.isinf(v) else float(v) for v in self.lo],
-                "hi": [None if math.isinf(v) else float(v) for v in self.hi]}
+        d: dict[str, Any] = {"lo": [None if math.isinf(v) else float(v) for v in self.lo],
+                             "hi": [None if math.isinf(v) else float(v) for v in self.hi]}
+        if self.loads is not None:
+            d["loads"] = [[t, u] for t, u in self.loads]
+            d["load_columns"] = list(self.load_columns)  # type: ignore[arg-type]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Domain:
         try:
             lo = [-np.inf if v is None else float(v) for v in d["lo"]]
             hi = [np.inf if v is None else float(v) for v in d["hi"]]
+            loads = None if d.get("loads") is None else tuple((float(t), float(u)) for t, u in d["loads"])
+            cols = None if d.get("load_columns") is None else tuple(int(c) for c in d["load_columns"])
         except (KeyError, TypeError, ValueError) as e:
-            raise SpecError(f"not a domain (needs 'lo' and 'hi' lists of numbers): {e}") from None
-        return cls(np.array(lo), np.array(hi))
+            raise SpecError(f"not a domain (needs 'lo' and 'hi' lists of numbers, optional 'loads' pairs): {e}") from None
+        return cls(np.array(lo), np.array(hi), loads, cols)  # type: ignore[arg-type]
 
 
 def guard_log(y: np.ndarray, X: np.ndarray, domain: Domain | None, generic_log: Callable[[np.ndarray], np.ndarray] | None,
@@ -140,8 +184,8 @@ class AboveLoad:
     above: np.ndarray  # bool mask of those rows
     inverse: np.ndarray  # per such row, its index among the distinct rows predicted at the profiled loads
     utilization: np.ndarray  # their utilization
-    lo: float  # lowest and highest profiled utilization
-    hi: float
+    lo: float  # lowest profiled utilization
+    hi: np.ndarray  # per such row, the highest utilization profiled at its thread count
 
     def combine(self, y: np.ndarray) -> np.ndarray:
         """The group's log ms from ``y``, the predictions of the rows :func:`above_profiled_load` returned: each
@@ -161,21 +205,32 @@ class AboveLoad:
 
 def above_profiled_load(X: np.ndarray, domain: Domain | None, u_col: int | None) -> tuple[np.ndarray, AboveLoad] | None:
     """Rows to predict in place of ``X`` (one op's feature rows; utilization in column ``u_col``) when some rows'
-    utilization exceeds ``domain``'s: ``X`` itself, then its distinct above-rows at the highest profiled
-    utilization, then the same at the lowest. :meth:`AboveLoad.combine` turns their predictions into the group's.
-    None when no row is above or the domain profiled a single utilization (no line to follow)."""
+    utilization exceeds what ``domain`` profiled (at their thread count, where it records loads per thread count):
+    ``X`` itself, then its distinct above-rows at the highest profiled utilization, then the same at the lowest.
+    :meth:`AboveLoad.combine` turns their predictions into the group's. None when no row is above a profiled
+    range that has a line to follow (a thread count profiled at a single load has none: those rows are only
+    outside the domain)."""
     if domain is None or u_col is None or not len(X) or domain.width != X.shape[1]:
         return None
-    lo, hi = float(domain.lo[u_col]), float(domain.hi[u_col])
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+    lo = float(domain.lo[u_col])
+    if not math.isfinite(lo):
         return None
-    above = X[:, u_col] > hi
+    if domain.load_columns is not None and domain.load_columns[0] == u_col:
+        lined = [v for _, v in domain.loads if v > lo]  # type: ignore[union-attr]
+        if not lined or not X[:, u_col].max() > min(lined):  # nothing above a load with a line to follow
+            return None
+        hi_rows = domain.max_load(X[:, domain.load_columns[1]])
+    else:
+        hi_rows = np.full(len(X), float(domain.hi[u_col]))
+    with np.errstate(invalid="ignore"):
+        above = (X[:, u_col] > hi_rows) & (hi_rows > lo) & np.isfinite(hi_rows)
     if not above.any():
         return None
     from .regressors.fast import distinct_rows
 
     A = np.array(X[above], dtype=float)
     u = A[:, u_col].copy()
+    hi = hi_rows[above]
     A[:, u_col] = hi
     first, inverse = distinct_rows(np.nan_to_num(A, nan=-np.inf))  # NaN padding compared as a value
     at_hi = A[first]

@@ -134,8 +134,13 @@ class Predictor:
         for op, rows in X.items():
             if op in self.families:
                 rows = np.asarray(rows, dtype=float)
-                self.domains[op] = Domain.of(self._columns(op, rows) if rows.shape[1] == len(feature_names(op, self.extra_names))
-                                             else rows)
+                rows = self._columns(op, rows) if rows.shape[1] == len(feature_names(op, self.extra_names)) else rows
+                names = self.feature_names(op)
+                # the highest load profiled per thread count: a loaded CPU on more threads than were profiled loaded
+                # is outside even inside the box
+                cols = ((names.index("utilization"), names.index("threads"))
+                        if "utilization" in names and "threads" in names and rows.shape[1] == len(names) else None)
+                self.domains[op] = Domain.of(rows, load_columns=cols)
 
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]],
                          outside: list[np.ndarray] | None = None) -> list[np.ndarray]:

@@ -223,3 +223,40 @@ def test_utilization_above_the_profiled_load_never_reads_below_the_line_through_
     assert np.all(got >= hi * (1 - 1e-12)) and masks[0].all()  # outside the profiled load, and said so
     mixed = np.vstack([at[0.5][:3], at[0.9][3:]])  # rows within the range are predicted as they are
     np.testing.assert_allclose(np.exp(predictor.predict_log(op, mixed)), np.concatenate([hi[:3], got[3:]]), rtol=1e-9)
+
+
+def test_loads_are_bounded_per_thread_count():
+    """The default space profiles loads on one thread: a loaded row on two threads is outside although every
+    column lies inside the box; the bound survives JSON, and bad bounds are refused."""
+    from latpred.domain import above_profiled_load
+
+    X = np.array([[1.0, 0.0, 1.0], [2.0, 0.5, 1.0], [3.0, 0.0, 2.0]])  # (feature, utilization, threads)
+    d = Domain.of(X, load_columns=(1, 2))
+    assert d.loads == ((1.0, 0.5), (2.0, 0.0))
+    rows = np.array([[2.0, 0.5, 1.0], [2.0, 0.5, 2.0], [2.0, 0.0, 2.0], [2.0, 0.9, 1.0]])
+    assert d.outside(rows).tolist() == [False, True, False, True]
+    assert Domain.of(X).outside(rows).tolist() == [False, False, False, True]  # the box alone
+    again = Domain.from_dict(json.loads(json.dumps(d.to_dict())))
+    assert again.loads == d.loads and again.load_columns == (1, 2)
+    assert again.outside(rows).tolist() == [False, True, False, True]
+    got = above_profiled_load(rows, d, 1)
+    assert got is not None
+    extra, plan = got
+    # only the one-thread row at 0.9 has a line to follow (one thread was profiled at 0 and 0.5); the loaded
+    # two-thread row is outside and guarded, not extrapolated
+    assert plan.above.tolist() == [False, False, False, True] and plan.hi.tolist() == [0.5]
+    assert extra.shape == (4 + 2, 3) and extra[4].tolist() == [2.0, 0.5, 1.0] and extra[5].tolist() == [2.0, 0.0, 1.0]
+    with pytest.raises(SpecError, match="per-thread loads"):
+        Domain(d.lo, d.hi, ((1.0, 0.5),), None)
+    with pytest.raises(SpecError, match="load columns"):
+        Domain(d.lo, d.hi, ((1.0, 0.5),), (1, 1))
+    with pytest.raises(SpecError, match="finite"):
+        Domain(d.lo, d.hi, ((1.0, float("nan")),), (1, 2))
+
+
+def test_predictor_records_the_load_profiled_per_thread_count(predictor):
+    """The synthetic store profiled loads {0, 0.5} on one thread."""
+    dom = predictor.domains[DATA.ops[0]]
+    assert dom.loads == ((1.0, 0.5),)
+    names = predictor.feature_names(DATA.ops[0])
+    assert dom.load_columns == (names.index("utilization"), names.index("threads"))
