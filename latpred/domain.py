@@ -73,6 +73,10 @@ class Domain:
                 raise SpecError(f"per-thread loads must be finite (threads, utilization) pairs, got {self.loads!r}")
             object.__setattr__(self, "loads", loads)
             object.__setattr__(self, "load_columns", cols)
+        # the lowest profiled load with a line to follow (above the lowest utilization), for quick exits
+        lined = [v for _, v in (self.loads or ()) if self.load_columns and v > lo[self.load_columns[0]]]
+        object.__setattr__(self, "_min_lined_load", min(lined) if lined else None)
+        object.__setattr__(self, "_min_load", min(v for _, v in self.loads) if self.loads else None)
 
     @classmethod
     def of(cls, X: np.ndarray, load_columns: tuple[int, int] | None = None) -> Domain:
@@ -117,7 +121,7 @@ class Domain:
             out = ((X < self.lo) | (X > self.hi)).any(axis=1)
             if self.load_columns is not None and len(X):
                 u, t = self.load_columns
-                if X[:, u].max() > min(v for _, v in self.loads):  # type: ignore[union-attr]  (else no row can be above)
+                if X[:, u].max() > self._min_load:  # type: ignore[attr-defined, operator]  (else no row can be above)
                     out |= X[:, u] > self.max_load(X[:, t])
         return out
 
@@ -216,8 +220,8 @@ def above_profiled_load(X: np.ndarray, domain: Domain | None, u_col: int | None)
     if not math.isfinite(lo):
         return None
     if domain.load_columns is not None and domain.load_columns[0] == u_col:
-        lined = [v for _, v in domain.loads if v > lo]  # type: ignore[union-attr]
-        if not lined or not X[:, u_col].max() > min(lined):  # nothing above a load with a line to follow
+        lined = domain._min_lined_load  # type: ignore[attr-defined]
+        if lined is None or not X[:, u_col].max() > lined:  # nothing above a load with a line to follow
             return None
         hi_rows = domain.max_load(X[:, domain.load_columns[1]])
     else:

@@ -189,8 +189,7 @@ class Predictor:
 
     def _utilization_column(self, op: str) -> int | None:
         """Where utilization sits in the columns ``op``'s model reads (None if it reads none)."""
-        names = self.feature_names(op)
-        return names.index("utilization") if "utilization" in names else None
+        return _utilization_index(op, tuple(self.extra_names), tuple(self.schemas.get(op) or ()))
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""
@@ -405,6 +404,13 @@ def _column_index(op: str, extra_names: tuple[str, ...], names: tuple[str, ...])
     """Width of this latpred's full schema of ``op`` and the positions of ``names`` in it."""
     full = feature_names(op, list(extra_names))
     return len(full), np.array([full.index(n) for n in names], dtype=int)
+
+
+@functools.lru_cache(maxsize=256)
+def _utilization_index(op: str, extra_names: tuple[str, ...], schema: tuple[str, ...]) -> int | None:
+    """Position of utilization among ``schema`` (or this latpred's full schema of ``op`` when empty)."""
+    names = list(schema) or feature_names(op, list(extra_names))
+    return names.index("utilization") if "utilization" in names else None
 
 
 def load_predictor(path: str | Path) -> Any:
