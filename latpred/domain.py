@@ -73,10 +73,22 @@ class Domain:
                 raise SpecError(f"per-thread loads must be finite (threads, utilization) pairs, got {self.loads!r}")
             object.__setattr__(self, "loads", loads)
             object.__setattr__(self, "load_columns", cols)
-        # the lowest profiled load with a line to follow (above the lowest utilization), for quick exits
+        # quick exits: the lowest load profiled at any thread count, and the lowest above the lowest utilization
+        # (a load with a line to follow)
         lined = [v for _, v in (self.loads or ()) if self.load_columns and v > lo[self.load_columns[0]]]
-        object.__setattr__(self, "_min_lined_load", min(lined) if lined else None)
-        object.__setattr__(self, "_min_load", min(v for _, v in self.loads) if self.loads else None)
+        object.__setattr__(self, "_lowest_lined", min(lined) if lined else None)
+        object.__setattr__(self, "_lowest_load", min(v for _, v in self.loads) if self.loads else None)
+
+    @property
+    def lowest_load(self) -> float | None:
+        """The lowest of the per-thread highest loads (None without per-thread loads)."""
+        return self._lowest_load  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def lowest_lined_load(self) -> float | None:
+        """The lowest per-thread highest load above the lowest utilization profiled: the least load a row must
+        exceed to be extrapolated (None when no thread count was profiled at two loads)."""
+        return self._lowest_lined  # type: ignore[attr-defined, no-any-return]
 
     @classmethod
     def of(cls, X: np.ndarray, load_columns: tuple[int, int] | None = None) -> Domain:
@@ -98,8 +110,8 @@ class Domain:
         return cls(lo, hi, loads, tuple(load_columns) if loads is not None else None)  # type: ignore[arg-type]
 
     def max_load(self, threads: np.ndarray) -> np.ndarray:
-        """The highest utilization profiled at each of ``threads`` (the box's bound for thread counts never seen,
-        and without per-thread loads)."""
+        """The highest utilization profiled at each of ``threads``: the box's bound for thread counts never seen,
+        infinite without per-thread loads (the box alone bounds utilization then)."""
         threads = np.asarray(threads, dtype=float)
         if self.loads is None or self.load_columns is None:
             return np.full(threads.shape, np.inf)
@@ -121,7 +133,7 @@ class Domain:
             out = ((X < self.lo) | (X > self.hi)).any(axis=1)
             if self.load_columns is not None and len(X):
                 u, t = self.load_columns
-                if X[:, u].max() > self._min_load:  # type: ignore[attr-defined, operator]  (else no row can be above)
+                if X[:, u].max() > self.lowest_load:  # type: ignore[operator]  (else no row can be above)
                     out |= X[:, u] > self.max_load(X[:, t])
         return out
 
@@ -220,7 +232,7 @@ def above_profiled_load(X: np.ndarray, domain: Domain | None, u_col: int | None)
     if not math.isfinite(lo):
         return None
     if domain.load_columns is not None and domain.load_columns[0] == u_col:
-        lined = domain._min_lined_load  # type: ignore[attr-defined]
+        lined = domain.lowest_lined_load
         if lined is None or not X[:, u_col].max() > lined:  # nothing above a load with a line to follow
             return None
         hi_rows = domain.max_load(X[:, domain.load_columns[1]])
