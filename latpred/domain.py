@@ -73,22 +73,21 @@ class Domain:
                 raise SpecError(f"per-thread loads must be finite (threads, utilization) pairs, got {self.loads!r}")
             object.__setattr__(self, "loads", loads)
             object.__setattr__(self, "load_columns", cols)
-        # quick exits: the lowest load profiled at any thread count, and the lowest above the lowest utilization
-        # (a load with a line to follow)
-        lined = [v for _, v in (self.loads or ()) if self.load_columns and v > lo[self.load_columns[0]]]
-        object.__setattr__(self, "_lowest_lined", min(lined) if lined else None)
-        object.__setattr__(self, "_lowest_load", min(v for _, v in self.loads) if self.loads else None)
 
     @property
     def lowest_load(self) -> float | None:
-        """The lowest of the per-thread highest loads (None without per-thread loads)."""
-        return self._lowest_load  # type: ignore[attr-defined, no-any-return]
+        """The lowest of the per-thread highest loads (None without per-thread loads): no row at or below it is
+        above the load its thread count was profiled at."""
+        return min(u for _, u in self.loads) if self.loads else None
 
     @property
     def lowest_lined_load(self) -> float | None:
         """The lowest per-thread highest load above the lowest utilization profiled: the least load a row must
         exceed to be extrapolated (None when no thread count was profiled at two loads)."""
-        return self._lowest_lined  # type: ignore[attr-defined, no-any-return]
+        if not self.loads or self.load_columns is None:
+            return None
+        lined = [u for _, u in self.loads if u > self.lo[self.load_columns[0]]]
+        return min(lined) if lined else None
 
     @classmethod
     def of(cls, X: np.ndarray, load_columns: tuple[int, int] | None = None) -> Domain:

@@ -135,12 +135,11 @@ class Predictor:
             if op in self.families:
                 rows = np.asarray(rows, dtype=float)
                 rows = self._columns(op, rows) if rows.shape[1] == len(feature_names(op, self.extra_names)) else rows
-                names = self.feature_names(op)
                 # the highest load profiled per thread count: a loaded CPU on more threads than were profiled loaded
                 # is outside even inside the box
-                cols = ((names.index("utilization"), names.index("threads"))
-                        if "utilization" in names and "threads" in names and rows.shape[1] == len(names) else None)
-                self.domains[op] = Domain.of(rows, load_columns=cols)
+                u, t = self._runtime_column(op, "utilization"), self._runtime_column(op, "threads")
+                ok = u is not None and t is not None and rows.shape[1] == len(self.feature_names(op))
+                self.domains[op] = Domain.of(rows, load_columns=(u, t) if ok else None)  # type: ignore[arg-type]
 
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]],
                          outside: list[np.ndarray] | None = None) -> list[np.ndarray]:
@@ -158,7 +157,7 @@ class Predictor:
         doms = [self._domain(op, X) for (op, _), X in zip(groups, cols)]
         # rows above the profiled utilization are also predicted at the profiled loads: the line through those is
         # their floor (latpred.domain.above_profiled_load)
-        loads = [above_profiled_load(X, d, self._utilization_column(op)) for (op, _), X, d in zip(groups, cols, doms)]
+        loads = [above_profiled_load(X, d, self._runtime_column(op, "utilization")) for (op, _), X, d in zip(groups, cols, doms)]
         rows = [X if a is None else a[0] for X, a in zip(cols, loads)]
         raw: list[np.ndarray | None] = [None] * len(groups)
         medn = [i for i, (op, _) in enumerate(groups) if self.families[op] == "medn"]
@@ -187,9 +186,10 @@ class Predictor:
             outside.extend(m if a is None else a[1].mask(m) for m, a in zip(masks, loads))
         return [y if a is None else a[1].combine(y) for y, a in zip(ys, loads)]
 
-    def _utilization_column(self, op: str) -> int | None:
-        """Where utilization sits in the columns ``op``'s model reads (None if it reads none)."""
-        return _utilization_index(op, tuple(self.extra_names), tuple(self.schemas.get(op) or ()))
+    def _runtime_column(self, op: str, name: str) -> int | None:
+        """Where runtime column ``name`` (``utilization``, ``threads``) sits in the columns ``op``'s model reads (None
+        if it reads none)."""
+        return _column_position(op, tuple(self.extra_names), tuple(self.schemas.get(op) or ()), name)
 
     def predict(self, specs: Sequence[ModuleSpec]) -> np.ndarray:
         """Predicted latency (ms) of each spec; mixed op types are grouped, one call per type."""
@@ -407,10 +407,10 @@ def _column_index(op: str, extra_names: tuple[str, ...], names: tuple[str, ...])
 
 
 @functools.lru_cache(maxsize=256)
-def _utilization_index(op: str, extra_names: tuple[str, ...], schema: tuple[str, ...]) -> int | None:
-    """Position of utilization among ``schema`` (or this latpred's full schema of ``op`` when empty)."""
+def _column_position(op: str, extra_names: tuple[str, ...], schema: tuple[str, ...], name: str) -> int | None:
+    """Position of column ``name`` among ``schema`` (or this latpred's full schema of ``op`` when empty)."""
     names = list(schema) or feature_names(op, list(extra_names))
-    return names.index("utilization") if "utilization" in names else None
+    return names.index(name) if name in names else None
 
 
 def load_predictor(path: str | Path) -> Any:

@@ -187,7 +187,7 @@ def test_blas_runs_on_one_thread_while_predicting_or_measuring_and_is_restored_a
 
 def test_a_model_that_reads_faster_above_the_profiled_load_is_held_on_the_line(predictor, monkeypatch):
     op = DATA.ops[0]
-    uc = predictor._utilization_column(op)
+    uc = predictor._runtime_column(op, "utilization")
     # an op model whose extrapolation falls: 1 ms at load 0, 1.5 ms at 0.5, 0.1 ms above
     monkeypatch.setattr(predictor, "_raw_log", lambda o, X: np.where(X[:, uc] > 0.5, np.log(0.1), np.log1p(X[:, uc])))
     monkeypatch.setattr(predictor, "generic", None)  # no guard: the op model's numbers as they are

@@ -289,6 +289,7 @@ class _Builder:
                 self.readers[t] = self.readers.get(t, 0) + 1
         for v in self.graph.output:
             self.readers[v.name] = self.readers.get(v.name, 0) + 1
+        self.input_names = {v.name for v in inputs}  # an activation never writes into the caller's input
         self.shapes, self.shapes2, self.b, self.dtype, self.where = shapes, shapes2, b, dtype, where
         self.cls: dict[str, str] = {}
         self.values = dict(values)
@@ -536,7 +537,7 @@ class _Builder:
             fn = _ACTIVATIONS.get(op) or self._clip_fn(node, a)
             c, h, w = fold_chw(self.need(i[0]))
             inplace = (self.inplace_activations and fn in _INPLACE_FNS and self.readers.get(i[0]) == 1
-                       and i[0] not in {v.name for v in self.inputs})
+                       and i[0] not in self.input_names)
             return "activation", {"fn": fn, "channels": c, "h": h, "w": w, "inplace": inplace}
         if op in _BINARY:
             return self._binary(node, _BINARY[op])

@@ -439,12 +439,11 @@ def fast_predict(model: Any, X: np.ndarray, condition_tail: int = 0) -> np.ndarr
                    if len(X) * len(model.estimators_) > _FLAT_FOREST_MAX else None)
         return _forest(model, X) if classes is None else _forest(model, X[classes[0]])[classes[1]]
     if isinstance(model, HistGradientBoostingRegressor) and _hgb_ok(model):
-        if len(X) * len(model._predictors) > _FLAT_FOREST_MAX:
-            classes = _split_classes(model, X, model._predictors)
-            if classes is not None:
-                return fast_predict(model, X[classes[0]])[classes[1]]
-            return np.asarray(model.predict(X), dtype=np.float64)
-        return _hgb(model, X)
+        n_trees = len(model._predictors)
+        classes = _split_classes(model, X, model._predictors) if len(X) * n_trees > _FLAT_FOREST_MAX else None
+        rows = X if classes is None else X[classes[0]]
+        y = _hgb(model, rows) if len(rows) * n_trees <= _FLAT_FOREST_MAX else np.asarray(model.predict(rows), dtype=np.float64)
+        return y if classes is None else y[classes[1]]
     if isinstance(model, GaussianProcessRegressor) and getattr(model, "alpha_", None) is not None:
         return _gp(model, X, condition_tail)
     if isinstance(model, SVR) and model.kernel == "rbf" and not getattr(model, "_sparse", False) and hasattr(model, "_gamma"):

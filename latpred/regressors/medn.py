@@ -52,10 +52,10 @@ def _tasks(tasks: Any, n: int) -> np.ndarray:
     return t.astype(np.int64)
 
 
-#: what a file written before an option existed was trained with (its params do not name the option)
 #: rows per network call in :meth:`MEDNRegressor.predict` (activations of a chunk stay in the caches)
 _CHUNK = 16384
 
+#: what a file written before an option existed was trained with (its params do not name the option)
 _LEGACY = {"head_dim": 32, "loss_space": "standardised", "huber_delta": None, "linear_skip": False, "lr_decay": None}
 
 
@@ -254,9 +254,9 @@ class MEDNRegressor(RegressorMixin, BaseEstimator):
             module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.state_.items()})
             module.eval()
             with torch.no_grad():  # per-task head parameters, indexed once (tensor indexing costs ~10 us a call)
-                module.heads = [(module.b1[k].detach(), module.w1[k].detach(), module.w2[k].detach(), float(module.b2[k]))
+                module.heads = [(module.b1[k].detach(), module.w1[k].detach(), module.w2[k].detach())
                                 for k in range(self.n_tasks_)]
-                module.head_bias = module.b2.detach().numpy().astype(np.float64)
+                module.head_bias = module.b2.detach().numpy().astype(np.float64)  # per task, added by gather
             self.module_ = module
         return module
 
@@ -325,7 +325,6 @@ class MEDNRegressor(RegressorMixin, BaseEstimator):
                     y[a:b] += torch.mv(Zt[a:b, :d], skip[k])
             pred = y.numpy().astype(np.float64)
         return (pred + net.head_bias[t]) * self.y_std_[t] + self.y_mean_[t]
-
 
     # -- persistence (no pickle) -------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
