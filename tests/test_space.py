@@ -55,10 +55,28 @@ def test_grid_strategy_enumerates_product():
 
 
 def test_variants_and_references():
-    data = {**BASE, "ops": {"conv2d": {"in_channels": [8, 16], "out_channels": 32, "kernel_size": 3, "h": 7,
-                                       "variants": {"dw": {"weight": 1, "groups": "depthwise", "out_channels": "@in_channels"}}}}}
+    data = {**BASE, "samples": 12,
+            "ops": {"conv2d": {"in_channels": [8, 16, 24, 32], "out_channels": 32, "kernel_size": 3, "h": [7, 14],
+                               "variants": {"dense": {"weight": 1},
+                                            "dw": {"weight": 1, "groups": "depthwise", "out_channels": "@in_channels"}}}}}
     specs = ParameterSpace.from_dict(data).specs()
-    assert specs and all(s.params["groups"] == s.params["in_channels"] == s.params["out_channels"] for s in specs)
+    dw = [s for s in specs if s.params["groups"] > 1]
+    dense = [s for s in specs if s.params["groups"] == 1]
+    assert dw and all(s.params["groups"] == s.params["in_channels"] == s.params["out_channels"] for s in dw)
+    assert dense and all(s.params["out_channels"] == 32 for s in dense)
+
+
+@pytest.mark.parametrize("where", ["op", "runtime"])
+def test_a_lone_variant_is_an_error(where):
+    # variants partition the draws, so a lone one would silently replace the base table (the default
+    # space drew no linear layer with tokens for that reason until 2026-12-05)
+    lone = {"only": {"weight": 0.3, "tokens": 1}} if where == "op" else {"only": {"weight": 2, "threads": 1}}
+    op = {"in_features": 64, "out_features": 32, "tokens": [1, 197]}
+    data = {**BASE, "ops": {"linear": {**op, "variants": lone} if where == "op" else op}}
+    if where == "runtime":
+        data["runtime"] = {**data.get("runtime", {}), "variants": lone}
+    with pytest.raises(SpaceError, match=r"one variant \('only'\).*base"):
+        ParameterSpace.from_dict(data)
 
 
 def test_toml_roundtrip(tmp_path):
@@ -184,6 +202,6 @@ def test_runtime_variants_tie_conditions_together():
     conds = {(x.batch_size, x.utilization, x.threads) for x in grid.specs()}
     assert conds == {(b, 0.0, t) for b in (1, 2) for t in (1, 2)} | {(b, 0.5, 1) for b in (1, 2)}
     with pytest.raises(SpaceError, match=r"runtime.variants.loaded.utilization: 2"):
-        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"loaded": {"utilization": 2}}}})
+        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"idle": {}, "loaded": {"utilization": 2}}}})
     with pytest.raises(SpaceError, match="unknown key"):
-        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"x": {"bandwidth": 1}}}})
+        ParameterSpace.from_dict({**data, "runtime": {**data["runtime"], "variants": {"idle": {}, "x": {"bandwidth": 1}}}})

@@ -278,6 +278,7 @@ class ParameterSpace:
                 raise SpaceError(f"{where}.weight must be a positive number, got {weight!r}")
             over = {k: Dist.parse(v, f"{where}.{k}", _RUNTIME_KIND[k] == "int") for k, v in vbody.items() if k != "weight"}
             variants.append((vname, float(weight), over))
+        _check_not_lone(variants, "runtime")
         space = cls(sname, ops, runtime, extra, seed, strategy, source=data, runtime_variants=tuple(variants))
         space.validate()
         return space
@@ -518,6 +519,21 @@ def _check_runtime(key: str, v: Any, prefix: str = "runtime") -> None:
         raise SpaceError(f"{where}: unknown dtype {v!r}; expected one of {sorted(DTYPES)}")
 
 
+def _check_not_lone(variants: list[tuple[str, float, Any]], where: str) -> None:
+    """Variants partition the draws: the base table is never drawn as such, only inherited.
+
+    So one variant alone takes every draw and its weight means nothing, which is never what a
+    space author wants (the default space drew no linear layer with tokens for that reason).
+    """
+    if len(variants) == 1:
+        name = variants[0][0]
+        raise SpaceError(
+            f"{where}.variants has one variant ({name!r}): variants partition the draws and the base table "
+            f"is only inherited, so every spec would be drawn from {name!r} and its weight would mean "
+            f"nothing; add a second variant for the base draws (e.g. [{where}.variants.base] with a "
+            f"weight) or move {name!r}'s values into [{where}]")
+
+
 def _parse_op(op_name: str, body: Mapping[str, Any], default_n: int) -> OpSpace:
     where = f"ops.{op_name}"
     op = get_op(op_name)
@@ -545,6 +561,7 @@ def _parse_op(op_name: str, body: Mapping[str, Any], default_n: int) -> OpSpace:
             raise SpaceError(f"{where}.variants.{vname}.weight must be a positive number, got {weight!r}")
         over = parse_params({k: v for k, v in vbody.items() if k != "weight"}, f"{where}.variants.{vname}")
         variants.append((vname, float(weight), over))
+    _check_not_lone(variants, where)
     missing = [p.name for p in op.params if p.required and p.name not in params
                and not (variants and all(p.name in over for _, _, over in variants))]
     if missing:
