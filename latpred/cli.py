@@ -99,7 +99,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
                              on_state_check=None if args.json else lambda line: print(line, flush=True))
     finally:
         device.close()
-    _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)}, report.summary())
+    # the state check's line was printed as it came (before the measurements), so not again here
+    _emit(args, {**report.__dict__, "samples_per_s": report.samples_per_s, "db": str(args.db)},
+          report.summary(state_check=False))
     return 0
 
 

@@ -73,6 +73,7 @@ def test_cli_check_on_the_real_cpu(tmp_path, capsys):
     assert main(args + ["--seed", "2", "--check-state", "3"]) == 0
     out = capsys.readouterr().out
     assert "state check: 3 stored specs re-measured once" in out and "unloaded x" in out
+    assert out.count("state check:") == 1  # printed as it comes, not again in the summary
     assert main(["db", "info", db]) == 0
     assert "state check: 3 stored specs" in capsys.readouterr().out
     assert main(["db", "info", db, "--json"]) == 0

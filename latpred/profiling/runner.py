@@ -44,12 +44,13 @@ class ProfileReport:
         """New specs completed per second (all passes of a spec count once)."""
         return (self.measured + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def summary(self) -> str:
+    def summary(self, state_check: bool = True) -> str:
+        """One line (with the state check's line(s) first, unless ``state_check`` is false: shown already)."""
         resumed = f", {self.continued} resumed with their remaining passes" if self.continued else ""
         line = (f"run {self.run_id}: {self.measured} new specs measured{resumed}, {self.failed} failed, {self.already_done} "
                 f"complete in the store before (of {self.planned} in the space); {self.measurements} measurements "
                 f"in {self.elapsed_s:.1f} s ({self.samples_per_s:.2f} specs/s) - {self.status}")
-        return line if self.state_check is None else format_state_check(self.state_check) + "\n" + line
+        return line if self.state_check is None or not state_check else format_state_check(self.state_check) + "\n" + line
 
 
 def order_for_measurement(specs: list[ModuleSpec]) -> list[ModuleSpec]:
