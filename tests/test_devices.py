@@ -37,8 +37,35 @@ def test_protocol_windows_fill_the_window_and_cap_slow_calls():
     assert n == 1 and len(slow) == 3 and len(calls) == 4 and all(t >= 12.0 for t in slow)
 
 
+def test_warm_up_goes_on_while_calls_page_fault(monkeypatch):
+    """A call that still page-faults is not steady (its heap is growing): it is warm-up, not a window."""
+    import latpred.profiling.devices as devices
+
+    faults = {"total": 0}
+    monkeypatch.setattr(devices, "_page_faults", lambda: faults["total"])
+    calls = []
+
+    def call(fault_calls: int) -> None:
+        calls.append(1)
+        if len(calls) <= fault_calls:
+            faults["total"] += 100_000  # ~400 MiB of fresh pages
+        time.sleep(0.012)
+
+    protocol = TimingProtocol(warmup_ms=1, window_ms=5, repeats=3, min_repeats=3)
+    slow, n = protocol.time(lambda: call(4))
+    # 4 faulting calls + 1 steady warm-up call (kept as the first window) + 2 windows
+    assert n == 1 and len(slow) == 3 and len(calls) == 7
+    calls.clear()
+    slow, n = protocol.time(lambda: call(10 ** 6))  # never steady: warm-up stops at max_warmup_calls
+    assert len(calls) == protocol.max_warmup_calls + 2
+    calls.clear()
+    slow, n = TimingProtocol(warmup_ms=1, window_ms=5, repeats=3, min_repeats=3, steady_faults=10 ** 6).time(
+        lambda: call(4))  # a tolerance above the faults: the old two-call warm-up
+    assert len(calls) == 4
+
+
 @pytest.mark.parametrize("bad", [dict(window_ms=0), dict(repeats=2, min_repeats=3), dict(statistic="x"),
-                                 dict(settle_s=-1)])
+                                 dict(settle_s=-1), dict(steady_faults=-1), dict(max_warmup_calls=1)])
 def test_protocol_validation(bad):
     with pytest.raises(SpecError):
         TimingProtocol(**bad)

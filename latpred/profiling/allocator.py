@@ -15,8 +15,12 @@ the host), depends on what the process ran before:
 
 A latency that depends on the history of the process cannot be profiled, predicted or validated. The
 *reuse* mode (:data:`REUSE`, what :class:`~latpred.profiling.devices.CpuDevice` pins by default) sets
-``M_MMAP_MAX = 0`` (never map a block on its own), a trim threshold of 1 GiB and a top pad of 256 MiB, so
-that after its first call a model or op runs out of memory the process already holds, every time. This is
+``M_MMAP_MAX = 0`` (never map a block on its own), no automatic trimming of the heap top (``M_TRIM_THRESHOLD
+= -1``) and a top pad of 256 MiB, so that once a model or op has run its first calls it runs out of memory
+the process already holds, every time. (Until 2026-12-05 the trim threshold was 1 GiB: vgg16 at batch 32
+freed more than that at the heap top on every call, gave it back, and faulted 260,000-411,000 pages back in
+on the next call, 8.6-13.0 s a call against 6.5-6.8 s with no trimming; densenet121 at batch 32 needed
+three calls to stop faulting.) This is
 the steady state of a long-running inference server with a caching allocator (jemalloc or tcmalloc, as
 PyTorch's CPU performance guide recommends). The price would be a process that keeps every heap page it
 ever touched: a profiling run over 1,600 large specs grew to 24 GiB and was killed. So a CPU device calls
@@ -49,7 +53,7 @@ ALLOCATOR_MODES = (REUSE, SYSTEM)
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_MAX = -4
-_TRIM_THRESHOLD = 1 << 30
+_TRIM_THRESHOLD = -1  # glibc: never trim the heap top on free (release_free_memory trims between measurements)
 _TOP_PAD = 256 << 20
 
 _pinned: str = SYSTEM
