@@ -76,15 +76,16 @@ def test_tracing_records_which_calls_write_in_place():
 
 
 def test_inplace_skips_the_large_output_allocation():
-    # 8 x 96 x 112 x 112 floats = 37 MiB: above glibc's mmap threshold, an out-of-place ReLU maps and
-    # page-faults a fresh output on every call (measured ~19x slower than in place on the 2-core CPU)
+    # 8 x 96 x 112 x 112 floats = 37 MiB. With glibc's defaults an out-of-place ReLU maps and page-faults a
+    # fresh output on every call (~19x slower than in place on the 2-core CPU); with the device's reuse pin
+    # it reuses its output buffer and still moves twice the memory: 3.8 against 1.8 ms (2026-12-05, cpu2-avx2)
     dev = CpuDevice(TimingProtocol(repeats=3, min_repeats=3, reference_calls=0), threads=1)
     try:
         out_of_place = dev.measure(_act("relu", False, batch=8, channels=96, h=112)).latency_ms
         in_place = dev.measure(_act("relu", True, batch=8, channels=96, h=112)).latency_ms
     finally:
         dev.close()
-    assert in_place < 0.5 * out_of_place
+    assert in_place < 0.7 * out_of_place  # the same op run out of place would read ~1.0
 
 
 def test_training_without_inplace_samples_ignores_the_column():
