@@ -94,12 +94,10 @@ class TimingProtocol:
                 raise SpecError(f"unknown {name} {getattr(self, name)!r}; expected one of {STATISTICS}")
         if self.settle_s < 0:
             raise SpecError("TimingProtocol.settle_s must be >= 0")
-        if isinstance(self.reference_calls, bool) or not isinstance(self.reference_calls, int) or self.reference_calls < 0:
-            raise SpecError(f"TimingProtocol.reference_calls must be an integer >= 0, got {self.reference_calls!r}")
-        if isinstance(self.steady_faults, bool) or not isinstance(self.steady_faults, int) or self.steady_faults < 0:
-            raise SpecError(f"TimingProtocol.steady_faults must be an integer >= 0, got {self.steady_faults!r}")
-        if isinstance(self.max_warmup_calls, bool) or not isinstance(self.max_warmup_calls, int) or self.max_warmup_calls < 2:
-            raise SpecError(f"TimingProtocol.max_warmup_calls must be an integer >= 2, got {self.max_warmup_calls!r}")
+        for name, least in (("reference_calls", 0), ("steady_faults", 0), ("max_warmup_calls", 2)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise SpecError(f"TimingProtocol.{name} must be an integer >= {least}, got {v!r}")
 
     def statistic_for(self, spec: ModuleSpec) -> str:
         """The statistic that reduces ``spec``'s windows (unloaded vs under background load)."""
