@@ -9,7 +9,8 @@ import numpy as np
 
 __all__ = ["plot_fit", "plot_layers", "plot_pareto", "plot_graph_cut", "plot_predicted_vs_measured", "save_figure"]
 
-_CLASS_COLORS = {"conv": "tab:blue", "dwconv": "tab:cyan", "gemm": "tab:orange", "memory": "tab:green", "generic": "tab:red"}
+_CLASS_COLORS = {"conv": "tab:blue", "dwconv": "tab:cyan", "gemm": "tab:orange", "memory": "tab:green", "maxpool": "tab:olive",
+                 "generic": "tab:red"}
 
 
 def save_figure(fig: Any, path: Any, dpi: int = 110) -> None:

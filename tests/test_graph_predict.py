@@ -74,31 +74,35 @@ def test_no_generic_fallback_is_a_clear_error(predictor, graph):
         bare.predict_graph(graph)
 
 
-def _with_dwconv(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """Rows laid out with the four classes of before (conv, gemm, memory, generic, ...): a dwconv column inserted."""
-    return np.insert(a, CLASSES.index("dwconv"), fill, axis=1)
+def _with_later_classes(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Rows laid out with the four classes of before (conv, gemm, memory, generic, ...): the dwconv and maxpool
+    columns inserted."""
+    a = np.insert(a, CLASSES.index("dwconv"), fill, axis=1)
+    return np.insert(a, CLASSES.index("maxpool"), fill, axis=1)
 
 
 def test_composition_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     F = np.column_stack([rng.uniform(0, 50, 60), rng.uniform(0, 15, 60), rng.uniform(0, 20, 60), rng.uniform(0, 10, 60),
-                         np.zeros(60), rng.integers(10, 300, 60), rng.integers(0, 100, 60), rng.uniform(1, 300, 60),
-                         rng.uniform(1, 500, 60)])
+                         rng.uniform(0, 8, 60), np.zeros(60), rng.integers(10, 300, 60), rng.integers(0, 100, 60),
+                         rng.uniform(1, 300, 60), rng.uniform(1, 500, 60)])
     u = np.where(np.arange(60) % 2, 0.5, 0.0)
-    # columns: conv, dwconv, gemm, memory, generic, compute nodes, view nodes (fitted as 0 by design), weight MiB, act MiB
-    true = {0: [1.2, 0.7, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 0.9, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03]}
+    # columns: conv, dwconv, gemm, memory, maxpool, generic, compute nodes, view nodes (fitted as 0 by design), weight
+    # MiB, act MiB
+    true = {0: [1.2, 0.7, 1.1, 1.6, 0.8, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 0.9, 1.3, 2.0, 0.7, 1.0, 0.04, 0.0, 0.15, 0.03]}
     y = np.array([F[i] @ np.array(true[int(u[i] > 0)]) for i in range(60)])
     comp = Composition.fit(F, y, u, shrink=0.0)  # plain NNLS: exact on exact data
     assert comp.calibrated and comp.info["fit_mape"] < 1e-6
+    g = CLASSES.index("generic")
     for r, want in zip(("unloaded", "loaded"), (true[0], true[1])):
-        assert comp.coef[r][:4] == pytest.approx(want[:4], rel=1e-6)
-        assert comp.coef[r][5:] == pytest.approx(want[5:], rel=1e-6)
-        assert comp.coef[r][4] == 1.0  # no generic nodes in the rows: keeps scale 1
+        assert comp.coef[r][:g] == pytest.approx(want[:g], rel=1e-6)
+        assert comp.coef[r][g + 1:] == pytest.approx(want[g + 1:], rel=1e-6)
+        assert comp.coef[r][g] == 1.0  # no generic nodes in the rows: keeps scale 1
     assert comp.coef["single_thread"] == comp.coef["unloaded"]  # no single-thread rows: borrows unloaded's
     back = Composition.from_dict(comp.to_dict())
     assert back.coef == comp.coef
     with pytest.raises(SpecError, match="non-negative"):
-        Composition({"unloaded": [1.0] * 9, "loaded": [-1.0] * 9})
+        Composition({"unloaded": [1.0] * len(FEATURES), "loaded": [-1.0] * len(FEATURES)})
     # a file written before the single-thread regime loads with unloaded's coefficients for it
     old = comp.to_dict()
     del old["coef"]["single_thread"]
@@ -116,13 +120,37 @@ def test_grouped_convolutions_have_their_own_class_and_old_files_keep_their_pred
           "coef": {r: [1.3, 0.8, 0.3, 1.0, 0.01, 0.0, 0.02, 0.05] for r in ("unloaded", "loaded", "single_thread")},
           "calibrated": True, "weight_cache_mib": 32.0, "info": {}}
     comp = Composition.from_dict(v1)
-    assert comp.coef["unloaded"][:5] == [1.3, 1.3, 0.8, 0.3, 1.0] and comp.weight_cache_mib == 32.0
+    assert comp.coef["unloaded"][:len(CLASSES)] == [1.3, 1.3, 0.8, 0.3, 0.3, 1.0] and comp.weight_cache_mib == 32.0
     iso = np.array([[2.0, 3.0]])
     out = comp.apply(iso, np.array([CLASSES.index("conv"), CLASSES.index("dwconv")]), np.array([True, True]),
                      np.zeros(2, dtype=bool), np.zeros(1))
     assert out[0] == pytest.approx([2.0 * 1.3 + 0.01, 3.0 * 1.3 + 0.01])
     with pytest.raises(SpecError, match="recalibrate"):
         Composition.from_dict({**v1, "classes": ["conv", "gemm"]})
+
+
+def test_max_pools_have_their_own_class_and_older_files_keep_their_predictions():
+    """Max-pooling composes apart from the memory class (its in-context speed-up is data-dependent); a composition
+    written with the five classes of before (no maxpool) loads with maxpool = memory and its flags kept."""
+    assert node_class("maxpool2d") == "maxpool" and node_class("avgpool2d") == node_class("adaptive_avgpool2d") == "memory"
+    v2 = {"classes": ["conv", "dwconv", "gemm", "memory", "generic"],
+          "features": ["conv", "dwconv", "gemm", "memory", "generic", "compute_nodes", "view_nodes", "param_mib",
+                       "activation_mib"],
+          "coef": {r: [1.3, 0.9, 0.8, 1.1, 1.0, 0.01, 0.0, 0.02, 0.05] for r in ("unloaded", "loaded", "single_thread")},
+          "calibrated": True, "weight_cache_mib": 32.0, "activation_cap_mib": 0.5, "inplace_free": True,
+          "streamed_weights_free": True, "info": {}}
+    comp = Composition.from_dict(v2)
+    assert comp.coef["loaded"] == [1.3, 0.9, 0.8, 1.1, 1.1, 1.0, 0.01, 0.0, 0.02, 0.05]
+    assert comp.inplace_free and comp.streamed_weights_free and comp.activation_cap_mib == 0.5
+    iso = np.array([[2.0, 3.0]])
+    out = comp.apply(iso, np.array([CLASSES.index("memory"), CLASSES.index("maxpool")]), np.array([True, True]),
+                     np.zeros(2, dtype=bool), np.zeros(1))
+    assert out[0] == pytest.approx([2.0 * 1.1 + 0.01, 3.0 * 1.1 + 0.01])
+    again = Composition.from_dict(comp.to_dict())  # written back with six classes
+    assert again.to_dict()["classes"] == list(CLASSES) and again.coef == comp.coef
+    with pytest.raises(SpecError, match="recalibrate"):  # a class this latpred does not know
+        Composition.from_dict({**v2, "classes": ["conv", "dwconv", "gemm", "memory", "pool"],
+                               "features": ["conv", "dwconv", "gemm", "memory", "pool", *FEATURES[len(CLASSES):]]})
 
 
 def test_weight_cache_caps_each_nodes_cold_weight_cost():
@@ -243,7 +271,7 @@ def test_composition_shrink_keeps_a_barely_present_class_near_one():
     well-determined conv scale towards 1 without crossing it, and fits the rows nearly as well."""
     rng = np.random.default_rng(3)
     n = 16
-    F = _with_dwconv(np.column_stack([rng.uniform(5, 50, n), rng.uniform(0.001, 0.02, n), rng.uniform(1, 10, n), np.zeros(n),
+    F = _with_later_classes(np.column_stack([rng.uniform(5, 50, n), rng.uniform(0.001, 0.02, n), rng.uniform(1, 10, n), np.zeros(n),
                                       rng.integers(10, 100, n), np.zeros(n), rng.uniform(1, 20, n), rng.uniform(1, 20, n)]))
     conv, gemm, memory = CLASSES.index("conv"), CLASSES.index("gemm"), CLASSES.index("memory")
     y = (F[:, conv] * 1.2 + F[:, memory] * 0.9 + F[:, FEATURES.index("compute_nodes")] * 0.01) * rng.uniform(0.93, 1.07, n)
@@ -269,12 +297,12 @@ def test_composition_single_thread_regime():
     assert regime(u, t, 1).tolist() == [0, 0, 0, 1, 0]
     assert regime(u).tolist() == [0, 0, 0, 1, 0]
     rng = np.random.default_rng(1)
-    F = _with_dwconv(np.column_stack([rng.uniform(1, 50, 90), rng.uniform(0, 20, 90), rng.uniform(0, 10, 90), np.zeros(90),
+    F = _with_later_classes(np.column_stack([rng.uniform(1, 50, 90), rng.uniform(0, 20, 90), rng.uniform(0, 10, 90), np.zeros(90),
                                       rng.integers(10, 300, 90), np.zeros(90), rng.uniform(1, 300, 90), rng.uniform(1, 500, 90)]))
     reg = np.arange(90) % 3  # unloaded, loaded, single-thread rows
     u = np.where(reg == 1, 0.5, 0.0)
     threads = [1 if r == 2 else (1 if r == 1 else None) for r in reg]
-    true = _with_dwconv(np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
+    true = _with_later_classes(np.array([[1.2, 1.1, 1.6, 1.0, 0.02, 0.0, 0.1, 0.02], [1.5, 1.3, 2.0, 1.0, 0.04, 0.0, 0.15, 0.03],
                                   [1.9, 1.0, 1.3, 1.0, 0.01, 0.0, 0.2, 0.05]]), fill=1.0)
     y = (F * true[reg]).sum(axis=1)
     comp = Composition.fit(F, y, u, threads=threads, default_threads=2, shrink=0.0)
@@ -341,9 +369,9 @@ def test_random_vits_keep_real_token_counts_and_old_cases_keep_their_generator()
                              "features": [], "gflops": 0.1, "model": ""})
     assert old.generator == 1 and old.group == "random3"
     new = CalibrationCase(3, 1, 0.0, None, 1.0, [], 0.1, generator=RANDOM_NETWORK_VERSION)
-    assert new.group == "random3v3" and CalibrationCase(**new.to_dict()) == new
+    assert new.group == f"random3v{RANDOM_NETWORK_VERSION}" and CalibrationCase(**new.to_dict()) == new
     with pytest.raises(SpecError, match="generator version"):
-        random_network(0, 4)
+        random_network(0, RANDOM_NETWORK_VERSION + 1)
 
 
 def test_version_3_networks_are_version_2_with_in_place_activations():
@@ -367,6 +395,28 @@ def test_version_3_networks_are_version_2_with_in_place_activations():
         with torch.no_grad():  # in place is safe where the generator puts it: same outputs
             torch.testing.assert_close(m3(x), m2(x))
     assert both >= 3  # networks mix in-place and out-of-place activations
+
+
+def test_version_4_networks_put_max_pools_deep_in_the_network():
+    """Version 4 adds inception blocks (stride-1 max-pool branches, stride-2 max-pool transitions) for the maxpool
+    composition class; earlier versions never draw them, so stored cases re-trace to the networks they measured."""
+    from latpred.graph.calibrate import _Inception
+
+    deep, nets = 0, 0
+    for seed in range(16):
+        m4, shape = random_network(seed, 4)
+        assert not any(isinstance(b, _Inception) for b in random_network(seed, 3)[0].modules())
+        blocks = [b for b in m4.modules() if isinstance(b, _Inception)]
+        if not blocks:
+            continue
+        nets += 1
+        g = trace(m4, torch.randn(1, *shape))
+        pools = [n for n in g.nodes if n.spec is not None and n.spec.op == "maxpool2d"]
+        assert sum(n.spec.params["stride"] == 1 for n in pools) >= len(blocks)
+        first_conv = min(i for i, n in enumerate(g.nodes) if n.spec is not None and n.spec.op == "conv2d")
+        deep += any(g.nodes.index(n) > first_conv + 3 for n in pools)  # past the stem's conv, norm and activation
+        assert node_class("maxpool2d") == "maxpool" and g.coverage().node_share > 0.9
+    assert nets >= 4 and deep == nets
 
 
 def test_calibration_conditions_cover_each_batch_size_in_every_regime():

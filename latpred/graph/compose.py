@@ -13,7 +13,10 @@ is linear and per node, so node latencies stay additive (the partitioner sums th
 with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
 FLOPs per byte, so alone and in a model they run at different speeds from dense ones), ``gemm``
 (linear, matmul, attention, embedding), ``memory``
-(element-wise, normalisation, pooling, concatenation, layout copies) and ``generic`` (fallback
+(element-wise, normalisation, average pooling, concatenation, layout copies), ``maxpool`` (max-pooling: its
+compare-and-branch loop runs 0.71-0.84x as long on a model's spatially correlated activations as on the profiler's
+random inputs, measured on googlenet's at batch 8 on the dev VM; in context 0.55-0.88x isolated across the zoo's
+max-pools, average pools 1.03-1.07x; see docs/benchmarks.md) and ``generic`` (fallback
 nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
 but fitted as 0, see :meth:`Composition.fit`), and a cost per MiB of
 weights and of output activations (in a model, weights are read cold once per inference and
@@ -61,11 +64,12 @@ from ..errors import SpecError
 
 __all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES", "DEFAULT_SHRINK", "cold_weights"]
 
-CLASSES = ("conv", "dwconv", "gemm", "memory", "generic")
-#: the classes of compositions written before ``dwconv`` existed (loaded with dwconv = conv: same predictions)
-_CLASSES_V1 = ("conv", "gemm", "memory", "generic")
+CLASSES = ("conv", "dwconv", "gemm", "memory", "maxpool", "generic")
+#: a class added later takes, in a composition written before it, the scale of the class that held its nodes then
+#: (``dwconv`` from 2026-12-01, ``maxpool`` from 2026-12-05): the same predictions as when it was written
+_INHERITS = {"dwconv": "conv", "maxpool": "memory"}
 _CLASS_OF = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "gemm", "matmul": "gemm", "sdpa": "gemm",
-             "mha": "gemm", "embedding": "gemm"}
+             "mha": "gemm", "embedding": "gemm", "maxpool2d": "maxpool"}
 #: conditions the composition is fitted for separately
 REGIMES = ("unloaded", "loaded", "single_thread")
 #: regression features of a model: isolated ms per class, node counts, weight and activation MiB of compute nodes
@@ -264,15 +268,14 @@ class Composition:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
         classes = list(d.get("classes", []))
-        if classes == list(_CLASSES_V1) and list(d.get("features", [])) == [*_CLASSES_V1, *FEATURES[_K:]]:
-            # written before the dwconv class: grouped convolutions keep the conv scale (identical predictions)
-            coef = {r: [float(c[0]), *map(float, c)] for r, c in dict(d["coef"]).items() if r in REGIMES}
-            return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
-                       False, False)
-        if classes != list(CLASSES) or list(d.get("features", [])) != list(FEATURES):
+        if list(d.get("features", [])) != [*classes, *FEATURES[_K:]] or not set(classes) <= set(CLASSES) or any(
+                c not in classes and _INHERITS.get(c) not in classes for c in CLASSES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
-        coef = {r: list(map(float, c)) for r, c in dict(d["coef"]).items() if r in REGIMES}
+        # written before a class existed (dwconv, maxpool): its nodes keep the scale of the class that held them
+        source = [classes.index(c if c in classes else _INHERITS[c]) for c in CLASSES]
+        coef = {r: [float(c[i]) for i in source] + list(map(float, c[len(classes):]))
+                for r, c in dict(d["coef"]).items() if r in REGIMES}
         inplace_free = d.get("inplace_free", False)
         streamed = d.get("streamed_weights_free", False)
         for name, flag in (("inplace_free", inplace_free), ("streamed_weights_free", streamed)):
