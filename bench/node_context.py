@@ -32,7 +32,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from latpred import trace  # noqa: E402
 from latpred.graph.calibrate import random_network  # noqa: E402
-from latpred.graph.compose import CLASSES, node_class, node_groups  # noqa: E402
+from latpred.graph.compose import CLASSES, node_classes  # noqa: E402
 from latpred.graph.models import load_model  # noqa: E402
 from latpred.graph.node_timing import node_ratio_summary, time_in_context  # noqa: E402
 from latpred.graph.predict import predict_graph  # noqa: E402
@@ -67,10 +67,11 @@ def _model_rows(pred: Predictor, dev: CpuDevice, name: str, batch: int, threads:
     lat = predict_graph(pred, graph, threads=threads)
     ctx = time_in_context(graph.gm, (x,), runs=runs, threads=threads)
     rows = []
+    classes = node_classes(graph)
     for j, node in enumerate(graph.nodes):
         if node.kind != "compute":
             continue
-        row = {"node": node.name, "op": node.op, "class": node_class(node.op, node_groups(node)),
+        row = {"node": node.name, "op": node.op, "class": classes[j],
                "param_mib": node.param_bytes / 2**20, "out_mib": node.out_bytes / 2**20,
                "predicted_ms": float(lat.isolated_ms[j]), "composed_ms": float(lat.node_ms[j]),
                "in_context_ms": ctx.node_ms.get(node.name)}

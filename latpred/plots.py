@@ -56,13 +56,14 @@ def plot_fit(report: Any, data: Any, predictor: Any, path: str) -> None:
 
 def plot_layers(graph: Any, node_ms: np.ndarray, path: str, title: str = "", top: int = 40) -> None:
     """Horizontal bars: predicted ms of the ``top`` slowest compute nodes, in model order, coloured by class."""
-    from .graph.compose import node_class, node_groups
+    from .graph.compose import node_classes
 
     plt = _plt()
     idx = [j for j, n in enumerate(graph.nodes) if n.kind == "compute"]
     keep = sorted(sorted(idx, key=lambda j: -node_ms[j])[:top])
     names = [graph.nodes[j].name for j in keep]
-    colors = [_CLASS_COLORS[node_class(graph.nodes[j].op, node_groups(graph.nodes[j]))] for j in keep]
+    classes = node_classes(graph)
+    colors = [_CLASS_COLORS[classes[j]] for j in keep]
     fig, ax = plt.subplots(figsize=(8, 0.22 * len(keep) + 1.2))
     ax.barh(range(len(keep)), [node_ms[j] for j in keep], color=colors)
     ax.set_yticks(range(len(keep)), names, fontsize=7)

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from latpred import SpecError, UnknownOpError
 from latpred.graph.calibrate import calibrate, random_network
@@ -130,9 +132,10 @@ def test_grouped_convolutions_have_their_own_class_and_old_files_keep_their_pred
 
 
 def test_max_pools_have_their_own_class_and_older_files_keep_their_predictions():
-    """Max-pooling composes apart from the memory class (its in-context speed-up is data-dependent); a composition
-    written with the five classes of before (no maxpool) loads with maxpool = memory and its flags kept."""
-    assert node_class("maxpool2d") == "maxpool" and node_class("avgpool2d") == node_class("adaptive_avgpool2d") == "memory"
+    """Max-pooling ReLU outputs composes apart from the memory class (its in-context speed-up is data-dependent); a
+    composition written with the five classes of before (no maxpool) loads with maxpool = memory and its flags kept."""
+    assert node_class("maxpool2d", clamped_input=True) == "maxpool" and node_class("maxpool2d") == "memory"
+    assert node_class("avgpool2d", 1, True) == node_class("adaptive_avgpool2d") == "memory"
     v2 = {"classes": ["conv", "dwconv", "gemm", "memory", "generic"],
           "features": ["conv", "dwconv", "gemm", "memory", "generic", "compute_nodes", "view_nodes", "param_mib",
                        "activation_mib"],
@@ -415,8 +418,33 @@ def test_version_4_networks_put_max_pools_deep_in_the_network():
         assert sum(n.spec.params["stride"] == 1 for n in pools) >= len(blocks)
         first_conv = min(i for i, n in enumerate(g.nodes) if n.spec is not None and n.spec.op == "conv2d")
         deep += any(g.nodes.index(n) > first_conv + 3 for n in pools)  # past the stem's conv, norm and activation
-        assert node_class("maxpool2d") == "maxpool" and g.coverage().node_share > 0.9
+        assert g.coverage().node_share > 0.9
     assert nets >= 4 and deep == nets
+
+
+def test_max_pools_of_relu_outputs_are_the_maxpool_class():
+    """A max-pool reading ReLU/ReLU6 outputs, directly or through concatenations, views and max-pools, is the
+    maxpool class; one reading SiLU outputs, a sum, or the model input composes as memory."""
+    from latpred.graph.compose import node_classes, zero_clamped_inputs
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.p = nn.ModuleList([nn.MaxPool2d(3, 1, 1) for _ in range(6)])
+
+        def forward(self, x):
+            r, s = torch.relu(self.a(x)), F.relu6(self.b(x))
+            c = torch.cat([r, s], 1)  # all clamped
+            m = torch.cat([r, F.silu(self.b(x))], 1)  # one input not clamped
+            return (self.p[0](c), self.p[1](self.p[2](r)), self.p[3](m), self.p[4](r + s), self.p[5](x),
+                    self.p[0](c.flatten(2).view(c.shape)))
+
+    g = trace(Net(), torch.randn(1, 3, 8, 8))
+    classes = node_classes(g)
+    pools = [c for n, c in zip(g.nodes, classes) if n.op == "maxpool2d"]  # in graph order: p[2] runs before p[1]
+    assert pools == ["maxpool", "maxpool", "maxpool", "memory", "memory", "memory", "maxpool"]  # last: flatten + view
+    assert len(zero_clamped_inputs(g)) == len(g.nodes) and classes[1] == "conv"
 
 
 def test_calibration_conditions_cover_each_batch_size_in_every_regime():

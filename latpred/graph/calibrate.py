@@ -264,15 +264,36 @@ class _ViT(nn.Module):
 #: (``inplace=True``, as torchvision's CNNs build them) with probability :data:`INPLACE_SHARE`, drawn from a
 #: stream of its own: the composition charges an output's cost to out-of-place nodes only, and needs networks
 #: with both kinds to fit it. Version 4 adds GoogLeNet's inception block (stride-1 max-pool branches, stride-2
-#: max-pool transitions) to the CNNs' block kinds: max-pooling runs faster on a model's activations than on the
-#: profiler's random inputs (0.71-0.84x on googlenet's, at batch 8 on the dev VM: its compare-and-branch loop predicts
-#: well on spatially correlated values, and the same values shuffled lose it), which the composition's ``maxpool``
-#: class learns only from max-pools deep in a network (after the stem, where version 3 put them, the input is still
-#: close to the random image: 0.99x). Stored calibration cases name the version they were measured with.
+#: max-pool transitions) to the CNNs' block kinds, and gives most CNNs one activation throughout
+#: (:func:`_one_activation`): max-pooling ReLU outputs runs faster in a model than on the profiler's random inputs
+#: (0.71-0.84x on googlenet's, at batch 8 on the dev VM: its compare-and-branch loop predicts runs of zeros, which
+#: spatially correlated activations have; the same values shuffled, or SiLU outputs, 0.93-1.05x), which the
+#: composition's ``maxpool`` class learns only from max-pools of ReLU outputs deep in a network (after the stem,
+#: where version 3 put them, the input is still close to the random image: 0.97-1.00x).
+#: Stored calibration cases name the version they were measured with.
 RANDOM_NETWORK_VERSION = 4
 #: share of version 3's activations that run in place
 INPLACE_SHARE = 0.5
 _INPLACE_ACTS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish)
+
+
+#: version 4: share of CNNs with one activation throughout (as real CNNs have), and the odds of each activation then
+SINGLE_ACTIVATION_SHARE = 0.8
+_SINGLE_ACTIVATION_ODDS = {"relu": 0.5, "relu6": 0.15, "silu": 0.15, "hardswish": 0.1, "gelu": 0.1}
+
+
+def _one_activation(model: nn.Module, rng: np.random.Generator) -> None:
+    """Version 4: with probability :data:`SINGLE_ACTIVATION_SHARE`, every activation of ``model`` becomes one type
+    (ReLU most often, as in real CNNs); the networks keep the structure drawn. Max-pools over ReLU outputs compose
+    apart from the others (:func:`~latpred.graph.compose.zero_clamped_inputs`), and a network that mixes five
+    activations layer by layer almost never max-pools a concatenation of ReLU outputs as GoogLeNet does."""
+    if rng.random() >= SINGLE_ACTIVATION_SHARE:
+        return
+    kind = _ACTS[str(rng.choice(list(_SINGLE_ACTIVATION_ODDS), p=list(_SINGLE_ACTIVATION_ODDS.values())))]
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, tuple(_ACTS.values())):
+                setattr(parent, name, kind())
 
 
 def random_network(seed: int, version: int = RANDOM_NETWORK_VERSION) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -286,6 +307,8 @@ def random_network(seed: int, version: int = RANDOM_NETWORK_VERSION) -> tuple[nn
     res = int(rng.choice([96, 128, 160, 192, 224]))  # real-model resolutions: feature maps stay >= 3x3
     with torch.no_grad():
         model: nn.Module = _CNN(rng, version) if rng.random() < 0.7 else _ViT(res, rng, min(version, 2))
+    if version >= 4 and isinstance(model, _CNN):
+        _one_activation(model, np.random.default_rng([seed, 7933]))
     if version >= 3:  # every activation follows a fresh tensor (a convolution, norm, sum or linear): safe in place
         flips = np.random.default_rng([seed, 7927])
         for m in model.modules():

@@ -13,11 +13,11 @@ is linear and per node, so node latencies stay additive (the partitioner sums th
 with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
 FLOPs per byte, so alone and in a model they run at different speeds from dense ones), ``gemm``
 (linear, matmul, attention, embedding), ``memory``
-(element-wise, normalisation, average pooling, concatenation, layout copies), ``maxpool`` (max-pooling: its
-compare-and-branch loop runs 0.71-0.84x as long on a model's spatially correlated activations as on the profiler's
-random inputs, measured on googlenet's at batch 8 on the dev VM; in context 0.55-0.88x isolated across the zoo's
-max-pools, average pools 1.03-1.07x; see docs/benchmarks.md) and ``generic`` (fallback
-nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
+(element-wise, normalisation, pooling, concatenation, layout copies), ``maxpool`` (max-pools over ReLU outputs,
+:func:`zero_clamped_inputs`: their compare-and-branch loop runs 0.71-0.84x as long on a model's spatially correlated
+runs of zeros as on the profiler's random inputs, measured on googlenet's at batch 8 on the dev VM; in context
+0.55-0.88x isolated across the zoo's max-pools, average pools 1.03-1.07x; see docs/benchmarks.md) and ``generic``
+(fallback nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
 but fitted as 0, see :meth:`Composition.fit`), and a cost per MiB of
 weights and of output activations (in a model, weights are read cold once per inference and
 activations leave the cache between layers; profiling repeats each module with both hot). Scales
@@ -62,14 +62,19 @@ import numpy as np
 
 from ..errors import SpecError
 
-__all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "REGIMES", "DEFAULT_SHRINK", "cold_weights"]
+__all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "node_classes", "zero_clamped_inputs", "REGIMES",
+           "DEFAULT_SHRINK", "cold_weights"]
 
 CLASSES = ("conv", "dwconv", "gemm", "memory", "maxpool", "generic")
 #: a class added later takes, in a composition written before it, the scale of the class that held its nodes then
 #: (``dwconv`` from 2026-12-01, ``maxpool`` from 2026-12-05): the same predictions as when it was written
 _INHERITS = {"dwconv": "conv", "maxpool": "memory"}
 _CLASS_OF = {"conv2d": "conv", "conv_transpose2d": "conv", "linear": "gemm", "matmul": "gemm", "sdpa": "gemm",
-             "mha": "gemm", "embedding": "gemm", "maxpool2d": "maxpool"}
+             "mha": "gemm", "embedding": "gemm"}
+#: activations whose output is clamped at zero (see :func:`zero_clamped_inputs`)
+ZERO_CLAMPING = frozenset({"relu", "relu6"})
+#: ops whose output holds only values of their inputs: a clamp at zero survives them
+_CLAMP_KEEPING = frozenset({"cat", "maxpool2d", "flatten", "dropout"})
 #: conditions the composition is fitted for separately
 REGIMES = ("unloaded", "loaded", "single_thread")
 #: regression features of a model: isolated ms per class, node counts, weight and activation MiB of compute nodes
@@ -80,12 +85,43 @@ DEFAULT_SHRINK = 3.0
 _K = len(CLASSES)
 
 
-def node_class(op: str | None, groups: Any = 1) -> str:
-    """Composition class of an op type (``None``: a fallback node); a convolution with ``groups`` > 1 is ``dwconv``."""
+def node_class(op: str | None, groups: Any = 1, clamped_input: bool = False) -> str:
+    """Composition class of an op type (``None``: a fallback node); a convolution with ``groups`` > 1 is ``dwconv``,
+    a max-pool is ``maxpool`` when its input is clamped at zero (``clamped_input``, :func:`zero_clamped_inputs`)."""
     if op is None:
         return "generic"
+    if op == "maxpool2d":
+        return "maxpool" if clamped_input else "memory"
     cls = _CLASS_OF.get(op, "memory")
     return "dwconv" if cls == "conv" and groups is not None and int(groups) > 1 else cls
+
+
+def zero_clamped_inputs(graph: Any) -> list[bool]:
+    """Per node of a :class:`~latpred.graph.ModelGraph` (in order): whether every tensor it reads is clamped at zero,
+    i.e. comes from a ReLU or ReLU6 (:data:`ZERO_CLAMPING`), directly or through views, flattens, dropouts,
+    concatenations and max-pools.
+
+    Max-pooling such values runs faster in a model than the profiler measured it on random inputs: a network's
+    activations are spatially correlated, so the zeros come in runs and the max-pool's compare-and-branch loop predicts
+    them (googlenet's max-pools, batch 8 on the dev VM: 0.71-0.84x the time on random inputs of the same shape; the
+    same values shuffled, or SiLU in place of ReLU in a random network, 0.93-1.05x; docs/benchmarks.md)."""
+    preds: dict[str, list[str]] = {n.name: [] for n in graph.nodes}
+    for u, v in graph.edges:
+        preds[v].append(u)
+    clamped: dict[str, bool] = {}
+    for n in graph.nodes:
+        if n.op == "activation":
+            clamped[n.name] = n.spec.params.get("fn") in ZERO_CLAMPING
+        elif n.kind == "view" or n.op in _CLAMP_KEEPING:
+            clamped[n.name] = bool(preds[n.name]) and all(clamped[p] for p in preds[n.name])
+        else:
+            clamped[n.name] = False
+    return [bool(preds[n.name]) and all(clamped[p] for p in preds[n.name]) for n in graph.nodes]
+
+
+def node_classes(graph: Any) -> list[str]:
+    """:func:`node_class` of every node of a graph (its op, convolution groups and zero-clamped input)."""
+    return [node_class(n.op, node_groups(n), c) for n, c in zip(graph.nodes, zero_clamped_inputs(graph))]
 
 
 def node_groups(node: Any) -> Any:
@@ -328,8 +364,11 @@ def capped_weights(param_mib: np.ndarray, weight_cache_mib: float | None) -> np.
     return p if weight_cache_mib is None else np.minimum(p, weight_cache_mib)
 
 
-def class_index(ops: Sequence[str | None], kinds: Sequence[str], groups: Sequence[Any] | None = None) -> np.ndarray:
-    """:data:`CLASSES` index per node (-1 for nodes that are not compute nodes); ``groups`` per node (convolutions)."""
+def class_index(ops: Sequence[str | None], kinds: Sequence[str], groups: Sequence[Any] | None = None,
+                clamped_inputs: Sequence[bool] | None = None) -> np.ndarray:
+    """:data:`CLASSES` index per node (-1 for nodes that are not compute nodes); ``groups`` per node (convolutions),
+    ``clamped_inputs`` per node (:func:`zero_clamped_inputs`; max-pools)."""
     groups = [1] * len(ops) if groups is None else groups
-    return np.array([CLASSES.index(node_class(op, g)) if k == "compute" else -1 for op, k, g in zip(ops, kinds, groups)],
-                    dtype=int)
+    clamped = [False] * len(ops) if clamped_inputs is None else clamped_inputs
+    return np.array([CLASSES.index(node_class(op, g, c)) if k == "compute" else -1
+                     for op, k, g, c in zip(ops, kinds, groups, clamped)], dtype=int)

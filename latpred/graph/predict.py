@@ -17,7 +17,7 @@ import sklearn
 from ..blas import single_threaded_blas
 from ..errors import SpecError, UnknownOpError
 from ..features import StaticFeatures, cost_features, featurize_conditions_many, prepare_specs
-from .compose import class_index, node_groups
+from .compose import class_index, node_groups, zero_clamped_inputs
 from .model_graph import ModelGraph
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan, b:
     key = ("classes", tuple(predictor.ops))
     if key not in graph._cache:
         graph._cache[key] = class_index([None if (o is not None and not predictor.covers(o)) else o for o in plan.ops],
-                                        plan.kinds, [node_groups(n) for n in graph.nodes])
+                                        plan.kinds, [node_groups(n) for n in graph.nodes], zero_clamped_inputs(graph))
     classes = graph._cache[key]
     act_mib = plan.out_mib_fixed[None, :] + b[:, None] * plan.out_mib_per_sample[None, :]
     if inplace_free:
