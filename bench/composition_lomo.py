@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from latpred.graph.calibrate import CalibrationCase, cases_from_validation, leave_one_model_out, recompute_features
+from latpred.graph.compose import CLASSES
 from latpred.metrics import accuracy_report
 from latpred.predictor import Predictor
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     F = np.array([c.features for c in cases])
     u = np.array([c.utilization for c in cases])
     threads, dt = [c.threads for c in cases], pred.default_threads
-    variants = {"plain_sum": F[:, :4].sum(axis=1),
+    variants = {"plain_sum": F[:, :len(CLASSES)].sum(axis=1),  # every class's isolated ms, the fallback's too
                 "predictor": (F * pred.composition.matrix(u, threads, dt)).sum(axis=1),
                 "lomo_models": leave_one_model_out(cases, default_threads=dt)}
     if args.calibration_cases:

@@ -1,7 +1,7 @@
 """Calibrate the composition model on generated random networks, or on real models that are not
 the ones evaluated (:func:`cases_from_validation`, scored by :func:`leave_one_model_out`).
 
-:func:`random_network` draws a CNN (plain, residual, inverted-residual with squeeze-excitation,
+:func:`random_network` draws a CNN (plain, residual, inverted-residual with squeeze-excitation, inception,
 dense-concatenation and channel-shuffle blocks) or a small vision transformer (patch embedding,
 ``nn.MultiheadAttention`` or hand-written matmul/softmax attention or SDPA, GELU MLPs) with random
 widths, depths, kernels, activations and resolutions, so the calibration set spans the structures

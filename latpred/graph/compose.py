@@ -13,11 +13,11 @@ is linear and per node, so node latencies stay additive (the partitioner sums th
 with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
 FLOPs per byte, so alone and in a model they run at different speeds from dense ones), ``gemm``
 (linear, matmul, attention, embedding), ``memory``
-(element-wise, normalisation, pooling, concatenation, layout copies), ``maxpool`` (max-pools over ReLU outputs,
-:func:`zero_clamped_inputs`: their compare-and-branch loop runs 0.71-0.84x as long on a model's spatially correlated
-runs of zeros as on the profiler's random inputs, measured on googlenet's at batch 8 on the dev VM; in context
-0.55-0.88x isolated across the zoo's max-pools, average pools 1.03-1.07x; see docs/benchmarks.md) and ``generic``
-(fallback nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
+(element-wise, normalisation, pooling, concatenation, layout copies), ``maxpool`` (max-pools over ReLU outputs past
+the stem, :func:`zero_clamped_inputs`: their compare-and-branch loop runs 0.71-0.84x as long on a model's nearly
+constant activation planes as on the profiler's random inputs, measured on googlenet's at batch 8 on the dev VM; in
+context 0.55-0.88x isolated across the zoo's max-pools, average pools 1.03-1.07x; see docs/benchmarks.md) and
+``generic`` (fallback nodes), a fixed overhead per compute node (dispatch; the per-view-node term is kept in the format
 but fitted as 0, see :meth:`Composition.fit`), and a cost per MiB of
 weights and of output activations (in a model, weights are read cold once per inference and
 activations leave the cache between layers; profiling repeats each module with both hot). Scales
@@ -97,23 +97,30 @@ def node_class(op: str | None, groups: Any = 1, clamped_input: bool = False) -> 
 
 
 def zero_clamped_inputs(graph: Any) -> list[bool]:
-    """Per node of a :class:`~latpred.graph.ModelGraph` (in order): whether every tensor it reads is clamped at zero,
-    i.e. comes from a ReLU or ReLU6 (:data:`ZERO_CLAMPING`), directly or through views, flattens, dropouts,
-    concatenations and max-pools.
+    """Per node of a :class:`~latpred.graph.ModelGraph` (in order): whether every tensor it reads is clamped at zero by
+    a ReLU or ReLU6 (:data:`ZERO_CLAMPING`), directly or through views, flattens, dropouts, concatenations and
+    max-pools, with at least one more activation between the model input and that ReLU (not the stem's).
 
-    Max-pooling such values runs faster in a model than the profiler measured it on random inputs: a network's
-    activations are spatially correlated, so the zeros come in runs and the max-pool's compare-and-branch loop predicts
-    them (googlenet's max-pools, batch 8 on the dev VM: 0.71-0.84x the time on random inputs of the same shape; the
-    same values shuffled, or SiLU in place of ReLU in a random network, 0.93-1.05x; docs/benchmarks.md)."""
+    Max-pooling such values runs faster in a model than the profiler measured it on random inputs. Past the first
+    layer, a convolution reads non-negative activations, so each output channel carries an offset larger than its
+    spatial variation, and after the ReLU whole planes are zero or nearly constant: the max-pool's compare-and-branch
+    loop predicts them (googlenet with random weights on random images, batch 8, dev VM: 0.71-0.84x the time on random
+    inputs of the same shape; the same values shuffled, SiLU in place of ReLU in a random network, or the stem's
+    max-pool, whose ReLU follows a convolution of the zero-mean image: 0.93-1.05x; docs/benchmarks.md). The size of
+    the effect depends on the values, so on the weights: it is fitted on random-weight networks, as the zoo is
+    validated; for trained models, calibrate on real models (``latpred calibrate --from-validation``)."""
     preds: dict[str, list[str]] = {n.name: [] for n in graph.nodes}
     for u, v in graph.edges:
         preds[v].append(u)
     clamped: dict[str, bool] = {}
+    depth: dict[str, int] = {}  # most activations on a path from the model input
     for n in graph.nodes:
+        ps = preds[n.name]
+        depth[n.name] = max((depth[p] for p in ps), default=0) + (n.op == "activation")
         if n.op == "activation":
-            clamped[n.name] = n.spec.params.get("fn") in ZERO_CLAMPING
+            clamped[n.name] = n.spec.params.get("fn") in ZERO_CLAMPING and depth[n.name] >= 2
         elif n.kind == "view" or n.op in _CLAMP_KEEPING:
-            clamped[n.name] = bool(preds[n.name]) and all(clamped[p] for p in preds[n.name])
+            clamped[n.name] = bool(ps) and all(clamped[p] for p in ps)
         else:
             clamped[n.name] = False
     return [bool(preds[n.name]) and all(clamped[p] for p in preds[n.name]) for n in graph.nodes]
