@@ -423,27 +423,30 @@ def test_version_4_networks_put_max_pools_deep_in_the_network():
 
 
 def test_max_pools_of_relu_outputs_are_the_maxpool_class():
-    """A max-pool reading ReLU/ReLU6 outputs, directly or through concatenations, views and max-pools, is the
-    maxpool class; one reading SiLU outputs, a sum, or the model input composes as memory."""
+    """A max-pool reading ReLU/ReLU6 outputs past the stem, directly or through concatenations, views and max-pools, is
+    the maxpool class; one reading SiLU outputs, a sum, the model input or the stem's ReLU composes as memory."""
     from latpred.graph.compose import node_classes, zero_clamped_inputs
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
-            self.p = nn.ModuleList([nn.MaxPool2d(3, 1, 1) for _ in range(6)])
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.p = nn.ModuleList([nn.MaxPool2d(3, 1, 1) for _ in range(7)])
 
         def forward(self, x):
-            r, s = torch.relu(self.a(x)), F.relu6(self.b(x))
+            h = torch.relu(self.stem(x))
+            r, s = torch.relu(self.a(h)), F.relu6(self.b(h))
             c = torch.cat([r, s], 1)  # all clamped
-            m = torch.cat([r, F.silu(self.b(x))], 1)  # one input not clamped
+            m = torch.cat([r, F.silu(self.b(h))], 1)  # one input not clamped
             return (self.p[0](c), self.p[1](self.p[2](r)), self.p[3](m), self.p[4](r + s), self.p[5](x),
-                    self.p[0](c.flatten(2).view(c.shape)))
+                    self.p[6](h), self.p[0](c.flatten(2).view(c.shape)))
 
     g = trace(Net(), torch.randn(1, 3, 8, 8))
     classes = node_classes(g)
     pools = [c for n, c in zip(g.nodes, classes) if n.op == "maxpool2d"]  # in graph order: p[2] runs before p[1]
-    assert pools == ["maxpool", "maxpool", "maxpool", "memory", "memory", "memory", "maxpool"]  # last: flatten + view
+    assert pools == ["maxpool", "maxpool", "maxpool", "memory", "memory", "memory", "memory",  # p[6]: the stem's ReLU
+                     "maxpool"]  # last: through flatten and view
     assert len(zero_clamped_inputs(g)) == len(g.nodes) and classes[1] == "conv"
 
 
