@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     mape = float(np.mean([r["mape"] for r in rows])) if rows else float("nan")
     acc10_a = float(np.mean([r["acc10_anchored"] for r in rows])) if rows else float("nan")
     mape_a = float(np.mean([r["mape_anchored"] for r in rows])) if rows else float("nan")
-    doc = {"quick": args.quick, "predictor": args.predictor, "machine": platform.platform(), "torch": torch.__version__,
+    doc = {"quick": args.quick, "seed": args.seed, "predictor": args.predictor, "machine": platform.platform(), "torch": torch.__version__,
            "rows": rows, "search": search, "summary": {"acc10_mean": acc10, "mape_mean": mape, "acc10_anchored_mean": acc10_a,
                                                          "mape_anchored_mean": mape_a, "search_s": search_s}}
     out = Path(args.out)

@@ -265,11 +265,12 @@ class _ViT(nn.Module):
 #: stream of its own: the composition charges an output's cost to out-of-place nodes only, and needs networks
 #: with both kinds to fit it. Version 4 adds GoogLeNet's inception block (stride-1 max-pool branches, stride-2
 #: max-pool transitions) to the CNNs' block kinds, and gives most CNNs one activation throughout
-#: (:func:`_one_activation`): max-pooling ReLU outputs runs faster in a model than on the profiler's random inputs
-#: (0.71-0.84x on googlenet's, at batch 8 on the dev VM: its compare-and-branch loop predicts runs of zeros, which
-#: spatially correlated activations have; the same values shuffled, or SiLU outputs, 0.93-1.05x), which the
-#: composition's ``maxpool`` class learns only from max-pools of ReLU outputs deep in a network (after the stem,
-#: where version 3 put them, the input is still close to the random image: 0.97-1.00x).
+#: (:func:`_one_activation`): max-pooling ReLU outputs past the stem runs faster in a model than on the profiler's
+#: random inputs (0.71-0.84x on googlenet's, at batch 8 on the dev VM: its compare-and-branch loop predicts the nearly
+#: constant or all-zero planes such activations have; the same values shuffled, or SiLU outputs, 0.93-1.05x, see
+#: :func:`~latpred.graph.compose.zero_clamped_inputs`), which the composition's ``maxpool`` class learns only from
+#: max-pools of ReLU outputs deep in a network (after the stem, where version 3 put them, the input is still close to
+#: the random image: 0.97-1.00x).
 #: Stored calibration cases name the version they were measured with.
 RANDOM_NETWORK_VERSION = 4
 #: share of version 3's activations that run in place
