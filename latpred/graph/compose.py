@@ -112,18 +112,18 @@ def zero_clamped_inputs(graph: Any) -> list[bool]:
     preds: dict[str, list[str]] = {n.name: [] for n in graph.nodes}
     for u, v in graph.edges:
         preds[v].append(u)
-    clamped: dict[str, bool] = {}
+    clamped: dict[str, bool] = {}  # the node's output is clamped
     depth: dict[str, int] = {}  # most activations on a path from the model input
+    reads: list[bool] = []  # every input of the node is clamped
     for n in graph.nodes:
         ps = preds[n.name]
         depth[n.name] = max((depth[p] for p in ps), default=0) + (n.op == "activation")
+        reads.append(bool(ps) and all(clamped[p] for p in ps))
         if n.op == "activation":
             clamped[n.name] = n.spec.params.get("fn") in ZERO_CLAMPING and depth[n.name] >= 2
-        elif n.kind == "view" or n.op in _CLAMP_KEEPING:
-            clamped[n.name] = bool(ps) and all(clamped[p] for p in ps)
         else:
-            clamped[n.name] = False
-    return [bool(preds[n.name]) and all(clamped[p] for p in preds[n.name]) for n in graph.nodes]
+            clamped[n.name] = (n.kind == "view" or n.op in _CLAMP_KEEPING) and reads[-1]
+    return reads
 
 
 def node_classes(graph: Any) -> list[str]:
