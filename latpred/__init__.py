@@ -42,7 +42,7 @@ _LAZY = {
     "MEDNRegressor": ".regressors", "make_regressor": ".regressors", "FAMILIES": ".regressors",
     "TrainingData": ".selection", "load_training_data": ".selection", "select": ".selection",
     "SelectionReport": ".selection", "Predictor": ".predictor", "PredictorFormatError": ".predictor",
-    "accuracy_report": ".metrics", "Domain": ".domain",
+    "accuracy_report": ".metrics", "Domain": ".domain", "Roofline": ".roofline",
     # whole models
     "trace": ".graph.trace", "from_onnx": ".graph.onnx", "ModelGraph": ".graph.model_graph",
     "GraphNode": ".graph.model_graph", "GraphLatency": ".graph.predict", "Composition": ".graph.compose",

@@ -126,6 +126,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if not (args.activation_cap_mib >= 0 and math.isfinite(args.activation_cap_mib)):
             raise SpecError(f"--activation-cap-mib must be a non-negative number of MiB, got {args.activation_cap_mib!r}")
         pred.metadata["activation_cap_mib"] = args.activation_cap_mib
+    if args.rooflines_from:
+        from .profiling.store import ProfileStore
+
+        if not Path(args.rooflines_from).is_file():
+            raise SpecError(f"--rooflines-from {args.rooflines_from}: no profile store there")
+        with ProfileStore(args.rooflines_from) as store:
+            n = pred.fit_rooflines_from_store(store)
+        say = _say(args)
+        if say:
+            say(f"rooflines of {len(pred.rooflines)} op types from {n} samples of {args.rooflines_from}")
     if args.from_cases or args.from_validation:
         from .graph.calibrate import CalibrationCase, cases_from_validation, composition_from_cases, recompute_features
 
@@ -303,6 +313,10 @@ def register(sub: Any, fmt: Any) -> None:
     c.add_argument("--from-validation", action="append", metavar="REPORT",
                    help="fit on the measured cases of a `latpred validate --json` report (real models; no measurement), "
                    "alone or with --from-cases; repeat it for several reports. Keep the models you evaluate out of it")
+    c.add_argument("--rooflines-from", metavar="STORE",
+                   help="first record each op model's best FLOP and byte rates from the profile store it was trained on: "
+                   "predictions inside the training range are never faster (predictors trained before 2026-12-05 lack them; "
+                   "`latpred train` records them)")
     c.add_argument("--cache-mib", type=float, metavar="MIB",
                    help="the device's last-level cache in MiB, where the predictor's metadata lacks it (e.g. from lscpu); "
                    "each node's cold-weight cost is capped at it; 0 = no cap (default: the profiled device's, if recorded)")

@@ -5,7 +5,8 @@ each model file's SHA-256), ``rm_<op>.skops`` for scikit-learn models (skops: no
 scikit-learn/numpy types are trusted on load) and ``medn.safetensors`` for the shared MEDN
 network (tensors only). Each op entry also holds its model's training range
 (:class:`~latpred.domain.Domain`): predictions outside it are kept near the generic model's
-(:func:`~latpred.domain.guard_log`). Loading checks the format version and every hash before reading
+(:func:`~latpred.domain.guard_log`), and its best FLOP and byte rates (:class:`~latpred.roofline.Roofline`): rows
+inside that range are never predicted faster. Loading checks the format version and every hash before reading
 a model, so a tampered or foreign file fails with a clear error and never executes code.
 """
 
@@ -27,6 +28,7 @@ from .blas import single_threaded_blas
 from .domain import Domain, above_profiled_load, guard_log_many
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
+from .roofline import Roofline, RooflineTable, generic_tail
 from .spec import ModuleSpec
 
 __all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION", "load_predictor", "is_predictor"]
@@ -66,6 +68,9 @@ class Predictor:
     #: per op, the box of its model's training rows (its own columns): rows outside it are guarded by the generic
     #: model (:func:`~latpred.domain.guard_log`); predictors trained before domains existed have none (unguarded)
     domains: dict[str, Domain] = field(default_factory=dict)
+    #: per op, the best FLOP and byte rates its training samples reached: rows inside its domain are never predicted
+    #: faster (:mod:`latpred.roofline`); predictors written before rooflines existed have none (no floor)
+    rooflines: dict[str, Roofline] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.composition is None:
@@ -141,6 +146,35 @@ class Predictor:
                 ok = u is not None and t is not None and rows.shape[1] == len(self.feature_names(op))
                 self.domains[op] = Domain.of(rows, load_columns=(u, t) if ok else None)  # type: ignore[arg-type]
 
+    def fit_rooflines(self, X: Mapping[str, np.ndarray], latency_ms: Mapping[str, np.ndarray]) -> None:
+        """Record each op's best FLOP and byte rates (:class:`~latpred.roofline.Roofline`) from its training rows
+        ``X[op]`` (its model's columns or this latpred's full schema: both end in the op-agnostic columns) and their
+        measured ``latency_ms[op]``."""
+        for op, rows in X.items():
+            if op in self.families:
+                self.rooflines[op] = Roofline.of(generic_tail(np.asarray(rows, dtype=float), len(self.extra_names)),
+                                                 latency_ms[op])
+
+    def fit_rooflines_from_store(self, store: Any) -> int:
+        """:meth:`fit_rooflines` from the samples of the device this predictor was trained on in ``store`` (a
+        :class:`~latpred.ProfileStore`, e.g. the one it was trained from; samples added since only raise a best rate,
+        which loosens the floor). For predictors written before rooflines existed. Returns how many samples it read."""
+        from .selection import load_training_data
+
+        want = self.metadata.get("device_fingerprint")
+        devices = store.devices()
+        match = [d["id"] for d in devices if d["fingerprint"] == want] if want else [d["id"] for d in devices]
+        if len(match) != 1:
+            raise SpecError(f"profile store {store.path} holds {'no' if not match else 'several'} device(s) matching this "
+                            f"predictor's ({want or 'unrecorded'}); its rates would bound another device's predictions")
+        data = load_training_data(store, device_id=match[0], ops=self.ops, min_samples=1,
+                                  target=self.metadata.get("target", "latency_ms"))
+        if data.extra_names != sorted(self.extra_names):
+            raise SpecError(f"profile store {store.path} varies extra conditions {data.extra_names}, the predictor "
+                            f"{sorted(self.extra_names)}: not the store it was trained from")
+        self.fit_rooflines({op: data.X(op) for op in data.ops}, data.latency_ms)
+        return sum(len(v) for v in data.latency_ms.values())
+
     def predict_log_many(self, groups: Sequence[tuple[str, np.ndarray]],
                          outside: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """:meth:`predict_log` of several (op, X) groups: every MEDN group goes through one network call, and every
@@ -184,7 +218,37 @@ class Predictor:
                             len(self.extra_names), outside=masks)
         if outside is not None:
             outside.extend(m if a is None else a[1].mask(m) for m, a in zip(masks, loads))
+        ys = self._roofline_floors(groups, rows, ys, masks)
         return [y if a is None else a[1].combine(y) for y, a in zip(ys, loads)]
+
+    def _roofline_floors(self, groups: Sequence[tuple[str, np.ndarray]], rows: Sequence[np.ndarray],
+                         ys: list[np.ndarray], outside: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``ys`` (log ms of each group's ``rows``) lifted to their op's roofline floor where the rows are inside its
+        domain (``outside`` False), every group in one pass."""
+        idx = [k for k, (op, _) in enumerate(groups) if op in self.rooflines and len(rows[k])]
+        if not idx:
+            return ys
+        table = self._roofline_table()
+        sizes = [len(rows[k]) for k in idx]
+        tail = np.concatenate([generic_tail(rows[k], len(self.extra_names)) for k in idx])
+        floor = table.floor_log(np.repeat([table.ops.index(groups[k][0]) for k in idx], sizes), tail)
+        y = np.concatenate([ys[k] for k in idx])
+        lift = (floor > y) & ~np.concatenate([outside[k] for k in idx])
+        if not lift.any():
+            return ys
+        out = list(ys)
+        for k, part in zip(idx, np.split(np.where(lift, floor, y), np.cumsum(sizes)[:-1])):
+            out[k] = part
+        return out
+
+    def _roofline_table(self) -> RooflineTable:
+        """The rooflines as one table (rebuilt when one is added, removed or replaced: they are frozen)."""
+        cached = self.__dict__.get("_roof_cache")
+        ident = tuple(map(id, self.rooflines.values()))
+        if cached is None or cached[0] != ident or cached[1].ops != tuple(self.rooflines):
+            cached = (ident, RooflineTable.of(self.rooflines))
+            self.__dict__["_roof_cache"] = cached
+        return cached[1]
 
     def _runtime_column(self, op: str, name: str) -> int | None:
         """Where runtime column ``name`` (``utilization``, ``threads``) sits in the columns ``op``'s model reads (None
@@ -278,6 +342,8 @@ class Predictor:
             entry: dict[str, Any] = {"family": family, "feature_names": self.feature_names(op)}
             if op in self.domains:
                 entry["domain"] = self.domains[op].to_dict()
+            if op in self.rooflines:
+                entry["roofline"] = self.rooflines[op].to_dict()
             if family != "medn":
                 name = f"rm_{op}.skops"
                 (d / name).write_bytes(sio.dumps(self.models[op]))
@@ -300,7 +366,7 @@ class Predictor:
         return d
 
     def save_composition(self, path: str | Path) -> Path:
-        """Rewrite only the composition (and the op models' training ranges) of the predictor saved at ``path``
+        """Rewrite only the composition (and the op models' training ranges and rooflines) of the predictor saved at ``path``
         (the same op models): the model
         files stay byte for byte as they are (skops archives differ on every save), so a recalibration
         changes one small JSON file."""
@@ -316,6 +382,8 @@ class Predictor:
         doc["composition"] = self.composition.to_dict()
         for op, dom in self.domains.items():
             doc["ops"][op]["domain"] = dom.to_dict()
+        for op, roof in self.rooflines.items():
+            doc["ops"][op]["roofline"] = roof.to_dict()
         tmp = index.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         tmp.replace(index)
@@ -346,6 +414,7 @@ class Predictor:
         extra_names = list(doc.get("extra_names", []))
         schemas: dict[str, list[str]] = {}
         domains: dict[str, Domain] = {}
+        rooflines: dict[str, Roofline] = {}
         for op, entry in doc.get("ops", {}).items():
             family = entry.get("family")
             families[op] = family
@@ -366,6 +435,11 @@ class Predictor:
                 if domains[op].width != len(schemas.get(op) or full):
                     raise PredictorFormatError(f"{index}: the training range of {op!r} has {domains[op].width} columns, "
                                                f"its model reads {len(schemas.get(op) or full)}")
+            if entry.get("roofline") is not None:
+                try:
+                    rooflines[op] = Roofline.from_dict(entry["roofline"])
+                except SpecError as e:
+                    raise PredictorFormatError(f"{index}: the roofline of {op!r} is damaged ({e})") from None
             if family == "medn":
                 continue
             models[op] = _load_skops(_checked(d, entry))
@@ -396,7 +470,7 @@ class Predictor:
                           "`latpred calibrate` is run again", stacklevel=2)
             composition = Composition(info={"stale": str(e)})
         return cls(families, models, medn, medn_tasks, extra_names, dict(doc.get("metadata", {})), generic, composition,
-                   schemas, domains)
+                   schemas, domains, rooflines)
 
 
 @functools.lru_cache(maxsize=256)

@@ -509,6 +509,7 @@ def select(data: TrainingData, *, families: Sequence[str] | None = None, cv: int
                   **({"noise_floor_within10": noise["overall"]["within10"]} if noise else {})},
     )
     predictor.fit_domains(X)  # each op model's training range: specs outside it are guarded by the generic model
+    predictor.fit_rooflines(X, data.latency_ms)  # and its best rates: specs inside it never predicted faster
     settings = {"families": families, "cv": cv, "tolerance": tolerance, "max_predict_us": max_predict_us,
                 "max_bytes": max_bytes, "seed": seed, "group_by": group_by}
     return predictor, SelectionReport(cands, overall, choice, settings, fitted, medn_model, noise, per_condition)

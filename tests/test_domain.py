@@ -62,7 +62,7 @@ def test_trained_predictor_guards_specs_outside_its_range_and_keeps_the_rest(pre
     assert set(predictor.domains) == set(DATA.ops)
     unguarded = Predictor(predictor.families, predictor.models, predictor.medn, predictor.medn_tasks,
                           predictor.extra_names, predictor.metadata, predictor.generic, predictor.composition,
-                          predictor.schemas)
+                          predictor.schemas, rooflines=predictor.rooflines)
     inside = DATA.specs["conv2d"][:20]
     assert np.array_equal(predictor.predict(inside), unguarded.predict(inside))
     far = get_op("conv2d").spec(in_channels=4096, out_channels=4096, kernel_size=3, h=224, w=224, batch_size=8,
