@@ -28,7 +28,7 @@ from .blas import single_threaded_blas
 from .domain import Domain, above_profiled_load, guard_log_many
 from .errors import LatpredError, SpecError, UnknownOpError
 from .features import RUNTIME, feature_names, featurize
-from .roofline import Roofline, RooflineTable, generic_tail
+from .roofline import Roofline, generic_tail, table_of
 from .spec import ModuleSpec
 
 __all__ = ["Predictor", "PredictorFormatError", "FORMAT", "FORMAT_VERSION", "load_predictor", "is_predictor"]
@@ -228,7 +228,7 @@ class Predictor:
         idx = [k for k, (op, _) in enumerate(groups) if op in self.rooflines and len(rows[k])]
         if not idx:
             return ys
-        table = self._roofline_table()
+        table = table_of(self.rooflines)
         sizes = [len(rows[k]) for k in idx]
         tail = np.concatenate([generic_tail(rows[k], len(self.extra_names)) for k in idx])
         floor = table.floor_log(np.repeat([table.ops.index(groups[k][0]) for k in idx], sizes), tail)
@@ -240,15 +240,6 @@ class Predictor:
         for k, part in zip(idx, np.split(np.where(lift, floor, y), np.cumsum(sizes)[:-1])):
             out[k] = part
         return out
-
-    def _roofline_table(self) -> RooflineTable:
-        """The rooflines as one table (rebuilt when one is added, removed or replaced: they are frozen)."""
-        cached = self.__dict__.get("_roof_cache")
-        ident = tuple(map(id, self.rooflines.values()))
-        if cached is None or cached[0] != ident or cached[1].ops != tuple(self.rooflines):
-            cached = (ident, RooflineTable.of(self.rooflines))
-            self.__dict__["_roof_cache"] = cached
-        return cached[1]
 
     def _runtime_column(self, op: str, name: str) -> int | None:
         """Where runtime column ``name`` (``utilization``, ``threads``) sits in the columns ``op``'s model reads (None

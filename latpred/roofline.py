@@ -27,7 +27,7 @@ import numpy as np
 from .errors import SpecError
 from .features import GENERIC_FEATURES
 
-__all__ = ["Roofline", "RooflineTable", "generic_tail"]
+__all__ = ["Roofline", "RooflineTable", "generic_tail", "table_of"]
 
 _FLOPS, _BYTES = GENERIC_FEATURES.index("log_flops"), GENERIC_FEATURES.index("log_bytes")
 _DTYPE, _THREADS = GENERIC_FEATURES.index("dtype_bytes"), GENERIC_FEATURES.index("threads")
@@ -131,3 +131,20 @@ class RooflineTable:
             ms = np.maximum(np.where(fr > 0, np.expm1(tail[:, _FLOPS]) / fr, 0.0),
                             np.where(br > 0, np.expm1(tail[:, _BYTES]) / br, 0.0))
             return np.log(ms)
+
+
+#: tables by the identity of their op names and (frozen) rooflines, holding those objects so that no id is reused while
+#: cached: a graph prediction looks its table up on every call
+_TABLES: dict[tuple[int, ...], tuple[tuple[Any, ...], RooflineTable]] = {}
+
+
+def table_of(rooflines: Mapping[str, Roofline]) -> RooflineTable:
+    """:meth:`RooflineTable.of`, cached while the same roofline objects are asked for again."""
+    held = (*rooflines, *rooflines.values())
+    key = tuple(map(id, held))
+    hit = _TABLES.get(key)
+    if hit is None:
+        if len(_TABLES) >= 64:
+            _TABLES.clear()
+        hit = _TABLES[key] = (held, RooflineTable.of(rooflines))
+    return hit[1]
