@@ -132,3 +132,17 @@ def test_rooflines_of_an_older_predictor_come_from_the_store_it_was_trained_on(t
     assert main(["calibrate", "--predictor", str(out), "--rooflines-from", str(tmp_path / "missing.sqlite"),
                  "--from-cases", "x.json"]) == 2
     assert "--rooflines-from" in capsys.readouterr().err and not (tmp_path / "missing.sqlite").exists()
+
+
+def test_extra_conditions_do_not_shift_the_columns_the_roofline_reads():
+    from latpred.selection import TrainingData
+
+    specs = {op: [s.with_conditions(extra={"clock_ghz": 2.0 + (i % 2)}) for i, s in enumerate(DATA.specs[op])]
+             for op in DATA.ops}
+    data = TrainingData(specs, DATA.latency_ms, ["clock_ghz"], {"device": "fake"})
+    pred, _ = select(data, families=["ridge"], cv=2)
+    for op in data.ops:
+        X = pred._columns(op, data.X(op))
+        floor = pred.rooflines[op].floor_log(generic_tail(X, 1))
+        assert np.all(floor <= np.log(data.latency_ms[op]) + 1e-9) and np.isclose(floor, np.log(data.latency_ms[op])).any()
+        assert np.all(pred.predict(specs[op][:5]) >= np.exp(floor[:5]) * (1 - 1e-9))
