@@ -7,12 +7,13 @@ the layer itself measured 143 ms alone, as its 768 -> 3,072 twin of the same FLO
 twelve such layers put the whole model 15-17% under its measurement at batch 32 (docs/benchmarks.md).
 
 :class:`Roofline` keeps, per thread count and element size, the highest FLOPs per ms and bytes per ms that an op
-type's training samples reached (the minimum over windows of a spec only adds time when the machine is noisy, so
-the best rate is the trustworthy end). A prediction is then at least ``max(flops / best_flops_rate, bytes /
-best_bytes_rate)``: no training sample lies below that floor by construction, so it leaves every prediction the
-model got right where it was and only lifts the ones faster than anything the op type did on this device. The
-:class:`~latpred.Predictor` applies it to rows inside the op model's training range (:class:`~latpred.domain.Domain`);
-rows outside are the generic guard's, and an op larger than any profiled may rightly run faster per FLOP.
+type's training samples reached, whatever the background load (noise and load only add time to a measurement, so
+the best rate is the trustworthy end; a loaded row is bounded by it too, more loosely). A prediction is then at
+least ``max(flops / best_flops_rate, bytes / best_bytes_rate)``: no training sample lies below that floor by
+construction, so it leaves every prediction the model got right where it was and only lifts the ones faster than
+anything the op type did on this device. The :class:`~latpred.Predictor` applies it to rows inside the op model's
+training range (:class:`~latpred.domain.Domain`); rows outside are the generic guard's, and an op larger than any
+profiled may rightly run faster per FLOP.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class RooflineTable:
 
     def floor_log(self, op_index: np.ndarray, tail: np.ndarray) -> np.ndarray:
         """:meth:`Roofline.floor_log` of rows ``tail`` whose op is ``self.ops[op_index[row]]``."""
+        if not len(self.keys):  # no training row had a thread count (e.g. a CUDA store): nothing is bounded
+            return np.full(len(tail), -np.inf)
         key = np.full(len(tail), -1, dtype=np.int64)
         for j, (kt, kd) in enumerate(self.keys):
             key[(tail[:, _THREADS] == kt) & (tail[:, _DTYPE] == kd)] = j

@@ -43,6 +43,8 @@ def test_rates_are_the_best_per_thread_count_and_the_floor_follows_them():
     assert np.isneginf(roof.floor_log(_tail([6e6], [0.0], [1], dtype=2.0)))[0]
     back = Roofline.from_dict(json.loads(json.dumps(roof.to_dict())))
     assert back == roof
+    bare = Roofline.of(_tail([1e6], [1e3], [np.nan]), np.array([1.0]))  # no row with a thread count: no key, no floor
+    assert bare.keys == () and np.isneginf(bare.floor_log(_tail([6e6], [0.0], [1]))).all()
 
 
 def test_bad_roofline_input_is_refused_with_the_reason():
