@@ -13,7 +13,7 @@ from latpred.graph.trace import trace  # noqa: E402
 from latpred.predictor import Predictor  # noqa: E402
 from partition.cost import CostModel, Link  # noqa: E402
 from partition.prune_problem import JointPruningProblem, joint_metrics, optimize_joint, optimize_pruning  # noqa: E402
-from partition.pruning import PruningError, analyze_pruning, kept_channels  # noqa: E402
+from partition.pruning import PruningError, PruningPlan, analyze_pruning, kept_channels  # noqa: E402
 
 
 class TinyNet(nn.Module):
@@ -240,3 +240,18 @@ def test_resnet18_residual_groups_and_apply(predictor):
     assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in net.parameters())
     want = float(predictor.predict_graph(trace(m, x)).total_ms)
     assert table.latency_ms(X)[0] == pytest.approx(want, rel=1e-4)  # weight-MiB term: estimated vs real bytes
+
+
+def test_bad_plans_get_errors_that_name_the_problem(net, analysis):
+    names = [g.name for g in analysis.groups]
+    with pytest.raises(PruningError, match=r"unknown group\(s\) \['no_such_layer'\]"):
+        analysis.kept({"no_such_layer": 0.5})
+    with pytest.raises(PruningError, match=r"must be in \[0, 1\)"):
+        analysis.rewrite({names[0]: 1.2})
+    with pytest.raises(PruningError, match=r"must be in \[0, 1\)"):
+        analysis.prune_(__import__("copy").deepcopy(net), [-0.1] * analysis.n_groups)
+    with pytest.raises(PruningError, match=f"need {analysis.n_groups} ratios"):
+        analysis.kept([0.5] * (analysis.n_groups + 1))
+    plan = PruningPlan(tuple([0.5] * analysis.n_groups), tuple(names), 1.0, 0.1)  # built by hand: no analysis
+    with pytest.raises(PruningError, match="carries no analysis"):
+        plan.apply(net)
