@@ -54,7 +54,7 @@ m._exponent = lambda *a: 1.0
 rows = []
 for name in dict.fromkeys(r["model"] for r in run["rows"]):
     bs = [r["batch_size"] for r in run["rows"] if r["model"] == name]
-    pop, gens = (12, 3) if run.get("quick") else (64, 60)  # as bench/pruning.py sets them
+    pop, gens = run["search"]["pop_size"], run["search"]["n_gen"]  # the run's own (its variants' search used them too)
     rows += m.bench_model(name, primary, None, bs, run["rows"][0]["input_px"], run["rows"][0]["variants"], pop, gens,
                           run.get("seed", 0), 1)
 allp, allo, alla_p, alla_o, cases = [], [], [], [], []
