@@ -331,10 +331,7 @@ class Predictor:
         entries: dict[str, Any] = {}
         for op, family in self.families.items():
             entry: dict[str, Any] = {"family": family, "feature_names": self.feature_names(op)}
-            if op in self.domains:
-                entry["domain"] = self.domains[op].to_dict()
-            if op in self.rooflines:
-                entry["roofline"] = self.rooflines[op].to_dict()
+            entry.update(self._range_entry(op))
             if family != "medn":
                 name = f"rm_{op}.skops"
                 (d / name).write_bytes(sio.dumps(self.models[op]))
@@ -356,6 +353,15 @@ class Predictor:
         (d / "predictor.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         return d
 
+    def _range_entry(self, op: str) -> dict[str, Any]:
+        """What ``op``'s entry in ``predictor.json`` holds of its training range and roofline (those it has)."""
+        entry: dict[str, Any] = {}
+        if op in self.domains:
+            entry["domain"] = self.domains[op].to_dict()
+        if op in self.rooflines:
+            entry["roofline"] = self.rooflines[op].to_dict()
+        return entry
+
     def save_composition(self, path: str | Path) -> Path:
         """Rewrite only the composition (and the op models' training ranges and rooflines) of the predictor saved at ``path``
         (the same op models): the model
@@ -371,10 +377,8 @@ class Predictor:
         if doc.get("format") != FORMAT or sorted(doc.get("ops", {})) != sorted(self.families):
             raise PredictorFormatError(f"{index} holds other op models than this predictor; save it whole with Predictor.save")
         doc["composition"] = self.composition.to_dict()
-        for op, dom in self.domains.items():
-            doc["ops"][op]["domain"] = dom.to_dict()
-        for op, roof in self.rooflines.items():
-            doc["ops"][op]["roofline"] = roof.to_dict()
+        for op in self.families:
+            doc["ops"][op].update(self._range_entry(op))
         tmp = index.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
         tmp.replace(index)
