@@ -48,6 +48,7 @@ _LAZY = {
     "GraphNode": ".graph.model_graph", "GraphLatency": ".graph.predict", "Composition": ".graph.compose",
     "calibrate": ".graph.calibrate", "random_network": ".graph.calibrate", "validate_models": ".graph.validate",
     "measure_in_passes": ".graph.measure", "ModelJob": ".graph.measure",
+    "consensus_of": ".graph.consensus", "ConsensusReport": ".graph.consensus", "predict_cases": ".graph.consensus",
 }
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Whole-model commands of the ``latpred`` CLI: trace, predict, calibrate, validate."""
+"""Whole-model commands of the ``latpred`` CLI: trace, predict, calibrate, validate, consensus."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ EXAMPLES = {
   latpred validate --predictor P --models torchvision:resnet18,torchvision:mobilenet_v2 --batch-sizes 1,8
   latpred validate --predictor P --models torchvision:zoo --batch-sizes 1,8,32 --utilization 0,0.5 \\
       --json report.json --plot report.png""",
+    "consensus": """examples:
+  latpred consensus --predictor P run1.json run2.json run3.json
+  latpred consensus --predictor P zoo_*.json --json consensus.json
+  latpred consensus run1.json run2.json   # the predictions stored in the last report""",
 }
 
 
@@ -226,6 +230,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consensus(args: argparse.Namespace) -> int:
+    from .graph.consensus import consensus_of, predict_cases
+
+    reports = []
+    for f in args.reports:
+        try:
+            reports.append(json.loads(Path(f).read_text()))
+        except OSError as e:
+            raise SpecError(f"cannot read validation report {f}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"validation report {f} is not JSON: {e}") from None
+    labels = [Path(f).name for f in args.reports]
+    if len(set(labels)) != len(labels):
+        labels = list(args.reports)
+    report = consensus_of(reports, labels)
+    if args.predictor:
+        from .predictor import load_predictor
+
+        pred = load_predictor(args.predictor)
+        report = consensus_of(reports, labels, predict_cases(pred, report.keys, report.refs))
+    doc = {"predictor": args.predictor, **report.to_dict()}
+    if args.json and args.json != "-":
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    if args.json == "-":
+        print(json.dumps(doc, indent=2))
+        return 0
+    lines = [f"{'model':<20} {'batch':>5} {'util':>5} {'thr':>4} {'predicted':>11} {'consensus':>11} {'error':>8} {'spread':>7}"]
+    for c in report.cases():
+        lines.append(f"{c['model']:<20} {c['batch_size']:>5} {c['utilization']:>5.2f} {c['threads'] or '-':>4} "
+                     f"{c['predicted_ms']:9.2f}ms {c['consensus_ms']:9.2f}ms {100 * c['rel_error']:+7.1f}% "
+                     f"{100 * c['run_spread']:6.1f}%")
+    print("\n".join(lines + ["", report.summary()]))
+    return 0
+
+
 def cmd_overlap(args: argparse.Namespace) -> int:
     from .graph.models import load_model
     from .graph.overlap import OverlapPredictor
@@ -355,5 +394,10 @@ def register(sub: Any, fmt: Any) -> None:
     v.add_argument("--loaded-threads", type=int, default=1, help="threads of loaded cases (default: %(default)s)")
     v.add_argument("--no-measure", action="store_true", help="predict only")
     v.add_argument("--plot", help="predicted-vs-measured PNG")
+
+    c = add("consensus", "score predictions against several earlier validation runs and their per-case median",
+            cmd_consensus, json_file=True)
+    c.add_argument("reports", nargs="+", help="validation reports (latpred validate --json, bench/whole_model.py), two or more")
+    c.add_argument("--predictor", help="predict the cases with this predictor (default: the last report's predictions)")
 
 

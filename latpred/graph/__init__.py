@@ -15,6 +15,7 @@ _LAZY = {
     "Composition": ".compose",
     "random_network": ".calibrate", "calibrate": ".calibrate",
     "validate_models": ".validate", "ValidationReport": ".validate",
+    "consensus_of": ".consensus", "ConsensusReport": ".consensus", "predict_cases": ".consensus",
     "measure_in_passes": ".measure", "ModelJob": ".measure", "PooledMeasurement": ".measure",
     "load_model": ".models", "TORCHVISION_ZOO": ".models",
     "time_in_context": ".node_timing", "InContextTiming": ".node_timing",
