@@ -74,6 +74,8 @@ def test_bad_input_gets_errors_that_name_the_problem():
         consensus_of([good, good], ["x", "x"])
     with pytest.raises(SpecError, match="appears twice"):
         consensus_of([good, {"settings": {}, "cases": good["cases"] * 2}])
+    with pytest.raises(SpecError, match="r2 builds model 'm' from 'pkg:other'"):
+        consensus_of([_report({A: 1.0}, refs={"m": "pkg:m"}), _report({A: 1.0}, refs={"m": "pkg:other"})], ["r1", "r2"])
     with pytest.raises(SpecError, match="holds no measured case"):
         consensus_of([good, _report({A: None})])
 

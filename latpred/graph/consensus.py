@@ -143,7 +143,9 @@ def consensus_of(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | N
         if not got:
             raise SpecError(f"{lab} holds no measured case")
         runs.append(got)
-        refs.update(r)
+        for name, ref in r.items():
+            if refs.setdefault(name, ref) != ref:
+                raise SpecError(f"{lab} builds model {name!r} from {ref!r}, an earlier report from {refs[name]!r}: not the same cases")
     common = set.intersection(*(set(r) for r in runs))
     if not common:
         raise SpecError(f"the reports {labels} have no measured case in common (model, batch size, utilization, threads)")
