@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from latpred.graph.consensus import consensus_of, predict_cases
+from latpred.graph.consensus import consensus_of
 from latpred.predictor import Predictor
 
 
@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reports = [json.loads(Path(f).read_text()) for f in args.runs]
     labels = [Path(f).stem for f in args.runs]
-    pred = Predictor.load(args.predictor)
-    keys = consensus_of(reports, labels)
-    report = consensus_of(reports, labels, predict_cases(pred, keys.keys, keys.refs))
+    report = consensus_of(reports, labels).predicted_by(Predictor.load(args.predictor))
     m = report.metrics()["vs_consensus"]
     met = m["acc10"] >= 0.90 and m["mape"] <= 6.0 and m["spearman"] >= 0.98
     doc = {"predictor": args.predictor, "runs": args.runs, "targets_met": met, **report.to_dict()}

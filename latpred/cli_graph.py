@@ -231,7 +231,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_consensus(args: argparse.Namespace) -> int:
-    from .graph.consensus import consensus_of, predict_cases
+    from .graph.consensus import consensus_of
 
     reports = []
     for f in args.reports:
@@ -248,8 +248,7 @@ def cmd_consensus(args: argparse.Namespace) -> int:
     if args.predictor:
         from .predictor import load_predictor
 
-        pred = load_predictor(args.predictor)
-        report = consensus_of(reports, labels, predict_cases(pred, report.keys, report.refs))
+        report = report.predicted_by(load_predictor(args.predictor))
     doc = {"predictor": args.predictor, **report.to_dict()}
     if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(doc, indent=2))

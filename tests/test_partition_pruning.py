@@ -1,5 +1,7 @@
 """Latency-aware structured pruning (partition.pruning / partition.prune_problem)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -249,7 +251,7 @@ def test_bad_plans_get_errors_that_name_the_problem(net, analysis):
     with pytest.raises(PruningError, match=r"must be in \[0, 1\)"):
         analysis.rewrite({names[0]: 1.2})
     with pytest.raises(PruningError, match=r"must be in \[0, 1\)"):
-        analysis.prune_(__import__("copy").deepcopy(net), [-0.1] * analysis.n_groups)
+        analysis.prune_(copy.deepcopy(net), [-0.1] * analysis.n_groups)
     with pytest.raises(PruningError, match=f"need {analysis.n_groups} ratios"):
         analysis.kept([0.5] * (analysis.n_groups + 1))
     plan = PruningPlan(tuple([0.5] * analysis.n_groups), tuple(names), 1.0, 0.1)  # built by hand: no analysis

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import SpecError
-from ..metrics import accuracy_report
+from ..metrics import acc_within, accuracy_report
 
 __all__ = ["CaseKey", "ConsensusReport", "consensus_of", "predict_cases"]
 
@@ -82,8 +82,7 @@ class ConsensusReport:
     def metrics(self) -> dict[str, Any]:
         """Predictions against the consensus and against each run; run-to-run agreement; the ceiling."""
         m, p, n = self.measured, self.predicted, len(self.labels)
-        acc10 = lambda a, b: float(np.mean(np.abs(a / b - 1) <= 0.10))  # noqa: E731
-        pairs = [acc10(m[:, i], m[:, j]) for i, j in itertools.combinations(range(n), 2)]
+        pairs = [acc_within(m[:, i], m[:, j], 0.10) for i, j in itertools.combinations(range(n), 2)]
         out: dict[str, Any] = {
             "n_cases": len(self.keys), "n_runs": n,
             "vs_consensus": accuracy_report(p, self.consensus_ms),
@@ -91,12 +90,17 @@ class ConsensusReport:
             "run_vs_run_acc10": {"min": min(pairs), "median": float(np.median(pairs)), "max": max(pairs)},
         }
         if n >= 3:
-            out["ceiling_acc10"] = {lab: acc10(np.median(np.delete(m, j, axis=1), axis=1), m[:, j])
+            out["ceiling_acc10"] = {lab: acc_within(np.median(np.delete(m, j, axis=1), axis=1), m[:, j], 0.10)
                                     for j, lab in enumerate(self.labels)}
         regimes = {"unloaded": np.array([k[2] == 0 for k in self.keys])}
         regimes["loaded"] = ~regimes["unloaded"]
         out["vs_consensus_by_regime"] = {r: accuracy_report(p[s], self.consensus_ms[s]) for r, s in regimes.items() if s.sum() > 2}
         return out
+
+    def predicted_by(self, predictor: Any) -> ConsensusReport:
+        """The same runs with every case predicted by ``predictor`` (:func:`predict_cases`)."""
+        got = predict_cases(predictor, self.keys, self.refs)
+        return replace(self, predicted=np.array([got[k] for k in self.keys], dtype=float))
 
     def cases(self) -> list[dict[str, Any]]:
         cons = self.consensus_ms
@@ -130,7 +134,8 @@ def consensus_of(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | N
 
     Cases measured in every report are kept; the others are counted in ``dropped``. ``predicted``
     maps case keys to predicted ms (e.g. :func:`predict_cases`); without it the last report's own
-    ``predicted_ms`` are used (the predictor that report was written with).
+    ``predicted_ms`` are used (the predictor that report was written with). To score another predictor,
+    call :meth:`ConsensusReport.predicted_by` on the result.
     """
     labels = list(labels) if labels is not None else [f"run{i + 1}" for i in range(len(reports))]
     if len(reports) < 2:
