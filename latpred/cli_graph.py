@@ -164,7 +164,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
                               + (" + random networks" if args.from_cases else ""))
         comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads,
-                                      weight_cache_mib=pred.cache_mib, activation_cap_mib=pred.activation_cap_mib)
+                                      weight_cache_mib=pred.cache_mib, activation_cap_mib=pred.activation_cap_mib,
+                                      spill_cap_mib=pred.cache_mib)
         comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
@@ -357,7 +358,8 @@ def register(sub: Any, fmt: Any) -> None:
                    "`latpred train` records them)")
     c.add_argument("--cache-mib", type=float, metavar="MIB",
                    help="the device's last-level cache in MiB, where the predictor's metadata lacks it (e.g. from lscpu); "
-                   "each node's cold-weight cost is capped at it; 0 = no cap (default: the profiled device's, if recorded)")
+                   "each node's cold-weight cost is capped at it, and its spilled-output cost ends there; 0 = no cap and no spilled-output "
+                   "term (default: the profiled device's, if recorded)")
     c.add_argument("--activation-cap-mib", type=float, metavar="MIB",
                    help="the CPU's private per-core (L2) cache in MiB, where the predictor's metadata lacks it (e.g. from "
                    "lscpu: L2 size / instances); each node's activation cost is capped at it; 0 = no cap (default: the "

@@ -8,7 +8,7 @@ from torch import nn
 
 from latpred import SpecError, UnknownOpError
 from latpred.graph.calibrate import calibrate, random_network
-from latpred.graph.compose import CLASSES, FEATURES, Composition, class_index, node_class
+from latpred.graph.compose import CLASSES, FEATURES, Composition, class_index, node_class, spilled_outputs
 from latpred.graph.predict import composition_features
 from latpred.graph.trace import trace
 from latpred.predictor import Predictor
@@ -78,20 +78,22 @@ def test_no_generic_fallback_is_a_clear_error(predictor, graph):
 
 def _with_later_classes(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
     """Rows laid out with the four classes of before (conv, gemm, memory, generic, ...): the dwconv and maxpool
-    columns inserted."""
+    columns inserted, and the spilled-output column appended (0: no such term then)."""
     a = np.insert(a, CLASSES.index("dwconv"), fill, axis=1)
-    return np.insert(a, CLASSES.index("maxpool"), fill, axis=1)
+    a = np.insert(a, CLASSES.index("maxpool"), fill, axis=1)
+    return np.column_stack([a, np.zeros(len(a))])
 
 
 def test_composition_fit_recovers_known_coefficients():
     rng = np.random.default_rng(0)
     F = np.column_stack([rng.uniform(0, 50, 60), rng.uniform(0, 15, 60), rng.uniform(0, 20, 60), rng.uniform(0, 10, 60),
                          rng.uniform(0, 8, 60), np.zeros(60), rng.integers(10, 300, 60), rng.integers(0, 100, 60),
-                         rng.uniform(1, 300, 60), rng.uniform(1, 500, 60)])
+                         rng.uniform(1, 300, 60), rng.uniform(1, 500, 60), rng.uniform(0, 200, 60)])
     u = np.where(np.arange(60) % 2, 0.5, 0.0)
     # columns: conv, dwconv, gemm, memory, maxpool, generic, compute nodes, view nodes (fitted as 0 by design), weight
-    # MiB, act MiB
-    true = {0: [1.2, 0.7, 1.1, 1.6, 0.8, 1.0, 0.02, 0.0, 0.1, 0.02], 1: [1.5, 0.9, 1.3, 2.0, 0.7, 1.0, 0.04, 0.0, 0.15, 0.03]}
+    # MiB, act MiB, spilled MiB
+    true = {0: [1.2, 0.7, 1.1, 1.6, 0.8, 1.0, 0.02, 0.0, 0.1, 0.02, 0.01],
+            1: [1.5, 0.9, 1.3, 2.0, 0.7, 1.0, 0.04, 0.0, 0.15, 0.03, 0.02]}
     y = np.array([F[i] @ np.array(true[int(u[i] > 0)]) for i in range(60)])
     comp = Composition.fit(F, y, u, shrink=0.0)  # plain NNLS: exact on exact data
     assert comp.calibrated and comp.info["fit_mape"] < 1e-6
@@ -143,7 +145,7 @@ def test_max_pools_have_their_own_class_and_older_files_keep_their_predictions()
           "calibrated": True, "weight_cache_mib": 32.0, "activation_cap_mib": 0.5, "inplace_free": True,
           "streamed_weights_free": True, "info": {}}
     comp = Composition.from_dict(v2)
-    assert comp.coef["loaded"] == [1.3, 0.9, 0.8, 1.1, 1.1, 1.0, 0.01, 0.0, 0.02, 0.05]
+    assert comp.coef["loaded"] == [1.3, 0.9, 0.8, 1.1, 1.1, 1.0, 0.01, 0.0, 0.02, 0.05, 0.0]  # no spilled-output term then
     assert comp.inplace_free and comp.streamed_weights_free and comp.activation_cap_mib == 0.5
     iso = np.array([[2.0, 3.0]])
     out = comp.apply(iso, np.array([CLASSES.index("memory"), CLASSES.index("maxpool")]), np.array([True, True]),
@@ -209,6 +211,51 @@ def test_activation_cap_limits_each_nodes_activation_cost():
     for bad in (0.0, -2.0, float("nan"), "1", False):
         with pytest.raises(SpecError, match="activation_cap_mib"):
             Composition(activation_cap_mib=bad)
+
+
+def test_spilled_outputs_pay_between_the_core_cache_and_the_last_level_cache():
+    """An output's MiB past the per-core cache, up to the last-level cache, pay the spilled-output cost: alone the
+    layer reran with them in the LLC; past the LLC it streamed them alone as well. Files written before the term load
+    with it at 0 and predict as they did."""
+    assert spilled_outputs(np.array([0.25, 1.0, 8.0, 32.0, 200.0]), 0.5, 32.0) == pytest.approx([0.0, 0.5, 7.5, 31.5, 31.5])
+    assert not spilled_outputs(np.array([8.0]), None, 32.0).any() and not spilled_outputs(np.array([8.0]), 0.5, None).any()
+    iso = np.array([[1.0, 2.0], [1.0, 2.0]])
+    classes, compute, view = np.array([0, 3]), np.array([True, True]), np.zeros(2, dtype=bool)
+    param, act = np.zeros(2), np.array([[0.25, 3.0], [16.0, 96.0]])
+    s, a = FEATURES.index("spilled_mib"), FEATURES.index("activation_mib")
+    f = Composition.features(iso, classes, compute, view, param, act, None, 0.5, spill_cap_mib=32.0)
+    assert f[:, s] == pytest.approx([2.5, 15.5 + 31.5]) and f[:, a] == pytest.approx([0.75, 1.0])
+    assert not Composition.features(iso, classes, compute, view, param, act, None, 0.5).any(axis=0)[s]  # no LLC: no term
+    coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.0, 0.0, 0.01]
+    comp = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, None, 0.5, spill_cap_mib=32.0)
+    assert comp.apply(iso, classes, compute, view, np.zeros(2), param, act) == pytest.approx(
+        np.array([[1.0, 2.025], [1.155, 2.315]]))
+    assert "spilled from 0.5 to 32 MiB" in comp.describe() and "ms/MiB spilled" in comp.describe()
+    assert Composition.from_dict(comp.to_dict()).spill_cap_mib == 32.0
+    old = comp.to_dict()
+    old["features"] = old["features"][:-1]  # written before the term: ten coefficients, no spill cap
+    old["coef"] = {r: c[:-1] for r, c in old["coef"].items()}
+    del old["spill_cap_mib"]
+    legacy = Composition.from_dict(old)
+    assert legacy.spill_cap_mib is None and legacy.coef["loaded"][-1] == 0.0
+    assert legacy.apply(iso, classes, compute, view, np.zeros(2), param, act) == pytest.approx(iso)
+    with pytest.raises(SpecError, match="spill_cap_mib"):
+        Composition(spill_cap_mib=-1.0)
+
+
+def test_spilled_output_term_in_predictions_matches_its_fitting_feature(predictor):
+    """predict_graph charges a traced model's spilled outputs as composition_features counts them for fitting."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1)).eval()
+    g = trace(net, torch.randn(1, 3, 64, 64))
+    meta = {**predictor.metadata, "cache_mib": 4.0, "activation_cap_mib": 0.25}
+    coef = [1.0] * len(CLASSES) + [0.0, 0.0, 0.0, 0.0, 0.2]
+    p = Predictor(**{**predictor.__dict__, "metadata": meta,
+                     "composition": Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, 4.0, 0.25, spill_cap_mib=4.0)})
+    lat = p.predict_graph(g, batch_size=8, utilization=0.0, threads=1)
+    spilled = composition_features(p, g, np.asarray(lat.isolated_ms).ravel(), 8)[FEATURES.index("spilled_mib")]
+    conv_out = 8 * 32 * 64 * 64 * 4 / 2**20  # 4 MiB per conv output at batch 8, the ReLU's the same, the 1x1's 1 MiB
+    assert spilled == pytest.approx(2 * (4.0 - 0.25) + (1.0 - 0.25), rel=1e-6) and conv_out == 4.0
+    assert float(lat.total_ms) - float(np.sum(lat.isolated_ms)) == pytest.approx(0.2 * spilled, rel=1e-6)
 
 
 def test_in_place_nodes_pay_no_activation_cost(predictor):

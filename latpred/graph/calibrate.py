@@ -394,7 +394,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"},
                                   default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
-                                  activation_cap_mib=predictor.activation_cap_mib)
+                                  activation_cap_mib=predictor.activation_cap_mib, spill_cap_mib=predictor.cache_mib)
     return comp, cases
 
 
@@ -405,7 +405,7 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
         raise SpecError("no calibration case to refit from")
     return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)},
                                   default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
-                                  activation_cap_mib=predictor.activation_cap_mib)
+                                  activation_cap_mib=predictor.activation_cap_mib, spill_cap_mib=predictor.cache_mib)
 
 
 def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
@@ -478,11 +478,11 @@ def leave_one_model_out(cases: Sequence[CalibrationCase], extra: Sequence[Calibr
 
 def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any] | None = None,
                            default_threads: int | None = None, weight_cache_mib: float | None = None,
-                           activation_cap_mib: float | None = None) -> Composition:
+                           activation_cap_mib: float | None = None, spill_cap_mib: float | None = None) -> Composition:
     """Fit a :class:`Composition` from calibration cases (``default_threads``: the device's default thread
     count, which decides whether a 1-thread case is the single-thread regime; None: it is).
-    ``weight_cache_mib`` and ``activation_cap_mib`` must be the caps the cases' features were computed with
-    (``predictor.cache_mib``, ``predictor.activation_cap_mib``)."""
+    ``weight_cache_mib``, ``activation_cap_mib`` and ``spill_cap_mib`` must be the caps the cases' features were
+    computed with (``predictor.cache_mib``, ``predictor.activation_cap_mib``, ``predictor.cache_mib``)."""
     if not cases:
         raise SpecError("no calibration case was measured")
     F_ = np.array([c.features for c in cases])
@@ -490,6 +490,6 @@ def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any
     u = np.array([c.utilization for c in cases])
     return Composition.fit(F_, y, u, info, min_rows=min(8, len(cases)), threads=[c.threads for c in cases],
                            default_threads=default_threads, weight_cache_mib=weight_cache_mib,
-                           activation_cap_mib=activation_cap_mib)
+                           activation_cap_mib=activation_cap_mib, spill_cap_mib=spill_cap_mib)
 
 

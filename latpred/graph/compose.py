@@ -8,6 +8,7 @@ is linear and per node, so node latencies stay additive (the partitioner sums th
     node_ms = scale[class(node)] * isolated_ms(node) + overhead_ms[kind(node)]
               + ms_per_param_mb * min(param_MiB(node), weight_cache_mib)
               + ms_per_activation_mb * min(output_MiB(node), activation_cap_mib)
+              + ms_per_spilled_mb * clip(output_MiB(node) - activation_cap_mib, 0, spill_cap_mib - activation_cap_mib)
     model_ms = sum(node_ms)
 
 with classes ``conv`` (dense convolutions), ``dwconv`` (grouped and depthwise convolutions: few
@@ -42,6 +43,16 @@ of the 2-core dev VM) the random-network composition scored the zoo at 58.3% acc
 ``inplace`` spec parameter) allocate no output and pay no activation cost (``inplace_free``): the term is
 fitted on out-of-place outputs, and charged to the in-place activations of torchvision's CNNs it put
 mobilenet_v2 and efficientnet_b0 at batch 1 25-33% over their measurement on one thread.
+The last term (compositions fitted since 2026-12-06; :func:`spilled_outputs`) charges the part of an output that
+spills past the core's private cache but fits the last-level cache (``spill_cap_mib``, the LLC,
+:attr:`~latpred.Predictor.cache_mib`): profiled alone, a layer reruns with its input and output there; in a model the
+tensors around it push them out. Past the LLC, the layer streamed its output from memory alone too. The one-slope
+activation term could not hold both ends: uncapped it over-predicted depthwise-heavy models at batch 8 and 32, capped
+at the L2 it left them under-predicted at batch 8, where most outputs are 1-30 MiB (mobilenet_v2 at batch 8: its
+depthwise, normalisation and activation nodes ran 1.28x, 1.49x and 2.1x their isolated time in the model, its dense
+convolutions 1.10x; under load on one thread the model took 1.23x the sum of its isolated nodes at batch 8, 1.06x at
+batch 32). Refitted on the same calibration cases, the zoo against the median of five runs read 94.0% acc10 / MAPE
+4.24% against 89.3% / 4.99% (docs/benchmarks.md).
 Coefficients are fitted by non-negative least squares on *relative* error over whole-network measurements,
 separately per regime: unloaded (utilization 0), loaded, and unloaded on a single thread of a multi-threaded
 device (measured on the 2-core CPU: at one thread the zoo composes differently — vit_b_16 ran 19–23% above the
@@ -63,7 +74,7 @@ import numpy as np
 from ..errors import SpecError
 
 __all__ = ["Composition", "CLASSES", "FEATURES", "node_class", "node_classes", "zero_clamped_inputs", "REGIMES",
-           "DEFAULT_SHRINK", "cold_weights"]
+           "DEFAULT_SHRINK", "cold_weights", "spilled_outputs"]
 
 CLASSES = ("conv", "dwconv", "gemm", "memory", "maxpool", "generic")
 #: a class added later takes, in a composition written before it, the scale of the class that held its nodes then
@@ -78,8 +89,10 @@ _CLAMP_KEEPING = frozenset({"cat", "maxpool2d", "flatten", "dropout"})
 #: conditions the composition is fitted for separately
 REGIMES = ("unloaded", "loaded", "single_thread")
 #: regression features of a model: isolated ms per class, node counts, weight and activation MiB of compute nodes
-FEATURES = (*CLASSES, "compute_nodes", "view_nodes", "param_mib", "activation_mib")
+FEATURES = (*CLASSES, "compute_nodes", "view_nodes", "param_mib", "activation_mib", "spilled_mib")
 _N_FEATURES = len(FEATURES)
+#: features of compositions written before the spilled-output term (2026-12-06): read with that term at 0
+_FEATURES_BEFORE_SPILL = FEATURES[:-1]
 #: default strength of the pull towards the plain sum in :meth:`Composition.fit` (see there)
 DEFAULT_SHRINK = 3.0
 _K = len(CLASSES)
@@ -167,12 +180,19 @@ class Composition:
     #: a node whose weights exceed ``weight_cache_mib`` pays no cold-weight cost: alone it streamed them from memory
     #: too (False for compositions written before it: such a node paid for ``weight_cache_mib``, see :func:`cold_weights`)
     streamed_weights_free: bool = True
+    #: upper end of the spilled-output band (the last-level cache): a node's output MiB between ``activation_cap_mib``
+    #: and this pay the spilled-output cost (:func:`spilled_outputs`); None: no such term (compositions written before it)
+    spill_cap_mib: float | None = None
 
     def __post_init__(self) -> None:
         self.weight_cache_mib = check_cache_mib(self.weight_cache_mib)
         self.activation_cap_mib = check_cache_mib(self.activation_cap_mib, "activation_cap_mib")
+        self.spill_cap_mib = check_cache_mib(self.spill_cap_mib, "spill_cap_mib")
         if "single_thread" not in self.coef and "unloaded" in self.coef:  # written before the single-thread regime
             self.coef = {**self.coef, "single_thread": list(self.coef["unloaded"])}
+        # coefficients without the spilled-output term (written before it): the term is 0
+        self.coef = {r: list(c) + [0.0] if isinstance(c, (list, tuple)) and len(c) == _N_FEATURES - 1 else c
+                     for r, c in self.coef.items()}
         for r in REGIMES:
             c = self.coef.get(r)
             if c is None or len(c) != _N_FEATURES or not all(np.isfinite(c)) or min(c) < 0:
@@ -202,19 +222,26 @@ class Composition:
                                                   * compute)[None, :]
         if activation_mib is not None:
             out = out + coef[:, _K + 3:_K + 4] * capped_weights(activation_mib, self.activation_cap_mib) * compute[None, :]
+            if self.spill_cap_mib is not None:
+                out = out + coef[:, _K + 4:_K + 5] * spilled_outputs(activation_mib, self.activation_cap_mib,
+                                                                     self.spill_cap_mib) * compute[None, :]
         return out
 
     # -- fitting ----------------------------------------------------------------------------
     @staticmethod
     def features(isolated_ms: np.ndarray, classes: np.ndarray, compute: np.ndarray, view: np.ndarray,
                  param_mib: np.ndarray, activation_mib: np.ndarray, weight_cache_mib: float | None = None,
-                 activation_cap_mib: float | None = None, streamed_weights_free: bool = True) -> np.ndarray:
+                 activation_cap_mib: float | None = None, streamed_weights_free: bool = True,
+                 spill_cap_mib: float | None = None) -> np.ndarray:
         """Per-condition regression features (:data:`FEATURES`): summed isolated ms per class, compute and
-        view node counts, weight MiB (each node's capped at ``weight_cache_mib``) and output-activation MiB
-        (each node's capped at ``activation_cap_mib``) of the compute nodes. Fit with the same caps the
-        composition will apply."""
+        view node counts, weight MiB (each node's capped at ``weight_cache_mib``), output-activation MiB
+        (each node's capped at ``activation_cap_mib``) and spilled output MiB (each node's between
+        ``activation_cap_mib`` and ``spill_cap_mib``, :func:`spilled_outputs`; 0 when either is None) of the compute
+        nodes. Fit with the same caps the composition will apply."""
         iso = np.atleast_2d(isolated_ms)
-        act = capped_weights(np.atleast_2d(activation_mib), check_cache_mib(activation_cap_mib, "activation_cap_mib"))
+        cap = check_cache_mib(activation_cap_mib, "activation_cap_mib")
+        act = capped_weights(np.atleast_2d(activation_mib), cap)
+        spilled = spilled_outputs(np.atleast_2d(activation_mib), cap, check_cache_mib(spill_cap_mib, "spill_cap_mib"))
         out = np.empty((len(iso), _N_FEATURES))
         for k in range(_K):
             out[:, k] = iso[:, classes == k].sum(axis=1)
@@ -222,6 +249,7 @@ class Composition:
         out[:, _K + 1] = view.sum()
         out[:, _K + 2] = float(np.sum(cold_weights(param_mib, check_cache_mib(weight_cache_mib), streamed_weights_free) * compute))
         out[:, _K + 3] = (act * compute[None, :]).sum(axis=1)
+        out[:, _K + 4] = (spilled * compute[None, :]).sum(axis=1)
         return out
 
     @classmethod
@@ -229,7 +257,7 @@ class Composition:
             info: dict[str, Any] | None = None, min_rows: int = 8, threads: Any = None,
             default_threads: int | None = None, shrink: float = DEFAULT_SHRINK,
             weight_cache_mib: float | None = None, activation_cap_mib: float | None = None,
-            inplace_free: bool = True, streamed_weights_free: bool = True) -> Composition:
+            inplace_free: bool = True, streamed_weights_free: bool = True, spill_cap_mib: float | None = None) -> Composition:
         """Fit coefficients (NNLS on relative error) from rows of :meth:`features` and measured model ms.
 
         Rows are split by :func:`regime` (``threads`` per row, None = the device default). A regime with
@@ -246,8 +274,9 @@ class Composition:
         16.1% and 20.4% at most (over 40 subsets), and leave-one-model-out on the zoo also improves
         (MAPE 12.9 -> 12.4%; docs/benchmarks.md). ``shrink=0`` is plain NNLS.
 
-        ``weight_cache_mib``, ``activation_cap_mib`` and ``inplace_free`` are stored in the composition: how the
-        features were computed (:func:`~latpred.graph.predict.composition_features` leaves in-place outputs out).
+        ``weight_cache_mib``, ``activation_cap_mib``, ``spill_cap_mib`` and ``inplace_free`` are stored in the
+        composition: how the features were computed (:func:`~latpred.graph.predict.composition_features` leaves
+        in-place outputs out).
         """
         if not shrink >= 0:
             raise SpecError(f"shrink must be >= 0, got {shrink!r}")
@@ -293,7 +322,7 @@ class Composition:
         if (reg == single).sum() < min_rows:
             coef["single_thread"] = coef["unloaded"]
         comp = cls(coef, True, dict(info or {}), weight_cache_mib, activation_cap_mib, bool(inplace_free),
-                   bool(streamed_weights_free))
+                   bool(streamed_weights_free), spill_cap_mib)
         pred = (F * comp.matrix(utilization, threads, default_threads)).sum(axis=1)
         rel = pred / y - 1
         comp.info.update({"shrink": float(shrink), "rows": int(len(y)),
@@ -306,12 +335,15 @@ class Composition:
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(CLASSES), "features": list(FEATURES), "coef": self.coef, "calibrated": self.calibrated,
                 "weight_cache_mib": self.weight_cache_mib, "activation_cap_mib": self.activation_cap_mib,
-                "inplace_free": self.inplace_free, "streamed_weights_free": self.streamed_weights_free, "info": self.info}
+                "inplace_free": self.inplace_free, "streamed_weights_free": self.streamed_weights_free,
+                "spill_cap_mib": self.spill_cap_mib, "info": self.info}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Composition:
         classes = list(d.get("classes", []))
-        if list(d.get("features", [])) != [*classes, *FEATURES[_K:]] or not set(classes) <= set(CLASSES) or any(
+        features = list(d.get("features", []))
+        known = ([*classes, *FEATURES[_K:]], [*classes, *_FEATURES_BEFORE_SPILL[_K:]])
+        if features not in known or not set(classes) <= set(CLASSES) or any(
                 c not in classes and _INHERITS.get(c) not in classes for c in CLASSES):
             raise SpecError(f"composition features {d.get('features')} differ from this latpred's {list(FEATURES)}; "
                             "recalibrate with `latpred calibrate`")
@@ -325,7 +357,7 @@ class Composition:
             if not isinstance(flag, bool):
                 raise SpecError(f"composition {name} must be true or false, got {flag!r}")
         return cls(coef, bool(d.get("calibrated")), dict(d.get("info", {})), d.get("weight_cache_mib"), d.get("activation_cap_mib"),
-                   inplace_free, streamed)
+                   inplace_free, streamed, d.get("spill_cap_mib"))
 
     def describe(self) -> str:
         if not self.calibrated:
@@ -335,11 +367,14 @@ class Composition:
             c = self.coef[r]
             scales = ", ".join(f"{k}×{v:.2f}" for k, v in zip(CLASSES, c))
             parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
-                         f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations")
+                         f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations"
+                         + (f", +{c[_K + 4]:.3f} ms/MiB spilled" if self.spill_cap_mib is not None else ""))
         caps = ([] if self.weight_cache_mib is None else [
             f"weights counted up to {self.weight_cache_mib:g} MiB per node" + (", larger ones free" if self.streamed_weights_free
                                                                               else "")]) + (
             [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"]) + (
+            [] if self.spill_cap_mib is None or self.activation_cap_mib is None else [
+                f"outputs spilled from {self.activation_cap_mib:g} to {self.spill_cap_mib:g} MiB per node"]) + (
             ["in-place outputs free"] if self.inplace_free else [])
         cap = f" ({', '.join(caps)})" if caps else ""
         return "composition (calibrated)" + cap + ": " + "; ".join(parts)
@@ -363,6 +398,18 @@ def cold_weights(param_mib: np.ndarray, weight_cache_mib: float | None, streamed
     if weight_cache_mib is None:
         return p
     return np.where(p <= weight_cache_mib, p, 0.0) if streamed_free else np.minimum(p, weight_cache_mib)
+
+
+def spilled_outputs(activation_mib: np.ndarray, activation_cap_mib: float | None, spill_cap_mib: float | None) -> np.ndarray:
+    """Each node's output MiB that spills past the core's private cache within the last-level cache: the part
+    between ``activation_cap_mib`` and ``spill_cap_mib``, 0 when either is None. Profiled alone, a layer whose input
+    and output fit the last-level cache reran with both there; in a model, the tensors live around it (its
+    neighbours' outputs, the skip connections, the weights) push its output out. Past the last-level cache it
+    streamed its output from memory alone as well, so that part pays nothing more."""
+    a = np.asarray(activation_mib, dtype=float)
+    if activation_cap_mib is None or spill_cap_mib is None or spill_cap_mib <= activation_cap_mib:
+        return np.zeros_like(a)
+    return np.clip(a - activation_cap_mib, 0.0, spill_cap_mib - activation_cap_mib)
 
 
 def capped_weights(param_mib: np.ndarray, weight_cache_mib: float | None) -> np.ndarray:
