@@ -51,8 +51,8 @@ activation term could not hold both ends: uncapped it over-predicted depthwise-h
 at the L2 it left them under-predicted at batch 8, where most outputs are 1-30 MiB (mobilenet_v2 at batch 8: its
 depthwise, normalisation and activation nodes ran 1.28x, 1.49x and 2.1x their isolated time in the model, its dense
 convolutions 1.10x; under load on one thread the model took 1.23x the sum of its isolated nodes at batch 8, 1.06x at
-batch 32). Refitted on the same calibration cases, the zoo against the median of five runs read 94.0% acc10 / MAPE
-4.24% against 89.3% / 4.99% (docs/benchmarks.md).
+batch 32). Refitted on the same calibration cases, the zoo against the median of eight runs read 90.5% acc10 / MAPE
+4.58% against 88.1% / 5.38%, and 2.4-4.8 points of acc10 better with each of four MEDN seeds (docs/benchmarks.md).
 Coefficients are fitted by non-negative least squares on *relative* error over whole-network measurements,
 separately per regime: unloaded (utilization 0), loaded, and unloaded on a single thread of a multi-threaded
 device (measured on the 2-core CPU: at one thread the zoo composes differently — vit_b_16 ran 19–23% above the
