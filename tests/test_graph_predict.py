@@ -231,6 +231,9 @@ def test_spilled_outputs_pay_between_the_core_cache_and_the_last_level_cache():
     assert comp.apply(iso, classes, compute, view, np.zeros(2), param, act) == pytest.approx(
         np.array([[1.0, 2.025], [1.155, 2.315]]))
     assert "spilled from 0.5 to 32 MiB" in comp.describe() and "ms/MiB spilled" in comp.describe()
+    no_l2 = Composition({r: coef for r in ("unloaded", "loaded")}, True, {}, None, None, spill_cap_mib=32.0)  # e.g. a GPU
+    assert "spilled" not in no_l2.describe() and no_l2.apply(iso, classes, compute, view, np.zeros(2), param, act) == \
+        pytest.approx(iso)
     assert Composition.from_dict(comp.to_dict()).spill_cap_mib == 32.0
     old = comp.to_dict()
     old["features"] = old["features"][:-1]  # written before the term: ten coefficients, no spill cap

@@ -51,8 +51,8 @@ activation term could not hold both ends: uncapped it over-predicted depthwise-h
 at the L2 it left them under-predicted at batch 8, where most outputs are 1-30 MiB (mobilenet_v2 at batch 8: its
 depthwise, normalisation and activation nodes ran 1.28x, 1.49x and 2.1x their isolated time in the model, its dense
 convolutions 1.10x; under load on one thread the model took 1.23x the sum of its isolated nodes at batch 8, 1.06x at
-batch 32). Refitted on the same calibration cases, the zoo against the median of eight runs read 90.5% acc10 / MAPE
-4.58% against 88.1% / 5.38%, and 2.4-4.8 points of acc10 better with each of four MEDN seeds (docs/benchmarks.md).
+batch 32). Refitted on the same calibration cases, the zoo against the median of nine runs read 91.7% acc10 / MAPE
+4.50% against 85.7% / 5.35%, and 2.4-4.8 points of acc10 better with each of four MEDN seeds (docs/benchmarks.md).
 Coefficients are fitted by non-negative least squares on *relative* error over whole-network measurements,
 separately per regime: unloaded (utilization 0), loaded, and unloaded on a single thread of a multi-threaded
 device (measured on the 2-core CPU: at one thread the zoo composes differently — vit_b_16 ran 19–23% above the
@@ -362,19 +362,19 @@ class Composition:
     def describe(self) -> str:
         if not self.calibrated:
             return "composition: plain sum of isolated node latencies (not calibrated)"
+        spill = self.spill_cap_mib is not None and self.activation_cap_mib is not None
         parts = []
         for r in REGIMES:
             c = self.coef[r]
             scales = ", ".join(f"{k}×{v:.2f}" for k, v in zip(CLASSES, c))
             parts.append(f"{r}: {scales}, +{c[_K] * 1e3:.1f} µs/compute node, +{c[_K + 1] * 1e3:.1f} µs/view node, "
                          f"+{c[_K + 2]:.3f} ms/MiB of weights, +{c[_K + 3]:.3f} ms/MiB of activations"
-                         + (f", +{c[_K + 4]:.3f} ms/MiB spilled" if self.spill_cap_mib is not None else ""))
+                         + (f", +{c[_K + 4]:.3f} ms/MiB spilled" if spill else ""))
         caps = ([] if self.weight_cache_mib is None else [
             f"weights counted up to {self.weight_cache_mib:g} MiB per node" + (", larger ones free" if self.streamed_weights_free
                                                                               else "")]) + (
             [] if self.activation_cap_mib is None else [f"outputs up to {self.activation_cap_mib:g} MiB per node"]) + (
-            [] if self.spill_cap_mib is None or self.activation_cap_mib is None else [
-                f"outputs spilled from {self.activation_cap_mib:g} to {self.spill_cap_mib:g} MiB per node"]) + (
+            [f"outputs spilled from {self.activation_cap_mib:g} to {self.spill_cap_mib:g} MiB per node"] if spill else []) + (
             ["in-place outputs free"] if self.inplace_free else [])
         cap = f" ({', '.join(caps)})" if caps else ""
         return "composition (calibrated)" + cap + ": " + "; ".join(parts)
@@ -403,7 +403,7 @@ def cold_weights(param_mib: np.ndarray, weight_cache_mib: float | None, streamed
 def spilled_outputs(activation_mib: np.ndarray, activation_cap_mib: float | None, spill_cap_mib: float | None) -> np.ndarray:
     """Each node's output MiB that spills past the core's private cache within the last-level cache: the part
     between ``activation_cap_mib`` and ``spill_cap_mib``, 0 when either is None. Profiled alone, a layer whose input
-    and output fit the last-level cache reran with both there; in a model, the tensors live around it (its
+    and output fit the last-level cache reran with both there; in a model, the tensors alive around it (its
     neighbours' outputs, the skip connections, the weights) push its output out. Past the last-level cache it
     streamed its output from memory alone as well, so that part pays nothing more."""
     a = np.asarray(activation_mib, dtype=float)
