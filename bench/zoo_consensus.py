@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from latpred.graph.consensus import consensus_of
+from latpred.graph.consensus import consensus_of, read_reports
 from latpred.predictor import Predictor
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="bench/results/zoo_consensus.json")
     args = ap.parse_args(argv)
 
-    reports = [json.loads(Path(f).read_text()) for f in args.runs]
+    reports = read_reports(args.runs)
     labels = [Path(f).stem for f in args.runs]
     report = consensus_of(reports, labels).predicted_by(Predictor.load(args.predictor))
     m = report.metrics()["vs_consensus"]

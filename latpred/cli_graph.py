@@ -142,6 +142,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             say(f"rooflines of {len(pred.rooflines)} op types from {n} samples of {args.rooflines_from}")
     if args.from_cases or args.from_validation:
         from .graph.calibrate import CalibrationCase, cases_from_validation, composition_from_cases, recompute_features
+        from .graph.predict import composition_caps
 
         cases = []
         if args.from_cases:
@@ -164,8 +165,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             info["source"] = ("real models measured by `latpred validate`: " + ", ".join(sorted({c.model for c in cases if c.model}))
                               + (" + random networks" if args.from_cases else ""))
         comp = composition_from_cases(cases, {**info, "refit_from_cases": len(cases)}, default_threads=pred.default_threads,
-                                      weight_cache_mib=pred.cache_mib, activation_cap_mib=pred.activation_cap_mib,
-                                      spill_cap_mib=pred.cache_mib)
+                                      **composition_caps(pred))
         comp.info.setdefault("networks", len({c.group for c in cases}))
         comp.info.setdefault("calibration_s", 0.0)
     else:
@@ -232,16 +232,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_consensus(args: argparse.Namespace) -> int:
-    from .graph.consensus import consensus_of
+    from .graph.consensus import consensus_of, read_reports
 
-    reports = []
-    for f in args.reports:
-        try:
-            reports.append(json.loads(Path(f).read_text()))
-        except OSError as e:
-            raise SpecError(f"cannot read validation report {f}: {e.strerror or e}") from None
-        except json.JSONDecodeError as e:
-            raise SpecError(f"validation report {f} is not JSON: {e}") from None
+    reports = read_reports(args.reports)
     labels = [Path(f).name for f in args.reports]
     if len(set(labels)) != len(labels):
         labels = list(args.reports)

@@ -26,7 +26,7 @@ from ..errors import SpecError
 from ..profiling.reference import adopt_reference
 from .compose import Composition
 from .measure import ModelJob, check_passes, measure_in_passes, model_reference_exponent
-from .predict import composition_features
+from .predict import composition_caps, composition_features
 from .trace import trace
 
 __all__ = ["random_network", "RANDOM_NETWORK_VERSION", "calibrate", "refit", "CalibrationCase", "DEFAULT_CONDITIONS",
@@ -393,8 +393,7 @@ def calibrate(predictor: Any, device: Any, n_networks: int = 30, seed: int = 0,
                                           "passes": passes, "generator": generator,
                                           "calibration_s": round(time.perf_counter() - t0, 1),
                                           "source": "generated random networks (latpred.graph.calibrate.random_network)"},
-                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
-                                  activation_cap_mib=predictor.activation_cap_mib, spill_cap_mib=predictor.cache_mib)
+                                  default_threads=predictor.default_threads, **composition_caps(predictor))
     return comp, cases
 
 
@@ -404,8 +403,7 @@ def refit(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0, info:
     if not cases:
         raise SpecError("no calibration case to refit from")
     return composition_from_cases(recompute_features(predictor, cases, seed), {**(info or {}), "refit_from_cases": len(cases)},
-                                  default_threads=predictor.default_threads, weight_cache_mib=predictor.cache_mib,
-                                  activation_cap_mib=predictor.activation_cap_mib, spill_cap_mib=predictor.cache_mib)
+                                  default_threads=predictor.default_threads, **composition_caps(predictor))
 
 
 def recompute_features(predictor: Any, cases: Sequence[CalibrationCase], seed: int = 0) -> list[CalibrationCase]:
@@ -482,7 +480,7 @@ def composition_from_cases(cases: Sequence[CalibrationCase], info: dict[str, Any
     """Fit a :class:`Composition` from calibration cases (``default_threads``: the device's default thread
     count, which decides whether a 1-thread case is the single-thread regime; None: it is).
     ``weight_cache_mib``, ``activation_cap_mib`` and ``spill_cap_mib`` must be the caps the cases' features were
-    computed with (``predictor.cache_mib``, ``predictor.activation_cap_mib``, ``predictor.cache_mib``)."""
+    computed with (:func:`~latpred.graph.predict.composition_caps` of the predictor)."""
     if not cases:
         raise SpecError("no calibration case was measured")
     F_ = np.array([c.features for c in cases])

@@ -18,8 +18,10 @@ can be scored against measurements taken earlier.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 from ..errors import SpecError
 from ..metrics import acc_within, accuracy_report
 
-__all__ = ["CaseKey", "ConsensusReport", "consensus_of", "predict_cases"]
+__all__ = ["CaseKey", "ConsensusReport", "consensus_of", "predict_cases", "read_reports"]
 
 #: a case: (model name, batch size, utilization, threads or None for the device default)
 CaseKey = tuple[str, int, float, "int | None"]
@@ -126,6 +128,20 @@ class ConsensusReport:
             ceil = list(mt["ceiling_acc10"].values())
             line += f"; ceiling {100 * min(ceil):.1f}-{100 * max(ceil):.1f}%"
         return line
+
+
+def read_reports(paths: Sequence[str | Path]) -> list[Any]:
+    """The JSON validation reports at ``paths``; a file that cannot be read or is not JSON raises :class:`SpecError`
+    naming it (whether each is a report, :func:`consensus_of` checks)."""
+    reports = []
+    for f in paths:
+        try:
+            reports.append(json.loads(Path(f).read_text()))
+        except OSError as e:
+            raise SpecError(f"cannot read validation report {f}: {e.strerror or e}") from None
+        except json.JSONDecodeError as e:
+            raise SpecError(f"validation report {f} is not JSON: {e}") from None
+    return reports
 
 
 def consensus_of(reports: Sequence[Mapping[str, Any]], labels: Sequence[str] | None = None,

@@ -217,18 +217,25 @@ def _composition_inputs(predictor: Predictor, graph: ModelGraph, plan: _Plan, b:
     return classes, classes >= 0, act_mib
 
 
+def composition_caps(predictor: Predictor) -> dict[str, float | None]:
+    """The caches a composition of ``predictor`` is fitted with: node weights capped at ``predictor.cache_mib``,
+    outputs at ``predictor.activation_cap_mib`` and spilled between it and ``predictor.cache_mib`` (keyword arguments
+    of :meth:`Composition.features`, :meth:`Composition.fit` and
+    :func:`~latpred.graph.calibrate.composition_from_cases`)."""
+    return {"weight_cache_mib": predictor.cache_mib, "activation_cap_mib": predictor.activation_cap_mib,
+            "spill_cap_mib": predictor.cache_mib}
+
+
 def composition_features(predictor: Predictor, graph: ModelGraph, isolated_ms: np.ndarray, batch_size: int) -> np.ndarray:
     """The :meth:`Composition.features` row of ``graph`` at ``batch_size`` from its isolated node ms (one condition),
-    node weights capped at ``predictor.cache_mib``, outputs at ``predictor.activation_cap_mib`` and spilled between it
-    and ``predictor.cache_mib``, in-place nodes' outputs not counted: fit compositions with
-    ``weight_cache_mib=predictor.cache_mib, activation_cap_mib=predictor.activation_cap_mib,
-    spill_cap_mib=predictor.cache_mib`` (and the default ``inplace_free=True``)."""
+    with :func:`composition_caps`, in-place nodes' outputs not counted: fit compositions with
+    ``**composition_caps(predictor)`` (and the default ``inplace_free=True``)."""
     from .compose import Composition
 
     plan = _plan(graph)
     classes, compute, act_mib = _composition_inputs(predictor, graph, plan, np.array([float(batch_size)]), True)
     return Composition.features(np.asarray(isolated_ms)[None, :], classes, compute, plan.view, plan.param_mib, act_mib,
-                                predictor.cache_mib, predictor.activation_cap_mib, spill_cap_mib=predictor.cache_mib)[0]
+                                **composition_caps(predictor))[0]
 
 
 def _static_costs(static: StaticFeatures, i: int) -> Any:
